@@ -1,0 +1,240 @@
+//! Token verification with `jsonwebtoken`: HS256 with `JWT_SECRET`, or RS256 /
+//! ES256 with the PEM in `JWT_PUBLIC_KEY_FILE`; `aud` and `iss` checked where
+//! configured; `sub` and `exp` required; no leeway (a token past `exp` is
+//! refused, and the stream opened with it ends at `exp`). `alg: none` and any
+//! algorithm other than the key's are refused by construction.
+
+use std::collections::HashSet;
+
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::config::{Secret, Settings};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub sub: String,
+    pub exp: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iat: Option<u64>,
+    /// Jobs the bearer may watch; `"*"` means every job.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub jobs: Vec<String>,
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub roles: Vec<String>,
+}
+
+impl Claims {
+    pub fn has_role(&self, role: &str) -> bool {
+        self.roles.iter().any(|r| r == role)
+    }
+    pub fn names_job(&self, job: &str) -> bool {
+        self.jobs.iter().any(|j| j == "*" || j == job)
+    }
+}
+
+/// Accepts `"x"` or `["x","y"]` (issuers differ on how they write list claims).
+fn one_or_many<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+        Null(()),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => vec![s],
+        OneOrMany::Many(v) => v,
+        OneOrMany::Null(()) => Vec::new(),
+    })
+}
+
+/// Why a token was refused; `reason()` is the metric label, never the token.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum AuthError {
+    #[error(
+        "no token: send Authorization: Bearer <jwt>, the jobcast.bearer.<jwt> WebSocket subprotocol, the jobcast_token cookie or access_token"
+    )]
+    Missing,
+    #[error("token has expired")]
+    Expired,
+    #[error("token is not valid yet")]
+    NotYetValid,
+    #[error("token signature or algorithm is not accepted")]
+    BadSignature,
+    #[error("token audience or issuer is not accepted")]
+    WrongAudience,
+    #[error("token is malformed or lacks required claims (sub, exp)")]
+    Malformed,
+}
+
+impl AuthError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::Missing => "missing",
+            AuthError::Expired => "expired",
+            AuthError::NotYetValid => "not_yet_valid",
+            AuthError::BadSignature => "bad_signature",
+            AuthError::WrongAudience => "wrong_audience",
+            AuthError::Malformed => "malformed",
+        }
+    }
+}
+
+pub struct Verifier {
+    key: DecodingKey,
+    validation: Validation,
+    /// Set for HS256 only: lets `jobcast token` and `--dev` mint tokens.
+    signer: Option<EncodingKey>,
+}
+
+impl Verifier {
+    /// Builds the verifier from the settings; `dev_secret` is used in `--dev` mode
+    /// when no key is configured.
+    pub fn from_settings(s: &Settings, dev_secret: Option<&Secret>) -> anyhow::Result<Self> {
+        let (key, algorithms, signer) = if let Some(path) = &s.jwt_public_key_file {
+            let pem = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))?;
+            if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
+                (k, vec![Algorithm::RS256], None)
+            } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
+                (k, vec![Algorithm::ES256], None)
+            } else {
+                anyhow::bail!(
+                    "JWT_PUBLIC_KEY_FILE {} is neither an RSA nor an EC public key in PEM",
+                    path.display()
+                );
+            }
+        } else if let Some(secret) = s.jwt_secret.as_ref().or(dev_secret) {
+            let bytes = secret.expose().as_bytes();
+            (
+                DecodingKey::from_secret(bytes),
+                vec![Algorithm::HS256],
+                Some(EncodingKey::from_secret(bytes)),
+            )
+        } else {
+            anyhow::bail!("no token key: set JWT_SECRET or JWT_PUBLIC_KEY_FILE, or run with --dev");
+        };
+        let mut validation = Validation::new(algorithms[0]);
+        validation.algorithms = algorithms;
+        validation.leeway = 0;
+        validation.validate_nbf = true;
+        validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
+        match &s.jwt_audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        if let Some(iss) = &s.jwt_issuer {
+            validation.set_issuer(&[iss]);
+        }
+        Ok(Verifier {
+            key,
+            validation,
+            signer,
+        })
+    }
+
+    pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        use jsonwebtoken::errors::ErrorKind as K;
+        decode::<Claims>(token, &self.key, &self.validation)
+            .map(|d| d.claims)
+            .map_err(|e| match e.kind() {
+                K::ExpiredSignature => AuthError::Expired,
+                K::ImmatureSignature => AuthError::NotYetValid,
+                K::InvalidSignature
+                | K::InvalidAlgorithm
+                | K::InvalidAlgorithmName
+                | K::MissingAlgorithm => AuthError::BadSignature,
+                K::InvalidAudience | K::InvalidIssuer => AuthError::WrongAudience,
+                _ => AuthError::Malformed,
+            })
+    }
+
+    /// Mints an HS256 token (only with a shared secret).
+    pub fn mint(&self, claims: &Claims) -> anyhow::Result<String> {
+        let signer = self.signer.as_ref().ok_or_else(|| {
+            anyhow::anyhow!("minting tokens needs JWT_SECRET (HS256); a public key cannot sign")
+        })?;
+        Ok(encode(&Header::new(Algorithm::HS256), claims, signer)?)
+    }
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn verifier(secret: &str) -> Verifier {
+        let mut s = Settings::defaults();
+        s.jwt_secret = Some(Secret::new(secret));
+        Verifier::from_settings(&s, None).unwrap()
+    }
+
+    fn claims(exp_in: i64) -> Claims {
+        Claims {
+            sub: "u1".into(),
+            exp: (now_secs() as i64 + exp_in) as u64,
+            nbf: None,
+            iat: None,
+            jobs: vec![],
+            roles: vec![],
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let v = verifier("s3cret");
+        let t = v.mint(&claims(60)).unwrap();
+        assert_eq!(v.verify(&t).unwrap().sub, "u1");
+    }
+
+    #[test]
+    fn expired_and_wrong_key_are_refused() {
+        let v = verifier("s3cret");
+        assert_eq!(
+            v.verify(&v.mint(&claims(-5)).unwrap()),
+            Err(AuthError::Expired)
+        );
+        let other = verifier("other");
+        assert_eq!(
+            v.verify(&other.mint(&claims(60)).unwrap()),
+            Err(AuthError::BadSignature)
+        );
+        assert_eq!(v.verify("not.a.jwt"), Err(AuthError::Malformed));
+    }
+
+    #[test]
+    fn alg_none_is_refused() {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let header = b64.encode(br#"{"alg":"none","typ":"JWT"}"#);
+        let body = b64.encode(serde_json::to_vec(&claims(60)).unwrap());
+        let token = format!("{header}.{body}.");
+        assert!(verifier("s3cret").verify(&token).is_err());
+    }
+
+    #[test]
+    fn list_claims_accept_a_single_string() {
+        let c: Claims =
+            serde_json::from_str(r#"{"sub":"u","exp":1,"jobs":"*","roles":["admin"]}"#).unwrap();
+        assert!(c.names_job("anything"));
+        assert!(c.has_role("admin"));
+    }
+}

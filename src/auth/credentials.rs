@@ -1,0 +1,171 @@
+//! Finding the token in a request, first found wins (PROTOCOL.md §3):
+//! `Authorization: Bearer`, the `jobcast.bearer.<jwt>` WebSocket subprotocol,
+//! the `jobcast_token` cookie, the `access_token` query parameter.
+
+use warp::Filter;
+use warp::http::HeaderMap;
+
+use crate::config::Secret;
+
+/// The WebSocket subprotocol a client offers (and the server answers).
+pub const WS_PROTOCOL: &str = "jobcast.v1";
+const WS_BEARER_PREFIX: &str = "jobcast.bearer.";
+const COOKIE_NAME: &str = "jobcast_token";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenSource {
+    Header,
+    Subprotocol,
+    Cookie,
+    Query,
+}
+
+/// What the request carried: the token (if any), where it came from, and whether
+/// the client offered the `jobcast.v1` subprotocol.
+#[derive(Debug, Clone)]
+pub struct Credentials {
+    pub token: Option<(Secret, TokenSource)>,
+    pub offers_ws_protocol: bool,
+    pub origin: Option<String>,
+    pub host: Option<String>,
+}
+
+impl Credentials {
+    pub fn from_parts(headers: &HeaderMap, query: &str) -> Self {
+        let header_str = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+        let bearer = header_str("authorization").and_then(|v| {
+            let (scheme, token) = v.trim().split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then(|| token.trim().to_owned())
+        });
+        let protocols: Vec<&str> = headers
+            .get_all("sec-websocket-protocol")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .collect();
+        let offers_ws_protocol = protocols.contains(&WS_PROTOCOL);
+        let subprotocol = protocols
+            .iter()
+            .find_map(|p| p.strip_prefix(WS_BEARER_PREFIX))
+            .map(str::to_owned);
+        let cookie = headers
+            .get_all("cookie")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(';'))
+            .filter_map(|kv| kv.trim().split_once('='))
+            .find(|(k, _)| *k == COOKIE_NAME)
+            .map(|(_, v)| v.to_owned());
+        let query_token = query_param(query, "access_token");
+        let token = [
+            (bearer, TokenSource::Header),
+            (subprotocol, TokenSource::Subprotocol),
+            (cookie, TokenSource::Cookie),
+            (query_token, TokenSource::Query),
+        ]
+        .into_iter()
+        .find_map(|(t, src)| t.filter(|t| !t.is_empty()).map(|t| (Secret::new(t), src)));
+        Credentials {
+            token,
+            offers_ws_protocol,
+            origin: header_str("origin").map(str::to_owned),
+            host: header_str("host").map(str::to_owned),
+        }
+    }
+}
+
+/// One query parameter, percent-decoded.
+pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| percent_decode(v))
+    })
+}
+
+fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h * 16 + l);
+                    i += 2;
+                }
+                _ => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A filter extracting [`Credentials`] from any request.
+pub fn credentials()
+-> impl Filter<Extract = (Credentials,), Error = std::convert::Infallible> + Clone {
+    warp::header::headers_cloned()
+        .and(warp::query::raw().or(warp::any().map(String::new)).unify())
+        .map(|headers: HeaderMap, query: String| Credentials::from_parts(&headers, &query))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use warp::http::HeaderValue;
+
+    fn creds(pairs: &[(&'static str, &str)], query: &str) -> Credentials {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_str(v).unwrap());
+        }
+        Credentials::from_parts(&h, query)
+    }
+
+    #[test]
+    fn header_wins_over_everything() {
+        let c = creds(
+            &[
+                ("authorization", "Bearer aaa"),
+                ("cookie", "jobcast_token=ccc"),
+            ],
+            "access_token=qqq",
+        );
+        let (t, src) = c.token.unwrap();
+        assert_eq!((t.expose(), src), ("aaa", TokenSource::Header));
+    }
+
+    #[test]
+    fn subprotocol_then_cookie_then_query() {
+        let c = creds(
+            &[("sec-websocket-protocol", "jobcast.v1, jobcast.bearer.sss")],
+            "access_token=q",
+        );
+        assert_eq!(c.token.as_ref().unwrap().1, TokenSource::Subprotocol);
+        assert!(c.offers_ws_protocol);
+        let c = creds(&[("cookie", "a=1; jobcast_token=ccc")], "access_token=q");
+        assert_eq!(c.token.as_ref().unwrap().0.expose(), "ccc");
+        let c = creds(&[], "x=1&access_token=q%2Eq");
+        assert_eq!(c.token.as_ref().unwrap().0.expose(), "q.q");
+        assert!(creds(&[], "").token.is_none());
+    }
+
+    #[test]
+    fn query_params_decode() {
+        assert_eq!(query_param("a=1&b=x%20y", "b").as_deref(), Some("x y"));
+        assert_eq!(query_param("a=%zz", "a").as_deref(), Some("%zz"));
+        assert_eq!(query_param("a=%4", "a").as_deref(), Some("%4"));
+        assert_eq!(query_param("a", "a").as_deref(), Some(""));
+    }
+}

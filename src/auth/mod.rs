@@ -1,0 +1,10 @@
+//! Who may watch what (PROTOCOL.md §3): [`credentials`] finds the token in a
+//! request, [`claims`] verifies it into [`Claims`], [`policy`] decides whether
+//! those claims may see a given job.
+
+pub mod claims;
+pub mod credentials;
+pub mod policy;
+
+pub use claims::{AuthError, Claims, Verifier};
+pub use credentials::{Credentials, TokenSource};

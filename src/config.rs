@@ -1,0 +1,333 @@
+//! Settings: one typed struct read from flags and environment variables, validated
+//! once at start. Also the command line (subcommands) that `main` dispatches on.
+//! Nothing else in the crate reads the environment.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// A string that must never reach a log line: `Debug` and `Display` print `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Secret(s.to_owned()))
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "jobcast",
+    version,
+    about = "Push gateway for long-running job progress"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub settings: Settings,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+pub enum Command {
+    /// Run the gateway (the default).
+    Serve,
+    /// Apply the Postgres migrations in `migrations/` and exit.
+    Migrate,
+    /// Delete Postgres rows of jobs that ended more than JOBCAST_RETENTION_DAYS ago, once.
+    Cleanup,
+    /// Mint a token signed with the configured JWT_SECRET (HS256), for scripts and demos.
+    Token {
+        /// The user id (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// A job the bearer may watch (repeatable; `*` for all).
+        #[arg(long = "job")]
+        jobs: Vec<String>,
+        /// A role (`admin`, `publisher`; repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
+    /// Write one progress document for JOB to Redis (state key with TTL + channel).
+    Publish {
+        job: String,
+        /// The progress document, a JSON object.
+        document: String,
+        /// TTL of the state key in seconds.
+        #[arg(long, default_value_t = 7200)]
+        ttl: u64,
+    },
+    /// Simulate realistic multi-stage jobs writing to Redis.
+    Demo {
+        /// How many jobs run at once (ids `demo-1` .. `demo-N`).
+        #[arg(long, default_value_t = 1)]
+        jobs: usize,
+        /// Owner (`owner_id`) of the simulated jobs.
+        #[arg(long, default_value = "demo-user")]
+        owner: String,
+        /// Run once and exit instead of looping.
+        #[arg(long)]
+        once: bool,
+    },
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Every setting of the gateway. Flags win over environment variables.
+#[derive(Args, Debug, Clone)]
+pub struct Settings {
+    /// Address to listen on.
+    #[arg(
+        long,
+        env = "JOBCAST_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
+    pub listen: SocketAddr,
+
+    /// Redis URL; the db number picks the keyspace.
+    #[arg(
+        long,
+        env = "REDIS_URL",
+        default_value = "redis://127.0.0.1:6379",
+        global = true
+    )]
+    pub redis_url: String,
+
+    /// Postgres URL; unset means Redis-only.
+    #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
+    pub database_url: Option<Secret>,
+
+    /// Apply migrations when `serve` starts.
+    #[arg(long, env = "JOBCAST_MIGRATE", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub migrate: bool,
+
+    /// HS256 secret for verifying tokens.
+    #[arg(long, env = "JWT_SECRET", global = true, hide_env_values = true)]
+    pub jwt_secret: Option<Secret>,
+
+    /// PEM public key (RSA → RS256, EC P-256 → ES256) for verifying tokens.
+    #[arg(long, env = "JWT_PUBLIC_KEY_FILE", global = true)]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// Required `aud` claim, when set.
+    #[arg(long, env = "JWT_AUDIENCE", global = true)]
+    pub jwt_audience: Option<String>,
+
+    /// Required `iss` claim, when set.
+    #[arg(long, env = "JWT_ISSUER", global = true)]
+    pub jwt_issuer: Option<String>,
+
+    /// Prefix of state keys and job channels.
+    #[arg(
+        long,
+        env = "JOBCAST_KEY_PREFIX",
+        default_value = "progress:job:",
+        global = true
+    )]
+    pub key_prefix: String,
+
+    /// Turn on missing keyspace-notification flags with CONFIG SET at start.
+    #[arg(long, env = "JOBCAST_CONFIGURE_REDIS", default_value_t = true, action = clap::ArgAction::Set, global = true)]
+    pub configure_redis: bool,
+
+    /// Statuses that end a job's streams (case-insensitive).
+    #[arg(
+        long,
+        env = "JOBCAST_TERMINAL_STATUSES",
+        default_value = "completed,failed,cancelled",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub terminal_statuses: Vec<String>,
+
+    /// Document field naming the job's owner.
+    #[arg(
+        long,
+        env = "JOBCAST_OWNER_FIELD",
+        default_value = "owner_id",
+        global = true
+    )]
+    pub owner_field: String,
+
+    /// Seconds between `: ping` comments (SSE) and pings (WebSocket).
+    #[arg(
+        long,
+        env = "JOBCAST_HEARTBEAT_SECS",
+        default_value_t = 15,
+        global = true
+    )]
+    pub heartbeat_secs: u64,
+
+    /// Bytes of comment padding after `retry:` for proxies that hold back the first kilobytes.
+    #[arg(long, env = "JOBCAST_SSE_PADDING", default_value_t = 0, global = true)]
+    pub sse_padding: usize,
+
+    /// `retry:` value sent to EventSource clients, in milliseconds.
+    #[arg(
+        long,
+        env = "JOBCAST_SSE_RETRY_MS",
+        default_value_t = 2000,
+        global = true
+    )]
+    pub sse_retry_ms: u64,
+
+    /// Largest accepted progress document, in bytes.
+    #[arg(
+        long,
+        env = "JOBCAST_MAX_DOCUMENT_BYTES",
+        default_value_t = 65536,
+        global = true
+    )]
+    pub max_document_bytes: usize,
+
+    /// Open streams allowed overall (0: derived from the open-file limit).
+    #[arg(
+        long,
+        env = "JOBCAST_MAX_CONNECTIONS",
+        default_value_t = 0,
+        global = true
+    )]
+    pub max_connections: usize,
+
+    /// Open streams allowed per user (`sub`); 0 means no per-user limit.
+    #[arg(
+        long,
+        env = "JOBCAST_MAX_CONNECTIONS_PER_USER",
+        default_value_t = 64,
+        global = true
+    )]
+    pub max_connections_per_user: usize,
+
+    /// Seconds a graceful shutdown may take before the process exits anyway.
+    #[arg(
+        long,
+        env = "JOBCAST_SHUTDOWN_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub shutdown_secs: u64,
+
+    /// Days a finished job's row is kept in Postgres.
+    #[arg(
+        long,
+        env = "JOBCAST_RETENTION_DAYS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub retention_days: u32,
+
+    /// Other origins allowed to call the gateway from a browser (comma-separated).
+    #[arg(
+        long,
+        env = "JOBCAST_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub allowed_origins: Vec<String>,
+
+    /// Log format.
+    #[arg(long, env = "JOBCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+
+    /// Directory of the demo page and browser client.
+    #[arg(
+        long,
+        env = "JOBCAST_STATIC_DIR",
+        default_value = "static",
+        global = true
+    )]
+    pub static_dir: PathBuf,
+
+    /// Development mode: random JWT secret, a printed token and a simulated job.
+    #[arg(long, env = "JOBCAST_DEV", global = true)]
+    pub dev: bool,
+}
+
+/// Long-poll wait when the request names none.
+pub const POLL_DEFAULT_TIMEOUT_SECS: u64 = 25;
+/// Longest long-poll wait a client may ask for (below common 60 s proxy timeouts).
+pub const POLL_MAX_TIMEOUT_SECS: u64 = 55;
+/// How long a new watcher waits for the job's first state (subscribe + read) before
+/// it is served with what is known; bounds the damage of a hung Redis.
+pub const FIRST_STATE_TIMEOUT: Duration = Duration::from_secs(3);
+
+impl Settings {
+    /// Settings with every default, as if no flag or variable were given; used by tests.
+    pub fn defaults() -> Self {
+        let cli = Cli::try_parse_from(["jobcast"]).expect("defaults parse");
+        cli.settings
+    }
+
+    pub fn heartbeat(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_secs.max(1))
+    }
+
+    pub fn is_terminal(&self, status: &str) -> bool {
+        self.terminal_statuses
+            .iter()
+            .any(|t| t.trim().eq_ignore_ascii_case(status))
+    }
+
+    /// The Redis db number from `REDIS_URL` (keyspace channels name it).
+    pub fn redis_db(&self) -> i64 {
+        redis::parse_redis_url(&self.redis_url)
+            .and_then(|u| {
+                let path = u.path().trim_start_matches('/');
+                if path.is_empty() {
+                    Some(0)
+                } else {
+                    path.parse().ok()
+                }
+            })
+            .unwrap_or(0)
+    }
+
+    /// Checks that do not need any I/O. Errors name the setting to fix.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.key_prefix.is_empty() {
+            return Err("JOBCAST_KEY_PREFIX must not be empty".into());
+        }
+        if redis::parse_redis_url(&self.redis_url).is_none() {
+            return Err(format!("REDIS_URL is not a Redis URL: {}", self.redis_url));
+        }
+        if self.jwt_secret.is_none() && self.jwt_public_key_file.is_none() && !self.dev {
+            return Err(
+                "no token key: set JWT_SECRET (HS256) or JWT_PUBLIC_KEY_FILE \
+                        (RS256/ES256 PEM), or run with --dev for a random secret"
+                    .into(),
+            );
+        }
+        if self.terminal_statuses.iter().all(|s| s.trim().is_empty()) {
+            return Err("JOBCAST_TERMINAL_STATUSES must name at least one status".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,116 @@
+//! The one error type of the HTTP edge: each variant is a status code and a JSON
+//! body `{"error":"<code>","message":"<text>"}` (PROTOCOL.md §2). Caller faults
+//! are logged at debug; ours (`Internal`) with their cause at error. `recover`
+//! maps warp's own rejections (unknown route, wrong method...) the same way.
+
+use std::convert::Infallible;
+
+use serde_json::json;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::reply::{Reply, Response};
+use warp::{Rejection, reject};
+
+use crate::auth::AuthError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    Unauthorized(AuthError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    PayloadTooLarge(String),
+    #[error("{0}")]
+    TooManyConnections(String),
+    #[error("{0}")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(#[source] anyhow::Error),
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "bad_request",
+            ApiError::Unauthorized(_) => "unauthorized",
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::NotFound(_) => "not_found",
+            ApiError::PayloadTooLarge(_) => "payload_too_large",
+            ApiError::TooManyConnections(_) => "too_many_connections",
+            ApiError::Unavailable(_) => "unavailable",
+            ApiError::Internal(_) => "internal",
+        }
+    }
+}
+
+impl Reply for ApiError {
+    fn into_response(self) -> Response {
+        if let ApiError::Internal(cause) = &self {
+            tracing::error!(error = ?cause, "request failed");
+        } else {
+            tracing::debug!(code = self.code(), message = %self, "request refused");
+        }
+        let body = json!({"error": self.code(), "message": self.to_string()});
+        let mut res =
+            warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
+        if matches!(self, ApiError::Unauthorized(_)) {
+            res.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"jobcast\""),
+            );
+        }
+        res.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        res
+    }
+}
+
+impl reject::Reject for ApiError {}
+
+/// Maps every rejection that reaches the top to the contract's JSON errors.
+pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
+    if err.is_not_found() {
+        return Ok(ApiError::NotFound("no such route".into()).into_response());
+    }
+    if err.find::<reject::MethodNotAllowed>().is_some() {
+        let body =
+            json!({"error": "method_not_allowed", "message": "method not allowed on this route"});
+        return Ok(warp::reply::with_status(
+            warp::reply::json(&body),
+            StatusCode::METHOD_NOT_ALLOWED,
+        )
+        .into_response());
+    }
+    if let Some(e) = err.find::<reject::PayloadTooLarge>() {
+        return Ok(ApiError::PayloadTooLarge(e.to_string()).into_response());
+    }
+    if err.find::<reject::InvalidQuery>().is_some()
+        || err.find::<reject::InvalidHeader>().is_some()
+        || err.find::<reject::MissingHeader>().is_some()
+        || err
+            .find::<warp::filters::body::BodyDeserializeError>()
+            .is_some()
+        || err.find::<reject::UnsupportedMediaType>().is_some()
+        || err.find::<reject::LengthRequired>().is_some()
+    {
+        return Ok(ApiError::BadRequest(format!("{err:?}")).into_response());
+    }
+    Ok(ApiError::Internal(anyhow::anyhow!("unhandled rejection: {err:?}")).into_response())
+}

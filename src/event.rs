@@ -1,0 +1,182 @@
+//! The wire form of events, encoded ONCE per job update and shared by every
+//! watcher: SSE bytes and WebSocket text for `progress` and `done`, plus the small
+//! per-connection control events (`connected`, `error`, pings).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::json;
+
+use crate::job::{JobId, ProgressDoc};
+
+/// Where an accepted document came from (label of metrics and `X-Jobcast-Source`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Source {
+    /// A `GET`/`HGETALL` of the state key (after a keyspace event or on subscribe).
+    RedisKey,
+    /// A message on the job channel.
+    RedisChannel,
+    /// The `jobs` row (fallback read or NOTIFY).
+    Postgres,
+    /// `POST /jobs/{id}` or the built-in publisher (then also written to Redis).
+    Api,
+}
+
+impl Source {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Source::RedisKey => "keyspace",
+            Source::RedisChannel => "channel",
+            Source::Postgres => "postgres",
+            Source::Api => "api",
+        }
+    }
+    /// What the snapshot route reports in `X-Jobcast-Source`.
+    pub fn store_name(self) -> &'static str {
+        match self {
+            Source::Postgres => "postgres",
+            _ => "redis",
+        }
+    }
+}
+
+/// One accepted state of a job, already in every wire form it will be sent in.
+#[derive(Debug)]
+pub struct Update {
+    /// Event id: the document's `seq`, or jobcast's own counter when it has none.
+    pub id: i64,
+    pub doc: ProgressDoc,
+    pub source: Source,
+    /// When jobcast received it (for the source → write latency histogram).
+    pub received: std::time::Instant,
+    /// `id: N\nevent: progress\ndata: {...}\n\n`
+    pub sse: Bytes,
+    /// `{"event":"progress","id":"N","data":{...}}`
+    pub ws: Bytes,
+    /// The `done` event (SSE, WS) when the document is terminal.
+    pub done: Option<(Bytes, Bytes)>,
+}
+
+impl Update {
+    pub fn encode(job: &JobId, id: i64, doc: ProgressDoc, source: Source) -> Update {
+        let mut sse = BytesMut::with_capacity(doc.json.len() + 48);
+        sse.put_slice(b"id: ");
+        sse.put_slice(id.to_string().as_bytes());
+        sse.put_slice(b"\nevent: progress\ndata: ");
+        sse.put_slice(&doc.json);
+        sse.put_slice(b"\n\n");
+
+        let mut ws = BytesMut::with_capacity(doc.json.len() + 48);
+        ws.put_slice(b"{\"event\":\"progress\",\"id\":\"");
+        ws.put_slice(id.to_string().as_bytes());
+        ws.put_slice(b"\",\"data\":");
+        ws.put_slice(&doc.json);
+        ws.put_slice(b"}");
+
+        let done = doc.terminal.then(|| {
+            let status = doc.status.clone().unwrap_or_default();
+            let data = json!({"job_id": job.as_str(), "status": status});
+            let ws = json!({"event": "done", "job_id": job.as_str(), "status": status});
+            (
+                Bytes::from(format!("event: done\ndata: {data}\n\n")),
+                Bytes::from(ws.to_string()),
+            )
+        });
+        Update {
+            id,
+            doc,
+            source,
+            received: std::time::Instant::now(),
+            sse: sse.freeze(),
+            ws: ws.freeze(),
+            done,
+        }
+    }
+
+    pub fn id_string(&self) -> String {
+        self.id.to_string()
+    }
+}
+
+/// The start of every SSE stream: `retry:`, optional padding, `connected`.
+pub fn sse_preamble(job: &JobId, retry_ms: u64, padding: usize) -> Bytes {
+    let mut b = BytesMut::with_capacity(64 + padding);
+    b.put_slice(format!("retry: {retry_ms}\n\n").as_bytes());
+    if padding > 0 {
+        b.put_slice(b":");
+        b.put_bytes(b' ', padding);
+        b.put_slice(b"\n\n");
+    }
+    let data = json!({"job_id": job.as_str()});
+    b.put_slice(format!("event: connected\ndata: {data}\n\n").as_bytes());
+    b.freeze()
+}
+
+pub const SSE_PING: &[u8] = b": ping\n\n";
+
+pub fn sse_error(code: &str) -> Bytes {
+    Bytes::from(format!(
+        "event: error\ndata: {}\n\n",
+        json!({"error": code})
+    ))
+}
+
+/// The last words of a stream the server drains: reconnect after `retry_ms`.
+pub fn sse_retry(retry_ms: u64) -> Bytes {
+    Bytes::from(format!("retry: {retry_ms}\n\n"))
+}
+
+pub fn ws_connected(job: &JobId) -> String {
+    json!({"event": "connected", "job_id": job.as_str()}).to_string()
+}
+
+pub fn ws_error(code: &str) -> String {
+    json!({"event": "error", "error": code}).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::DocRules;
+
+    fn doc(raw: &str) -> ProgressDoc {
+        let rules = DocRules {
+            max_bytes: 4096,
+            owner_field: "owner_id".into(),
+            terminal_statuses: vec!["completed".into()],
+        };
+        ProgressDoc::parse(raw.as_bytes(), &rules).unwrap()
+    }
+
+    #[test]
+    fn progress_is_encoded_for_both_transports() {
+        let job = JobId::parse("j1").unwrap();
+        let u = Update::encode(&job, 42, doc(r#"{"seq":42}"#), Source::RedisKey);
+        assert_eq!(
+            &u.sse[..],
+            b"id: 42\nevent: progress\ndata: {\"seq\":42}\n\n"
+        );
+        let ws: serde_json::Value = serde_json::from_slice(&u.ws).unwrap();
+        assert_eq!(ws, json!({"event":"progress","id":"42","data":{"seq":42}}));
+        assert!(u.done.is_none());
+    }
+
+    #[test]
+    fn terminal_documents_carry_done() {
+        let job = JobId::parse("j1").unwrap();
+        let u = Update::encode(&job, 1, doc(r#"{"status":"completed"}"#), Source::RedisKey);
+        let (sse, ws) = u.done.unwrap();
+        assert_eq!(
+            &sse[..],
+            b"event: done\ndata: {\"job_id\":\"j1\",\"status\":\"completed\"}\n\n"
+        );
+        let ws: serde_json::Value = serde_json::from_slice(&ws).unwrap();
+        assert_eq!(ws["event"], "done");
+    }
+
+    #[test]
+    fn preamble_pads_after_retry() {
+        let job = JobId::parse("j1").unwrap();
+        let p = sse_preamble(&job, 2000, 10);
+        let text = std::str::from_utf8(&p).unwrap();
+        assert!(text.starts_with("retry: 2000\n\n:          \n\nevent: connected\n"));
+    }
+}

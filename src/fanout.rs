@@ -1,0 +1,288 @@
+//! One job's shared state: the latest accepted [`Update`] in a `tokio::sync::watch`
+//! channel, behind the `seq` gate. Every watcher of the job holds a receiver of
+//! that channel, so a slow watcher skips to the newest state (latest-value
+//! conflation) and the memory of a job is one update however many watchers it has.
+//!
+//! Invariant: ids delivered through a feed strictly increase. The gate and the
+//! `send` happen under one lock, so two sources racing cannot reorder them.
+
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use bytes::Bytes;
+use tokio::sync::watch;
+
+use crate::event::{Source, Update};
+use crate::job::{JobId, ProgressDoc};
+
+/// What a watcher sees of a job.
+#[derive(Clone, Debug, Default)]
+pub struct FeedState {
+    /// The newest accepted state, if any source has one.
+    pub latest: Option<Arc<Update>>,
+    /// True once the first load (subscribe, then read) has finished, found or not.
+    pub ready: bool,
+    /// The owner named by the job's Postgres row, for jobs whose document has none.
+    pub stored_owner: Option<Arc<str>>,
+    /// True where some source knows the job (a document or a row).
+    pub known: bool,
+}
+
+impl FeedState {
+    /// The job's owner: the document's owner field, else the Postgres row's.
+    pub fn owner(&self) -> Option<&str> {
+        self.latest
+            .as_ref()
+            .and_then(|u| u.doc.owner.as_deref())
+            .or(self.stored_owner.as_deref())
+    }
+}
+
+/// The result of offering a document to a feed.
+#[derive(Debug)]
+pub enum Offer {
+    Accepted(Arc<Update>),
+    /// `seq` lower than or equal to the last delivered one.
+    Stale,
+    /// No `seq`, and byte-identical to the last document.
+    Duplicate,
+}
+
+#[derive(Default)]
+struct Gate {
+    last_id: Option<i64>,
+    last_json: Option<Bytes>,
+}
+
+const READ_IDLE: u8 = 0;
+const READ_RUNNING: u8 = 1;
+const READ_RUNNING_DIRTY: u8 = 2;
+
+pub struct Feed {
+    pub job: JobId,
+    state: watch::Sender<FeedState>,
+    gate: Mutex<Gate>,
+    /// Read coalescing: events that arrive while a read is in flight cost one more
+    /// read in total, not one each.
+    read: AtomicU8,
+}
+
+impl Feed {
+    pub fn new(job: JobId) -> Self {
+        let (state, _) = watch::channel(FeedState::default());
+        Feed {
+            job,
+            state,
+            gate: Mutex::new(Gate::default()),
+            read: AtomicU8::new(READ_IDLE),
+        }
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<FeedState> {
+        self.state.subscribe()
+    }
+
+    pub fn snapshot(&self) -> FeedState {
+        self.state.borrow().clone()
+    }
+
+    /// Passes `doc` through the `seq` gate and, if it is news, publishes it.
+    pub fn offer(&self, doc: ProgressDoc, source: Source) -> Offer {
+        let mut gate = match self.gate.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let id = match doc.seq {
+            Some(seq) => {
+                if gate.last_id.is_some_and(|last| seq <= last) {
+                    return Offer::Stale;
+                }
+                seq
+            }
+            None => {
+                if gate.last_json.as_ref() == Some(&doc.json) {
+                    return Offer::Duplicate;
+                }
+                gate.last_id.map_or(1, |last| last + 1)
+            }
+        };
+        gate.last_id = Some(id);
+        gate.last_json = Some(doc.json.clone());
+        let update = Arc::new(Update::encode(&self.job, id, doc, source));
+        self.state.send_modify(|s| {
+            s.latest = Some(update.clone());
+            s.known = true;
+        });
+        Offer::Accepted(update)
+    }
+
+    /// Records what the first load found besides a document, and wakes the
+    /// watchers waiting for it.
+    pub fn mark_ready(&self, stored_owner: Option<String>, row_exists: bool) {
+        self.state.send_modify(|s| {
+            if let Some(owner) = stored_owner {
+                s.stored_owner = Some(Arc::from(owner));
+            }
+            s.known |= row_exists;
+            s.ready = true;
+        });
+    }
+
+    /// Waits (bounded) until the first load finished; returns the state then.
+    pub async fn wait_ready(&self, bound: std::time::Duration) -> FeedState {
+        let mut rx = self.subscribe();
+        let _ = tokio::time::timeout(bound, rx.wait_for(|s| s.ready)).await;
+        let s = rx.borrow().clone();
+        s
+    }
+
+    /// Asks for a read of the state key. Returns true when the caller must start
+    /// the read (nothing was in flight); false when one is running and has been
+    /// told to go once more.
+    pub fn request_read(&self) -> bool {
+        let mut cur = self.read.load(Ordering::Acquire);
+        loop {
+            let next = match cur {
+                READ_IDLE => READ_RUNNING,
+                _ => READ_RUNNING_DIRTY,
+            };
+            if next == cur {
+                return false;
+            }
+            match self
+                .read
+                .compare_exchange(cur, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return cur == READ_IDLE,
+                Err(actual) => cur = actual,
+            }
+        }
+    }
+
+    /// Called by the reader after each read: true when another read was asked for
+    /// meanwhile (and must run), false when the reader may stop.
+    pub fn read_finished(&self) -> bool {
+        if self
+            .read
+            .compare_exchange(
+                READ_RUNNING_DIRTY,
+                READ_RUNNING,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            )
+            .is_ok()
+        {
+            return true;
+        }
+        self.read.store(READ_IDLE, Ordering::Release);
+        false
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::DocRules;
+
+    fn rules() -> DocRules {
+        DocRules {
+            max_bytes: 4096,
+            owner_field: "owner_id".into(),
+            terminal_statuses: vec!["completed".into()],
+        }
+    }
+    fn doc(raw: &str) -> ProgressDoc {
+        ProgressDoc::parse(raw.as_bytes(), &rules()).unwrap()
+    }
+    fn feed() -> Feed {
+        Feed::new(JobId::parse("j").unwrap())
+    }
+
+    #[test]
+    fn same_seq_twice_is_delivered_once() {
+        let f = feed();
+        assert!(matches!(
+            f.offer(doc(r#"{"seq":5}"#), Source::RedisKey),
+            Offer::Accepted(_)
+        ));
+        assert!(matches!(
+            f.offer(doc(r#"{"seq":5}"#), Source::RedisChannel),
+            Offer::Stale
+        ));
+    }
+
+    #[test]
+    fn lower_seq_after_higher_is_dropped() {
+        let f = feed();
+        f.offer(doc(r#"{"seq":9}"#), Source::RedisKey);
+        assert!(matches!(
+            f.offer(doc(r#"{"seq":3}"#), Source::RedisKey),
+            Offer::Stale
+        ));
+        assert_eq!(f.snapshot().latest.unwrap().id, 9);
+    }
+
+    #[test]
+    fn without_seq_identical_repeat_is_dropped_and_ids_count_up() {
+        let f = feed();
+        let Offer::Accepted(a) = f.offer(doc(r#"{"p":1}"#), Source::RedisKey) else {
+            panic!()
+        };
+        assert!(matches!(
+            f.offer(doc(r#"{"p":1}"#), Source::RedisChannel),
+            Offer::Duplicate
+        ));
+        let Offer::Accepted(b) = f.offer(doc(r#"{"p":2}"#), Source::RedisKey) else {
+            panic!()
+        };
+        assert_eq!((a.id, b.id), (1, 2));
+    }
+
+    #[test]
+    fn seq_zero_is_accepted_first() {
+        let f = feed();
+        assert!(matches!(
+            f.offer(doc(r#"{"seq":0}"#), Source::RedisKey),
+            Offer::Accepted(_)
+        ));
+    }
+
+    #[tokio::test]
+    async fn slow_watcher_gets_latest_state_not_backlog() {
+        let f = feed();
+        let mut rx = f.subscribe();
+        for i in 1..=10_000 {
+            f.offer(doc(&format!(r#"{{"seq":{i}}}"#)), Source::RedisChannel);
+        }
+        rx.changed().await.unwrap();
+        assert_eq!(rx.borrow_and_update().latest.as_ref().unwrap().id, 10_000);
+        assert!(
+            !rx.has_changed().unwrap(),
+            "no backlog behind the latest state"
+        );
+    }
+
+    #[test]
+    fn reads_coalesce_while_one_is_in_flight() {
+        let f = feed();
+        assert!(f.request_read(), "first request starts a read");
+        assert!(!f.request_read());
+        assert!(!f.request_read());
+        assert!(
+            f.read_finished(),
+            "requests during the read cost one more read"
+        );
+        assert!(!f.read_finished(), "and only one");
+        assert!(f.request_read());
+    }
+
+    #[test]
+    fn owner_comes_from_document_then_row() {
+        let f = feed();
+        f.mark_ready(Some("row-owner".into()), true);
+        assert_eq!(f.snapshot().owner(), Some("row-owner"));
+        f.offer(doc(r#"{"owner_id":"doc-owner"}"#), Source::RedisKey);
+        assert_eq!(f.snapshot().owner(), Some("doc-owner"));
+    }
+}

@@ -1,0 +1,83 @@
+//! Browsers on other origins (PROTOCOL.md §3): for an `Origin` listed in
+//! `JOBCAST_ALLOWED_ORIGINS`, every response carries the allow headers and
+//! preflights are answered. Same-origin requests need none of this.
+
+use std::convert::Infallible;
+
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::reply::Response;
+use warp::{Filter, Reply};
+
+use crate::state::SharedState;
+
+fn allowed(app: &SharedState, origin: &str) -> bool {
+    app.allowed_origins
+        .iter()
+        .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+}
+
+fn add_headers(res: &mut Response, origin: &str) {
+    let h = res.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(origin) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, v);
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("x-jobcast-source, x-jobcast-event-id, x-jobcast-done"),
+        );
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+}
+
+/// Wraps every reply: allow headers for an allowed `Origin`.
+pub fn decorate<F, R>(
+    app: SharedState,
+    inner: F,
+) -> impl Filter<Extract = (Response,), Error = Infallible> + Clone
+where
+    F: Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
+    R: Reply,
+{
+    warp::header::optional::<String>("origin")
+        .or(warp::any().map(|| None))
+        .unify()
+        .and(inner)
+        .map(move |origin: Option<String>, reply: R| {
+            let mut res = reply.into_response();
+            if let Some(origin) = origin.filter(|o| allowed(&app, o)) {
+                add_headers(&mut res, &origin);
+            }
+            res
+        })
+}
+
+/// `OPTIONS` on any route: 204 with the allowed methods and headers.
+pub fn preflight(
+    app: SharedState,
+) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
+    warp::options()
+        .and(warp::header::optional::<String>("origin"))
+        .map(move |origin: Option<String>| {
+            let mut res =
+                warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response();
+            if origin.is_some_and(|o| allowed(&app, &o)) {
+                let h = res.headers_mut();
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_METHODS,
+                    HeaderValue::from_static("GET, POST, OPTIONS"),
+                );
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    HeaderValue::from_static("authorization, content-type, last-event-id"),
+                );
+                h.insert(
+                    header::ACCESS_CONTROL_MAX_AGE,
+                    HeaderValue::from_static("600"),
+                );
+            }
+            res
+        })
+}

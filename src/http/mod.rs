@@ -1,0 +1,120 @@
+//! The HTTP surface (PROTOCOL.md §2): small filters composed into [`routes`],
+//! handlers as plain async fns, state through [`with_state`], one `recover`.
+
+pub mod cors;
+pub mod jobs;
+pub mod ops;
+
+use std::convert::Infallible;
+
+use warp::{Filter, Reply};
+
+use crate::auth::credentials::{credentials, query_param};
+use crate::error;
+use crate::state::SharedState;
+use crate::stream;
+
+pub fn with_state(
+    app: SharedState,
+) -> impl Filter<Extract = (SharedState,), Error = Infallible> + Clone {
+    warp::any().map(move || app.clone())
+}
+
+/// The raw query string, empty where there is none.
+fn raw_query() -> impl Filter<Extract = (String,), Error = Infallible> + Clone {
+    warp::query::raw().or(warp::any().map(String::new)).unify()
+}
+
+/// `Last-Event-ID` header (EventSource's own reconnects), else the
+/// `last_event_id` query parameter (clients that open a new connection).
+fn last_event_id() -> impl Filter<Extract = (Option<String>,), Error = Infallible> + Clone {
+    warp::header::optional::<String>("last-event-id")
+        .or(warp::any().map(|| None))
+        .unify()
+        .and(raw_query())
+        .map(|header: Option<String>, query: String| {
+            header.or_else(|| query_param(&query, "last_event_id"))
+        })
+}
+
+pub fn routes(
+    app: SharedState,
+) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
+    let state = with_state(app.clone());
+
+    let sse = warp::path!("jobs" / String / "events")
+        .and(warp::get())
+        .and(state.clone())
+        .and(credentials())
+        .and(last_event_id())
+        .then(|job, app, creds, last| stream::sse::handle(app, job, creds, last))
+        .map(unwrap_infallible);
+
+    let ws = warp::path!("jobs" / String / "ws")
+        .and(warp::get())
+        .and(state.clone())
+        .and(credentials())
+        .and(last_event_id())
+        .and(warp::ws())
+        .then(|job, app, creds, last, ws| stream::ws::handle(app, job, creds, last, ws))
+        .map(unwrap_infallible);
+
+    let poll = warp::path!("jobs" / String / "poll")
+        .and(warp::get())
+        .and(state.clone())
+        .and(credentials())
+        .and(raw_query())
+        .then(|job, app, creds, query| stream::poll::handle(app, job, creds, query))
+        .map(unwrap_infallible);
+
+    let snapshot = warp::path!("jobs" / String)
+        .and(warp::get())
+        .and(state.clone())
+        .and(credentials())
+        .then(jobs::snapshot);
+
+    let publish = warp::path!("jobs" / String)
+        .and(warp::post())
+        .and(state.clone())
+        .and(credentials())
+        .and(warp::body::content_length_limit(
+            app.settings.max_document_bytes as u64,
+        ))
+        .and(warp::body::bytes())
+        .then(jobs::publish);
+
+    let healthz = warp::path!("healthz").and(warp::get()).map(ops::healthz);
+    let readyz = warp::path!("readyz")
+        .and(warp::get())
+        .and(state.clone())
+        .then(ops::readyz);
+    let metrics = warp::path!("metrics").and(warp::get()).map(ops::metrics);
+
+    let static_dir = app.settings.static_dir.clone();
+    let index = warp::path::end()
+        .and(warp::get())
+        .and(warp::fs::file(static_dir.join("index.html")));
+    let files = warp::path("static").and(warp::fs::dir(static_dir));
+
+    let api = sse
+        .or(ws)
+        .or(poll)
+        .or(snapshot)
+        .or(publish)
+        .or(healthz)
+        .or(readyz)
+        .or(metrics)
+        .or(index)
+        .or(files)
+        .or(cors::preflight(app.clone()))
+        .recover(error::recover);
+
+    cors::decorate(app, api)
+}
+
+fn unwrap_infallible<T>(r: Result<T, Infallible>) -> T {
+    match r {
+        Ok(v) => v,
+        Err(never) => match never {},
+    }
+}

@@ -1,0 +1,58 @@
+//! Operator routes: `/healthz` (the process runs), `/readyz` (which sources are
+//! reachable), `/metrics` (Prometheus text).
+
+use serde_json::json;
+use warp::http::{StatusCode, header};
+use warp::reply::{Reply, Response};
+
+use crate::state::SharedState;
+
+pub fn healthz() -> Response {
+    warp::reply::json(&json!({"status": "ok"})).into_response()
+}
+
+/// `200 {"redis":"up","postgres":"up"}`; `200` with `"status":"degraded"` where
+/// one is down but streams are served; `503` where no source is reachable.
+pub async fn readyz(app: SharedState) -> Response {
+    let redis_up = app.hub.reader().ping().await;
+    let pg = match app.hub.store() {
+        Some(store) => Some(store.ping().await),
+        None => None,
+    };
+    if let Some(up) = pg {
+        metrics::gauge!("jobcast_postgres_up").set(if up { 1.0 } else { 0.0 });
+    }
+    let word = |up: bool| if up { "up" } else { "down" };
+    let any_up = redis_up || pg == Some(true);
+    let all_up = redis_up && pg != Some(false);
+    let status = if all_up {
+        "ready"
+    } else if any_up {
+        "degraded"
+    } else {
+        "unavailable"
+    };
+    let body = json!({
+        "status": status,
+        "redis": word(redis_up),
+        "postgres": pg.map_or("disabled", word),
+    });
+    let code = if any_up {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    warp::reply::with_status(warp::reply::json(&body), code).into_response()
+}
+
+pub fn metrics() -> Response {
+    let text = crate::metrics::handle()
+        .map(|h| h.render())
+        .unwrap_or_default();
+    let mut res = Response::new(text.into());
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    res
+}

@@ -1,0 +1,286 @@
+//! The hub: job id → [`Feed`], with a watcher count per job. The first watcher of a
+//! job asks the Redis listener to subscribe (keyspace channel + job channel); the
+//! last one to leave asks it to unsubscribe. So Redis holds ONE subscription per
+//! job per gateway, whatever the number of watchers.
+//!
+//! The hub also runs the reads that turn "something changed" into a document:
+//! a coalesced read of the state key through the pool, falling back to Postgres
+//! where Redis has no state (or is down) on a job's first load.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::event::Source;
+use crate::fanout::{Feed, Offer};
+use crate::job::{DocError, DocRules, JobId, ProgressDoc};
+use crate::store::Store;
+use crate::store::write_behind::WriteBehind;
+use crate::upstream::redis_reader::{KeyState, RedisReader};
+
+/// What the hub asks of the Redis listener. The channel carrying these is
+/// unbounded because the hub cannot wait in `Drop`; its rate is bounded by
+/// connection churn and the listener drains it continuously.
+pub enum UpstreamCmd {
+    Subscribe(Arc<Feed>),
+    Unsubscribe(JobId),
+}
+
+struct Entry {
+    feed: Arc<Feed>,
+    watchers: usize,
+}
+
+pub struct Hub {
+    feeds: Mutex<HashMap<JobId, Entry>>,
+    upstream: mpsc::UnboundedSender<UpstreamCmd>,
+    reader: RedisReader,
+    store: Option<Store>,
+    write_behind: Option<WriteBehind>,
+    rules: DocRules,
+}
+
+/// A watcher's membership of a job: keeps the job's subscription alive while held.
+pub struct Watch {
+    hub: Arc<Hub>,
+    pub feed: Arc<Feed>,
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        self.hub.leave(&self.feed.job);
+    }
+}
+
+impl Hub {
+    pub fn new(
+        reader: RedisReader,
+        store: Option<Store>,
+        write_behind: Option<WriteBehind>,
+        rules: DocRules,
+    ) -> (Arc<Hub>, mpsc::UnboundedReceiver<UpstreamCmd>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let hub = Hub {
+            feeds: Mutex::new(HashMap::new()),
+            upstream: tx,
+            reader,
+            store,
+            write_behind,
+            rules,
+        };
+        (Arc::new(hub), rx)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Entry>> {
+        match self.feeds.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    pub fn rules(&self) -> &DocRules {
+        &self.rules
+    }
+
+    pub fn reader(&self) -> &RedisReader {
+        &self.reader
+    }
+
+    pub fn store(&self) -> Option<&Store> {
+        self.store.as_ref()
+    }
+
+    /// Joins `job`'s feed, creating it (and its upstream subscription) if this is
+    /// the first watcher. Await [`Feed::wait_ready`] before reading its state.
+    pub fn join(self: &Arc<Self>, job: JobId) -> Watch {
+        let mut feeds = self.lock();
+        let entry = feeds.entry(job.clone()).or_insert_with(|| {
+            let feed = Arc::new(Feed::new(job.clone()));
+            let _ = self.upstream.send(UpstreamCmd::Subscribe(feed.clone()));
+            Entry { feed, watchers: 0 }
+        });
+        entry.watchers += 1;
+        let feed = entry.feed.clone();
+        let (jobs, watchers) = (
+            feeds.len(),
+            feeds.values().map(|e| e.watchers).sum::<usize>(),
+        );
+        drop(feeds);
+        metrics::gauge!("jobcast_active_jobs").set(jobs as f64);
+        metrics::gauge!("jobcast_watchers").set(watchers as f64);
+        Watch {
+            hub: self.clone(),
+            feed,
+        }
+    }
+
+    fn leave(&self, job: &JobId) {
+        let mut feeds = self.lock();
+        if let Some(entry) = feeds.get_mut(job) {
+            entry.watchers -= 1;
+            if entry.watchers == 0 {
+                feeds.remove(job);
+                let _ = self.upstream.send(UpstreamCmd::Unsubscribe(job.clone()));
+            }
+        }
+        let (jobs, watchers) = (
+            feeds.len(),
+            feeds.values().map(|e| e.watchers).sum::<usize>(),
+        );
+        drop(feeds);
+        metrics::gauge!("jobcast_active_jobs").set(jobs as f64);
+        metrics::gauge!("jobcast_watchers").set(watchers as f64);
+    }
+
+    /// The feed of a job that has watchers here.
+    pub fn feed(&self, job: &str) -> Option<Arc<Feed>> {
+        let job = JobId::parse(job).ok()?;
+        self.lock().get(&job).map(|e| e.feed.clone())
+    }
+
+    /// Every feed with watchers (the listener re-subscribes these after a reconnect).
+    pub fn feeds(&self) -> Vec<Arc<Feed>> {
+        self.lock().values().map(|e| e.feed.clone()).collect()
+    }
+
+    pub fn is_watched(&self, job: &JobId) -> bool {
+        self.lock().contains_key(job)
+    }
+
+    /// Offers a parsed document to a feed, counting what happened.
+    pub fn offer(&self, feed: &Feed, doc: ProgressDoc, source: Source) -> Offer {
+        let offer = feed.offer(doc, source);
+        match &offer {
+            Offer::Accepted(update) => {
+                metrics::counter!("jobcast_updates_total", "source" => source.as_str())
+                    .increment(1);
+                if source != Source::Postgres {
+                    if let Some(wb) = &self.write_behind {
+                        wb.push(&feed.job, update.clone());
+                    }
+                }
+            }
+            Offer::Stale => {
+                metrics::counter!("jobcast_documents_dropped_total", "reason" => "stale")
+                    .increment(1);
+            }
+            Offer::Duplicate => {
+                metrics::counter!("jobcast_documents_dropped_total", "reason" => "duplicate")
+                    .increment(1);
+            }
+        }
+        offer
+    }
+
+    /// Parses raw bytes from a channel message and offers them; bad documents are
+    /// dropped with a warning and a metric, never forwarded.
+    pub fn offer_raw(&self, feed: &Feed, raw: &[u8], source: Source) {
+        match ProgressDoc::parse(raw, &self.rules) {
+            Ok(doc) => {
+                self.offer(feed, doc, source);
+            }
+            Err(e) => drop_invalid(&feed.job, e, source),
+        }
+    }
+
+    /// Asks for a read of `feed`'s state key; coalesced with one in flight.
+    pub fn request_read(self: &Arc<Self>, feed: &Arc<Feed>) {
+        if feed.request_read() {
+            let hub = self.clone();
+            let feed = feed.clone();
+            tokio::spawn(async move {
+                loop {
+                    hub.load(&feed).await;
+                    if !feed.read_finished() {
+                        break;
+                    }
+                }
+            });
+        }
+    }
+
+    /// One read of the job's state: Redis first; Postgres where Redis has nothing
+    /// or fails on the job's first load, or where the owner is still unknown.
+    async fn load(&self, feed: &Feed) {
+        let first_load = !feed.snapshot().ready;
+        let fetched = self.fetch(&feed.job, first_load).await;
+        if let Some((doc, source)) = fetched.doc {
+            self.offer(feed, doc, source);
+        }
+        feed.mark_ready(fetched.stored_owner, fetched.row);
+    }
+
+    /// Reads what the sources hold of `job`. With `fallback`, Postgres is asked
+    /// where Redis has no document, fails, or has one without an owner.
+    pub async fn fetch(&self, job: &JobId, fallback: bool) -> Fetched {
+        let mut out = Fetched::default();
+        metrics::counter!("jobcast_redis_reads_total").increment(1);
+        match self.reader.read(job).await {
+            Ok(KeyState::Doc(doc)) => out.doc = Some((doc, Source::RedisKey)),
+            Ok(KeyState::Missing) => {}
+            Ok(KeyState::Invalid(e)) => drop_invalid(job, e, Source::RedisKey),
+            Ok(KeyState::WrongType(t)) => {
+                warn!(job = %job, key_type = %t, "state key is neither a string nor a hash; ignored");
+                metrics::counter!("jobcast_documents_dropped_total", "reason" => "wrong_type")
+                    .increment(1);
+            }
+            Err(e) => {
+                debug!(job = %job, error = %e, "redis read failed");
+                out.redis_failed = true;
+            }
+        }
+        let owner_known = out.doc.as_ref().is_some_and(|(d, _)| d.owner.is_some());
+        if !fallback || owner_known {
+            return out;
+        }
+        let Some(store) = &self.store else { return out };
+        match store.load(job).await {
+            Ok(Some(stored)) => {
+                out.row = true;
+                out.stored_owner = Some(stored.owner_id);
+                if out.doc.is_none() {
+                    if let Some(doc) = stored.doc {
+                        metrics::counter!("jobcast_postgres_fallbacks_total").increment(1);
+                        out.doc = Some((doc, Source::Postgres));
+                    }
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                debug!(job = %job, error = %e, "postgres read failed");
+                out.store_failed = true;
+            }
+        }
+        out
+    }
+}
+
+/// What [`Hub::fetch`] found.
+#[derive(Debug, Default)]
+pub struct Fetched {
+    pub doc: Option<(ProgressDoc, Source)>,
+    pub stored_owner: Option<String>,
+    /// Postgres has a row for the job.
+    pub row: bool,
+    pub redis_failed: bool,
+    pub store_failed: bool,
+}
+
+impl Fetched {
+    pub fn known(&self) -> bool {
+        self.doc.is_some() || self.row
+    }
+    pub fn owner(&self) -> Option<&str> {
+        self.doc
+            .as_ref()
+            .and_then(|(d, _)| d.owner.as_deref())
+            .or(self.stored_owner.as_deref())
+    }
+}
+
+pub fn drop_invalid(job: &JobId, e: DocError, source: Source) {
+    warn!(job = %job, source = source.as_str(), reason = e.reason(), "document dropped: {e}");
+    metrics::counter!("jobcast_documents_dropped_total", "reason" => e.reason()).increment(1);
+}

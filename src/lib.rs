@@ -1,0 +1,43 @@
+//! # jobcast — a push gateway for long-running job progress
+//!
+//! One update's path, file by file:
+//!
+//! ```text
+//! worker ─ SET/HSET/PUBLISH ─▶ Redis ──▶ upstream/redis_listener  (one pub/sub connection)
+//!                                           │ keyspace event → upstream/redis_reader (one read, coalesced)
+//!                                           │ channel message → job::ProgressDoc::parse
+//!        ─ UPDATE jobs ──────▶ Postgres ─▶ upstream/pg_listener
+//!                                           ▼
+//!                                         hub         job id → feed; one subscription per job
+//!                                           ▼
+//!                                         fanout      latest state (watch) behind the seq gate,
+//!                                           │         encoded once (event) for every watcher
+//!                  ┌────────────────────────┼──────────────────────┐
+//!                  ▼                        ▼                      ▼
+//!            stream/sse               stream/ws              stream/poll
+//! ```
+//!
+//! Around it: `config` (settings), `startup` (App::build/run, shared with tests),
+//! `http` (routes), `auth` (tokens and ownership), `error` (JSON errors),
+//! `limits`, `metrics`, `store` (Postgres), `publish` (worker side), `shutdown`.
+
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod error;
+pub mod event;
+pub mod fanout;
+pub mod http;
+pub mod hub;
+pub mod job;
+pub mod limits;
+pub mod metrics;
+pub mod publish;
+pub mod shutdown;
+pub mod startup;
+pub mod state;
+pub mod store;
+pub mod stream;
+pub mod sys;
+pub mod telemetry;
+pub mod upstream;

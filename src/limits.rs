@@ -1,0 +1,153 @@
+//! Connection limits (PROTOCOL.md §4): `JOBCAST_MAX_CONNECTIONS` open streams
+//! overall and `JOBCAST_MAX_CONNECTIONS_PER_USER` per `sub`. A stream holds a
+//! [`ConnGuard`] for its whole life; dropping it gives the slot back and keeps
+//! the open-connections gauge true.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use crate::error::ApiError;
+
+/// How a watcher is served; the `transport` label of connection metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Sse,
+    Ws,
+    Poll,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Sse => "sse",
+            Transport::Ws => "ws",
+            Transport::Poll => "poll",
+        }
+    }
+}
+
+pub struct Limits {
+    max_total: usize,
+    /// 0: no per-user limit.
+    max_per_user: usize,
+    open: Mutex<Counts>,
+}
+
+#[derive(Default)]
+struct Counts {
+    total: usize,
+    per_user: HashMap<Arc<str>, usize>,
+}
+
+pub struct ConnGuard {
+    limits: Arc<Limits>,
+    user: Arc<str>,
+    transport: Transport,
+}
+
+impl Limits {
+    pub fn new(max_total: usize, max_per_user: usize) -> Arc<Self> {
+        Arc::new(Limits {
+            max_total,
+            max_per_user,
+            open: Mutex::new(Counts::default()),
+        })
+    }
+
+    fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
+        match self.open.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    pub fn open_total(&self) -> usize {
+        self.counts().total
+    }
+
+    pub fn acquire(
+        self: &Arc<Self>,
+        user: &str,
+        transport: Transport,
+    ) -> Result<ConnGuard, ApiError> {
+        let mut c = self.counts();
+        if c.total >= self.max_total {
+            metrics::counter!("jobcast_connections_refused_total", "reason" => "max_connections")
+                .increment(1);
+            return Err(ApiError::TooManyConnections(format!(
+                "the gateway holds its limit of {} open streams; retry later",
+                self.max_total
+            )));
+        }
+        let user: Arc<str> = Arc::from(user);
+        let mine = c.per_user.get(&user).copied().unwrap_or(0);
+        if self.max_per_user > 0 && mine >= self.max_per_user {
+            metrics::counter!("jobcast_connections_refused_total", "reason" => "max_per_user")
+                .increment(1);
+            return Err(ApiError::TooManyConnections(format!(
+                "you hold {} open streams, the per-user limit; close one first",
+                self.max_per_user
+            )));
+        }
+        c.total += 1;
+        *c.per_user.entry(user.clone()).or_insert(0) += 1;
+        drop(c);
+        metrics::gauge!("jobcast_connections", "transport" => transport.as_str()).increment(1.0);
+        metrics::counter!("jobcast_connections_opened_total", "transport" => transport.as_str())
+            .increment(1);
+        Ok(ConnGuard {
+            limits: self.clone(),
+            user,
+            transport,
+        })
+    }
+}
+
+impl std::fmt::Debug for ConnGuard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConnGuard")
+            .field("user", &self.user)
+            .field("transport", &self.transport)
+            .finish()
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        let mut c = self.limits.counts();
+        c.total -= 1;
+        if let Some(n) = c.per_user.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                c.per_user.remove(&self.user);
+            }
+        }
+        drop(c);
+        metrics::gauge!("jobcast_connections", "transport" => self.transport.as_str())
+            .decrement(1.0);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn limits_refuse_then_recover() {
+        let l = Limits::new(3, 2);
+        let a = l.acquire("u", Transport::Sse).unwrap();
+        let _b = l.acquire("u", Transport::Ws).unwrap();
+        assert_eq!(
+            l.acquire("u", Transport::Sse).unwrap_err().code(),
+            "too_many_connections"
+        );
+        let _c = l.acquire("v", Transport::Sse).unwrap();
+        assert_eq!(
+            l.acquire("w", Transport::Sse).unwrap_err().code(),
+            "too_many_connections"
+        );
+        drop(a);
+        assert!(l.acquire("u", Transport::Sse).is_ok());
+    }
+}

@@ -1,0 +1,90 @@
+//! The Prometheus exporter behind `GET /metrics`. The recorder is process-global
+//! (the `metrics` facade allows one), so it is installed once and shared by every
+//! app in the process; names follow Prometheus conventions (`_total`, `_seconds`).
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Source-event → write latency buckets, in seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+];
+
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)
+                .ok()?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok()?;
+            describe();
+            Some(handle)
+        })
+        .as_ref()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!("jobcast_connections", "Open streams by transport");
+    describe_counter!(
+        "jobcast_connections_opened_total",
+        "Streams opened by transport"
+    );
+    describe_counter!(
+        "jobcast_connections_closed_total",
+        "Streams closed by transport and reason"
+    );
+    describe_counter!(
+        "jobcast_connections_refused_total",
+        "Streams refused by a connection limit"
+    );
+    describe_counter!(
+        "jobcast_events_delivered_total",
+        "Progress events written to clients by transport"
+    );
+    describe_counter!(
+        "jobcast_documents_dropped_total",
+        "Documents dropped by reason"
+    );
+    describe_counter!("jobcast_updates_total", "Accepted job states by source");
+    describe_counter!(
+        "jobcast_redis_events_total",
+        "Redis notifications by source (keyspace, channel)"
+    );
+    describe_counter!(
+        "jobcast_redis_reads_total",
+        "State-key reads through the pool"
+    );
+    describe_counter!(
+        "jobcast_redis_subscriptions_total",
+        "Job subscriptions taken on Redis"
+    );
+    describe_counter!(
+        "jobcast_postgres_fallbacks_total",
+        "First states served from Postgres"
+    );
+    describe_counter!(
+        "jobcast_postgres_notifies_total",
+        "NOTIFYs received from Postgres"
+    );
+    describe_gauge!(
+        "jobcast_redis_up",
+        "1 while the Redis pub/sub connection is up"
+    );
+    describe_gauge!("jobcast_postgres_up", "1 while Postgres answers");
+    describe_counter!(
+        "jobcast_auth_failures_total",
+        "Refused tokens and requests by reason"
+    );
+    describe_gauge!("jobcast_active_jobs", "Jobs with at least one watcher");
+    describe_gauge!("jobcast_watchers", "Watchers over all jobs");
+    describe_histogram!(
+        "jobcast_delivery_latency_seconds",
+        "From receiving a state to writing it to a client"
+    );
+}

@@ -1,0 +1,152 @@
+//! `App::build` wires every part from one `Settings` — used by `main` and by the
+//! tests alike — and `App::run` serves until the shutdown token fires, then
+//! drains. Binding to port 0 gives tests a free port.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use anyhow::Context;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::auth::{Claims, Verifier};
+use crate::config::{Secret, Settings};
+use crate::hub::Hub;
+use crate::job::DocRules;
+use crate::limits::Limits;
+use crate::state::{AppState, SharedState};
+use crate::store::Store;
+use crate::upstream::redis_listener::RedisListener;
+use crate::upstream::redis_reader::RedisReader;
+use crate::upstream::redis_setup;
+
+pub struct App {
+    addr: SocketAddr,
+    state: SharedState,
+    listener: tokio::net::TcpListener,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> anyhow::Result<App> {
+        settings.validate().map_err(anyhow::Error::msg)?;
+        let fd_limit = crate::sys::raise_nofile_limit();
+        let max_connections = match settings.max_connections {
+            0 => fd_limit.saturating_sub(crate::sys::RESERVED_FDS).max(64) as usize,
+            n => n,
+        };
+        info!(
+            fd_limit,
+            max_connections, "open-file limit raised; connections allowed"
+        );
+        let _ = crate::metrics::handle();
+
+        let dev_secret = (settings.dev
+            && settings.jwt_secret.is_none()
+            && settings.jwt_public_key_file.is_none())
+        .then(|| Secret::new(random_hex(32)));
+        let verifier = Verifier::from_settings(&settings, dev_secret.as_ref())?;
+        let rules = DocRules::from_settings(&settings);
+
+        let reader = RedisReader::new(&settings.redis_url, &settings.key_prefix, rules.clone())
+            .context("REDIS_URL")?;
+        let store = match &settings.database_url {
+            None => {
+                warn!(
+                    "DATABASE_URL is not set: running Redis-only (no snapshot fallback, no write-behind, no Postgres push)"
+                );
+                None
+            }
+            Some(url) => {
+                let store =
+                    Store::connect_lazy(url.expose(), rules.clone()).context("DATABASE_URL")?;
+                if settings.migrate {
+                    if let Err(e) = store.migrate().await {
+                        warn!(error = %e, "could not apply migrations (Postgres down?); carrying on, fallback reads will fail until it is up");
+                    }
+                }
+                Some(store)
+            }
+        };
+        redis_setup::ensure_keyspace_events(&settings.redis_url, settings.configure_redis).await;
+
+        let shutdown = CancellationToken::new();
+        let redis_up = Arc::new(AtomicBool::new(false));
+        let (hub, upstream_cmds) = Hub::new(reader, store, None, rules);
+        let listener = RedisListener::new(
+            hub.clone(),
+            &settings.redis_url,
+            settings.redis_db(),
+            &settings.key_prefix,
+            redis_up.clone(),
+        )?;
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(listener.run(upstream_cmds, shutdown.clone())));
+
+        let tcp = tokio::net::TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", settings.listen))?;
+        let addr = tcp.local_addr()?;
+        let allowed_origins = settings
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        let state = Arc::new(AppState {
+            limits: Limits::new(max_connections, settings.max_connections_per_user),
+            settings,
+            hub,
+            verifier,
+            shutdown,
+            redis_up,
+            allowed_origins,
+        });
+        Ok(App {
+            addr,
+            state,
+            listener: tcp,
+            tasks,
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn state(&self) -> SharedState {
+        self.state.clone()
+    }
+
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.state.shutdown.clone()
+    }
+
+    /// Mints a token with the gateway's own key (HS256 only: `--dev`, tests, CLI).
+    pub fn mint(&self, claims: &Claims) -> anyhow::Result<String> {
+        self.state.verifier.mint(claims)
+    }
+
+    /// Serves until the shutdown token is cancelled, then waits for open
+    /// connections to finish (streams end themselves on the same token).
+    pub async fn run(self) {
+        let shutdown = self.state.shutdown.clone();
+        let routes = crate::http::routes(self.state.clone());
+        info!(addr = %self.addr, "jobcast listening");
+        warp::serve(routes)
+            .incoming(self.listener)
+            .graceful(async move { shutdown.cancelled().await })
+            .run()
+            .await;
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn random_hex(bytes: usize) -> String {
+    (0..bytes)
+        .map(|_| format!("{:02x}", rand::random::<u8>()))
+        .collect()
+}

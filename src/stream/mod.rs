@@ -1,0 +1,107 @@
+//! One watcher → one client. [`open`] is the door every transport goes through
+//! (job id → token → limits → join the job's feed → first state → ownership), so
+//! a stream that cannot be opened is refused with its status code before any
+//! event is written. `sse`, `ws` and `poll` then write the feed's states.
+
+pub mod poll;
+pub mod sse;
+pub mod ws;
+
+use std::time::Duration;
+
+use tracing::Span;
+
+use crate::auth::policy::{JobFacts, authorize};
+use crate::auth::{AuthError, Claims, Credentials};
+use crate::config::FIRST_STATE_TIMEOUT;
+use crate::error::ApiError;
+use crate::fanout::FeedState;
+use crate::hub::Watch;
+use crate::job::JobId;
+use crate::limits::{ConnGuard, Transport};
+use crate::state::AppState;
+
+/// An authorised watcher, holding its job's subscription and its connection slot.
+pub struct Opened {
+    pub job: JobId,
+    pub claims: Claims,
+    pub watch: Watch,
+    pub state: FeedState,
+    pub guard: ConnGuard,
+    pub span: Span,
+}
+
+impl Opened {
+    /// Time left until the token's `exp`.
+    pub fn token_ttl(&self) -> Duration {
+        let now = crate::auth::claims::now_secs();
+        Duration::from_secs(self.claims.exp.saturating_sub(now))
+    }
+}
+
+pub fn parse_job(raw: &str) -> Result<JobId, ApiError> {
+    JobId::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
+}
+
+/// Verifies the request's token (401 where missing or bad).
+pub fn verify(app: &AppState, creds: &Credentials) -> Result<Claims, ApiError> {
+    let result = match &creds.token {
+        None => Err(AuthError::Missing),
+        Some((token, _)) => app.verifier.verify(token.expose()),
+    };
+    result.map_err(|e| {
+        metrics::counter!("jobcast_auth_failures_total", "reason" => e.reason()).increment(1);
+        ApiError::Unauthorized(e)
+    })
+}
+
+/// Opens a watcher on `raw_job` for the request's caller, or says why not.
+pub async fn open(
+    app: &AppState,
+    raw_job: &str,
+    creds: &Credentials,
+    transport: Transport,
+) -> Result<Opened, ApiError> {
+    let job = parse_job(raw_job)?;
+    let claims = verify(app, creds)?;
+    let span = tracing::info_span!("stream", job = %job, user = %claims.sub, transport = transport.as_str());
+    let guard = app.limits.acquire(&claims.sub, transport)?;
+    let watch = app.hub.join(job.clone());
+    let state = watch.feed.wait_ready(FIRST_STATE_TIMEOUT).await;
+    let facts = JobFacts {
+        known: state.known,
+        owner: state.owner(),
+    };
+    if let Err(e) = authorize(&claims, &job, facts) {
+        let reason = if e.code() == "not_found" {
+            "unknown_job"
+        } else {
+            "not_owner"
+        };
+        metrics::counter!("jobcast_auth_failures_total", "reason" => reason).increment(1);
+        return Err(e);
+    }
+    Ok(Opened {
+        job,
+        claims,
+        watch,
+        state,
+        guard,
+        span,
+    })
+}
+
+/// Counts a closed stream with why it closed.
+pub fn closed(transport: Transport, reason: &'static str) {
+    metrics::counter!("jobcast_connections_closed_total", "transport" => transport.as_str(), "reason" => reason)
+        .increment(1);
+}
+
+/// First tick of a heartbeat timer at a random point of the period, so that
+/// thousands of streams opened together do not ping together.
+pub fn heartbeat_timer(period: Duration) -> tokio::time::Interval {
+    let offset = period.mul_f64(rand::random_range(0.5..1.0));
+    let mut timer = tokio::time::interval_at(tokio::time::Instant::now() + offset, period);
+    timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    timer
+}

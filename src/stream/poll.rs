@@ -1,0 +1,131 @@
+//! Long-poll: answers at once with the current document when its id differs from
+//! `after`, else waits (up to `timeout`, default 25 s, at most 55 s) for the next
+//! state and answers `204` when none came. The event id travels in
+//! `X-Jobcast-Event-Id`; `X-Jobcast-Done: true` marks a terminal document.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::reply::{Reply, Response};
+
+use crate::auth::Credentials;
+use crate::auth::credentials::query_param;
+use crate::config::{POLL_DEFAULT_TIMEOUT_SECS, POLL_MAX_TIMEOUT_SECS};
+use crate::error::ApiError;
+use crate::event::Update;
+use crate::limits::Transport;
+use crate::state::SharedState;
+use crate::stream::{closed, open};
+
+pub async fn handle(
+    app: SharedState,
+    job: String,
+    creds: Credentials,
+    query: String,
+) -> Result<Response, Infallible> {
+    Ok(match poll(app, job, creds, query).await {
+        Ok(res) => res,
+        Err(e) => e.into_response(),
+    })
+}
+
+fn parse_timeout(query: &str) -> Result<Duration, ApiError> {
+    let secs = match query_param(query, "timeout") {
+        None => POLL_DEFAULT_TIMEOUT_SECS,
+        Some(t) => t
+            .parse::<u64>()
+            .map_err(|_| ApiError::BadRequest("timeout must be a whole number of seconds".into()))?
+            .min(POLL_MAX_TIMEOUT_SECS),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+async fn poll(
+    app: SharedState,
+    job: String,
+    creds: Credentials,
+    query: String,
+) -> Result<Response, ApiError> {
+    let timeout = parse_timeout(&query)?;
+    let after = query_param(&query, "after").filter(|a| !a.is_empty());
+    let opened = open(&app, &job, &creds, Transport::Poll).await?;
+    let mut rx = opened.watch.feed.subscribe();
+    let current = rx
+        .borrow_and_update()
+        .latest
+        .clone()
+        .or_else(|| opened.state.latest.clone());
+    if let Some(update) = current {
+        if after.as_deref() != Some(update.id_string().as_str()) {
+            closed(Transport::Poll, "answered");
+            return Ok(document(&update));
+        }
+        if update.done.is_some() {
+            closed(Transport::Poll, "done");
+            return Ok(no_content());
+        }
+    }
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            _ = app.shutdown.cancelled() => break,
+            changed = rx.changed() => {
+                if changed.is_err() { break; }
+                let latest = rx.borrow_and_update().latest.clone();
+                if let Some(update) = latest {
+                    if after.as_deref() != Some(update.id_string().as_str()) {
+                        closed(Transport::Poll, "answered");
+                        return Ok(document(&update));
+                    }
+                }
+            }
+        }
+    }
+    closed(Transport::Poll, "timeout");
+    Ok(no_content())
+}
+
+fn document(update: &Update) -> Response {
+    metrics::counter!("jobcast_events_delivered_total", "transport" => "poll").increment(1);
+    let mut res = Response::new(update.doc.json.clone().into());
+    let h = res.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if let Ok(v) = HeaderValue::from_str(&update.id_string()) {
+        h.insert("x-jobcast-event-id", v);
+    }
+    if update.done.is_some() {
+        h.insert("x-jobcast-done", HeaderValue::from_static("true"));
+    }
+    res
+}
+
+fn no_content() -> Response {
+    let mut res =
+        warp::reply::with_status(warp::reply::reply(), StatusCode::NO_CONTENT).into_response();
+    res.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    res
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeout_defaults_clamps_and_rejects_junk() {
+        assert_eq!(parse_timeout("").unwrap(), Duration::from_secs(25));
+        assert_eq!(parse_timeout("timeout=3").unwrap(), Duration::from_secs(3));
+        assert_eq!(
+            parse_timeout("timeout=999").unwrap(),
+            Duration::from_secs(55)
+        );
+        assert!(parse_timeout("timeout=-1").is_err());
+    }
+}

@@ -1,0 +1,168 @@
+//! The WebSocket writer: the same events as SSE, as JSON text frames. The server
+//! pings every heartbeat and closes a connection that missed two pongs; client
+//! frames other than pong and close are ignored. Close codes: 1000 after `done`,
+//! 1012 when the gateway drains, 1008 when the token expired.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use tracing::Instrument;
+use warp::http::{HeaderValue, StatusCode};
+use warp::reply::{Reply, Response};
+use warp::ws::{Message, WebSocket, Ws};
+
+use crate::auth::credentials::WS_PROTOCOL;
+use crate::auth::{Credentials, TokenSource};
+use crate::error::ApiError;
+use crate::event;
+use crate::limits::Transport;
+use crate::state::SharedState;
+use crate::stream::{Opened, closed, heartbeat_timer, open};
+
+/// Pings a client may leave unanswered before the connection is closed.
+const MAX_MISSED_PONGS: u32 = 2;
+/// Bound on writing one frame; a client that accepts nothing for this long is gone.
+const WS_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest frame a client may send (it has nothing to say but pongs).
+const WS_MAX_CLIENT_MESSAGE: usize = 4096;
+
+pub async fn handle(
+    app: SharedState,
+    job: String,
+    creds: Credentials,
+    last_event_id: Option<String>,
+    ws: Ws,
+) -> Result<Response, Infallible> {
+    // Cross-site WebSocket hijacking: a browser sends cookies with any upgrade, so
+    // a cookie-borne token is only honoured from our own or an allowed origin.
+    if let (Some((_, TokenSource::Cookie)), Some(origin)) = (&creds.token, &creds.origin) {
+        if !app.origin_allowed(origin, creds.host.as_deref()) {
+            metrics::counter!("jobcast_auth_failures_total", "reason" => "origin").increment(1);
+            return Ok(ApiError::Forbidden(format!(
+                "origin {origin} may not use the cookie token"
+            ))
+            .into_response());
+        }
+    }
+    let opened = match open(&app, &job, &creds, Transport::Ws).await {
+        Ok(o) => o,
+        Err(e) => return Ok(e.into_response()),
+    };
+    let span = opened.span.clone();
+    let reply = ws
+        .max_message_size(WS_MAX_CLIENT_MESSAGE)
+        .on_upgrade(move |socket| run(app, opened, socket, last_event_id).instrument(span));
+    let mut res = reply.into_response();
+    if creds.offers_ws_protocol && res.status() == StatusCode::SWITCHING_PROTOCOLS {
+        res.headers_mut().insert(
+            "sec-websocket-protocol",
+            HeaderValue::from_static(WS_PROTOCOL),
+        );
+    }
+    Ok(res)
+}
+
+async fn run(app: SharedState, opened: Opened, socket: WebSocket, last_event_id: Option<String>) {
+    let reason = serve(&app, &opened, socket, last_event_id).await;
+    closed(Transport::Ws, reason);
+    tracing::debug!(reason, "websocket ended");
+}
+
+async fn serve(
+    app: &SharedState,
+    opened: &Opened,
+    socket: WebSocket,
+    last_event_id: Option<String>,
+) -> &'static str {
+    let (mut tx, mut rx_client) = socket.split();
+    macro_rules! send {
+        ($msg:expr) => {
+            match tokio::time::timeout(WS_SEND_TIMEOUT, tx.send($msg)).await {
+                Ok(Ok(())) => {}
+                _ => return "client_gone",
+            }
+        };
+    }
+    send!(Message::text(event::ws_connected(&opened.job)));
+    let mut feed = opened.watch.feed.subscribe();
+    let mut last_sent: Option<i64> = None;
+    let first = feed
+        .borrow_and_update()
+        .latest
+        .clone()
+        .or_else(|| opened.state.latest.clone());
+    if let Some(update) = first {
+        last_sent = Some(update.id);
+        if last_event_id.as_deref() != Some(update.id_string().as_str()) {
+            send!(text(&update.ws));
+            delivered(&update);
+        }
+        if let Some((_, done)) = &update.done {
+            send!(text(done));
+            let _ = tx.send(Message::close_with(1000u16, "done")).await;
+            return "done";
+        }
+    }
+    let mut heartbeat = heartbeat_timer(app.settings.heartbeat());
+    let mut missed_pongs = 0u32;
+    let expiry = tokio::time::sleep(opened.token_ttl());
+    tokio::pin!(expiry);
+    loop {
+        tokio::select! {
+            _ = app.shutdown.cancelled() => {
+                let _ = tokio::time::timeout(Duration::from_millis(500),
+                    tx.send(Message::close_with(1012u16, "gateway restarting; reconnect"))).await;
+                return "shutdown";
+            }
+            _ = &mut expiry => {
+                send!(Message::text(event::ws_error("token_expired")));
+                let _ = tx.send(Message::close_with(1008u16, "token expired")).await;
+                return "token_expired";
+            }
+            _ = heartbeat.tick() => {
+                if missed_pongs >= MAX_MISSED_PONGS {
+                    let _ = tx.send(Message::close_with(1001u16, "no pong")).await;
+                    return "no_pong";
+                }
+                missed_pongs += 1;
+                send!(Message::ping(Vec::new()));
+            }
+            incoming = rx_client.next() => match incoming {
+                Some(Ok(msg)) if msg.is_pong() => missed_pongs = 0,
+                Some(Ok(msg)) if msg.is_close() => return "client_closed",
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return "client_gone",
+            },
+            changed = feed.changed() => {
+                if changed.is_err() {
+                    return "feed_closed";
+                }
+                let Some(update) = feed.borrow_and_update().latest.clone() else { continue };
+                if last_sent == Some(update.id) {
+                    continue;
+                }
+                last_sent = Some(update.id);
+                send!(text(&update.ws));
+                delivered(&update);
+                if let Some((_, done)) = &update.done {
+                    send!(text(done));
+                    let _ = tx.send(Message::close_with(1000u16, "done")).await;
+                    return "done";
+                }
+            }
+        }
+    }
+}
+
+/// warp's text frames own a `String`: this is a copy of the shared encoding (a
+/// memcpy per watcher), never a re-encode.
+fn text(bytes: &bytes::Bytes) -> Message {
+    Message::text(String::from_utf8_lossy(bytes).into_owned())
+}
+
+fn delivered(update: &crate::event::Update) {
+    metrics::counter!("jobcast_events_delivered_total", "transport" => "ws").increment(1);
+    metrics::histogram!("jobcast_delivery_latency_seconds")
+        .record(update.received.elapsed().as_secs_f64());
+}

@@ -1,0 +1,10 @@
+//! Where updates come from. `redis_setup` checks the keyspace-notification
+//! config at start; `redis_listener` holds the one pub/sub connection and feeds
+//! the hub; `redis_reader` reads (and, for publishers, writes) state keys
+//! through the pool; `pg_listener` turns Postgres NOTIFYs into hub updates.
+
+pub mod backoff;
+pub mod pg_listener;
+pub mod redis_listener;
+pub mod redis_reader;
+pub mod redis_setup;
