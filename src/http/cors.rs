@@ -58,7 +58,17 @@ where
 pub fn preflight(
     app: SharedState,
 ) -> impl Filter<Extract = (Response,), Error = warp::Rejection> + Clone {
-    warp::options()
+    // Not `warp::options()`: its rejection (405) would outrank the 404 of an
+    // unknown route for every other method.
+    warp::method()
+        .and_then(|m: warp::http::Method| async move {
+            if m == warp::http::Method::OPTIONS {
+                Ok(())
+            } else {
+                Err(warp::reject::not_found())
+            }
+        })
+        .untuple_one()
         .and(warp::header::optional::<String>("origin"))
         .map(move |origin: Option<String>| {
             let mut res =

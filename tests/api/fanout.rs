@@ -1,0 +1,223 @@
+//! Fan-out properties seen from Redis and from clients: one subscription per job
+//! however many watchers, seq ordering and dedup, latest-value conflation.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::app::{Options, spawn_app, spawn_app_with};
+use crate::clients::{Sse, ws_connect};
+use crate::support::wait_until;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_watchers_cost_one_subscription_per_channel() {
+    let app = spawn_app_with(Options {
+        tweak: Box::new(|s| s.max_connections_per_user = 0),
+        ..Default::default()
+    })
+    .await;
+    app.set("hot", r#"{"seq":1,"owner_id":"alice"}"#).await;
+    let auth = format!("Bearer {}", app.token("alice"));
+
+    let mut sse = Vec::new();
+    for _ in 0..150 {
+        let mut s = Sse::connect(&app.url("/jobs/hot/events"), &[("authorization", &auth)]).await;
+        s.expect("connected").await;
+        sse.push(s);
+    }
+    let mut ws = Vec::new();
+    for _ in 0..50 {
+        let mut w = ws_connect(&app.ws_url("/jobs/hot/ws"), &[("authorization", &auth)])
+            .await
+            .unwrap();
+        w.expect("connected").await;
+        ws.push(w);
+    }
+    assert_eq!(app.numsub(&app.key("hot")).await, 1);
+    assert_eq!(app.numsub(&app.keyspace_channel("hot")).await, 1);
+
+    // Everyone gets the next update.
+    app.publish("hot", r#"{"seq":2,"owner_id":"alice"}"#).await;
+    for s in sse.iter_mut() {
+        assert_eq!(s.expect("progress").await.id.as_deref(), Some("1"));
+        assert_eq!(s.expect("progress").await.id.as_deref(), Some("2"));
+    }
+    for w in ws.iter_mut() {
+        assert_eq!(w.expect("progress").await["id"], "1");
+        assert_eq!(w.expect("progress").await["id"], "2");
+    }
+
+    drop(sse);
+    for w in ws {
+        w.close().await;
+    }
+    wait_until(
+        Duration::from_secs(10),
+        "the last watcher's leave drops the subscriptions",
+        || async {
+            app.numsub(&app.key("hot")).await == 0
+                && app.numsub(&app.keyspace_channel("hot")).await == 0
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn set_and_publish_of_the_same_seq_deliver_once_and_lower_seq_never_follows() {
+    let app = spawn_app().await;
+    app.set("j", r#"{"seq":1,"owner_id":"alice"}"#).await;
+    let auth = format!("Bearer {}", app.token("alice"));
+    let mut s = Sse::connect(&app.url("/jobs/j/events"), &[("authorization", &auth)]).await;
+    s.expect("connected").await;
+    s.expect("progress").await;
+
+    let d2 = r#"{"seq":2,"owner_id":"alice"}"#;
+    app.set("j", d2).await;
+    app.publish("j", d2).await;
+    app.publish("j", r#"{"seq":1,"owner_id":"alice","late":true}"#)
+        .await;
+    app.set("j", r#"{"seq":3,"owner_id":"alice"}"#).await;
+    app.publish("j", r#"{"seq":2,"owner_id":"alice","stale":true}"#)
+        .await;
+    app.publish("j", r#"{"seq":4,"owner_id":"alice"}"#).await;
+
+    let mut ids = Vec::new();
+    while ids.last().map(String::as_str) != Some("4") {
+        ids.push(s.expect("progress").await.id.unwrap());
+    }
+    assert_eq!(ids, ["2", "3", "4"]);
+}
+
+/// RSS of this process in KiB (the gateway runs in-process).
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_watcher_gets_latest_state_not_backlog() {
+    // A separate gateway process, so its memory is measured alone.
+    let redis = crate::support::RedisServer::start().await;
+    let port = crate::support::free_port();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobcast"))
+        .env("REDIS_URL", redis.url())
+        .env("JWT_SECRET", crate::app::SECRET)
+        .env("JOBCAST_LISTEN", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .env_remove("DATABASE_URL")
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn jobcast");
+    let pid = child.id().expect("pid");
+    let mut r = redis.connection().await;
+    let key = "progress:job:slow";
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(r#"{"seq":0,"owner_id":"alice"}"#)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    wait_until(Duration::from_secs(10), "jobcast listens", || async move {
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+    })
+    .await;
+
+    // A raw client with a small receive buffer that stops reading.
+    let sock = tokio::net::TcpSocket::new_v4().unwrap();
+    sock.set_recv_buffer_size(16 * 1024).unwrap();
+    let mut conn = sock.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+    let token = crate::app::sign(&crate::app::claims("alice"));
+    conn.write_all(
+        format!(
+            "GET /jobs/slow/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(5), conn.read(&mut head))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
+
+    tokio::time::sleep(Duration::from_millis(300)).await; // let the gateway settle before measuring
+    let before = rss_kib(pid);
+    let pad = "x".repeat(2000);
+    let mut pipe = redis::pipe();
+    for seq in 1..=10_000 {
+        pipe.cmd("PUBLISH")
+            .arg(key)
+            .arg(format!(
+                r#"{{"seq":{seq},"owner_id":"alice","pad":"{pad}"}}"#
+            ))
+            .ignore();
+        if seq % 500 == 0 {
+            let _: () = pipe.query_async(&mut r).await.unwrap();
+            pipe = redis::pipe();
+        }
+    }
+    // Wait until the gateway has taken in the last update (a fresh snapshot says so).
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(format!(
+            r#"{{"seq":10000,"owner_id":"alice","pad":"{pad}"}}"#
+        ))
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    let snapshot_url = format!("http://127.0.0.1:{port}/jobs/slow");
+    wait_until(
+        Duration::from_secs(10),
+        "the gateway holds seq 10000",
+        || {
+            let url = snapshot_url.clone();
+            let token = token.clone();
+            async move {
+                let res = reqwest::Client::new()
+                    .get(&url)
+                    .bearer_auth(&token)
+                    .send()
+                    .await;
+                res.is_ok_and(|r| {
+                    r.headers()
+                        .get("x-jobcast-event-id")
+                        .is_some_and(|v| v == "10000")
+                })
+            }
+        },
+    )
+    .await;
+    let after = rss_kib(pid);
+    // 10,000 × 2 KB = 20 MB of backlog; conflation keeps the gateway's growth far below it.
+    assert!(
+        after < before + 8 * 1024,
+        "gateway RSS grew from {before} KiB to {after} KiB with a stalled watcher"
+    );
+
+    // Resume reading: the stream reaches the latest state and skipped most of the rest.
+    let mut text = String::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !text.contains("\"seq\":10000,") {
+        let n = tokio::time::timeout_at(deadline, conn.read(&mut buf))
+            .await
+            .expect("latest state in time")
+            .unwrap();
+        assert!(n > 0, "stream ended early");
+        text.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let delivered = text.matches("event: progress").count();
+    assert!(
+        delivered < 5_000,
+        "a stalled watcher received {delivered} of 10000 states; expected conflation"
+    );
+    child.kill().await.ok();
+}

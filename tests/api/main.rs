@@ -1,0 +1,15 @@
+//! jobcast's integration tests: ONE test binary (fast to link), each test with
+//! its own `redis-server` and, where it needs one, its own Postgres database,
+//! talking to a real gateway over real sockets.
+
+mod support;
+
+mod app;
+mod clients;
+
+mod auth;
+mod fanout;
+mod keyspace;
+mod poll_snapshot;
+mod sse;
+mod ws;
