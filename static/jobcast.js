@@ -1,0 +1,858 @@
+// jobcast.js — the browser client for jobcast (see PROTOCOL.md §2, §3).
+//
+// One dependency-free ES module. `watch()` follows one job over Server-Sent
+// Events, falls back to WebSocket and then to long-polling, reconnects with
+// capped exponential backoff, resumes from the last event id and never hands
+// the application a duplicate or a step backwards. The rest are small helpers
+// for progress UIs.
+//
+// Invariants this file keeps (read them before changing anything below):
+//  1. Exactly one transport is open at a time. Every callback a transport
+//     gives us carries a generation number; callbacks of a superseded
+//     transport are ignored, so a late event from a closed socket can never
+//     be delivered or trigger a second reconnect.
+//  2. A healthy connection is never restarted by us: we only act on a real
+//     error or close (or on a connection that never said `connected`).
+//  3. An event reaches `onProgress` only if its numeric id is greater than
+//     the last one delivered (ids are the documents' `seq`).
+//  4. After `done`, a final error or `close()`, nothing is called any more.
+
+const STORAGE_KEY = 'jobcast.jobs';
+const ALL_TRANSPORTS = ['sse', 'ws', 'poll'];
+const DEFAULT_TERMINAL_STATUSES = ['completed', 'failed', 'cancelled'];
+/** Long-poll wait the server is asked for, in seconds (server caps at 55). */
+const POLL_TIMEOUT_SECS = 25;
+/** A connection that stayed up this long resets the backoff to its start. */
+const STABLE_CONNECTION_MS = 10_000;
+/** Consecutive token refreshes without a successful connection before giving up. */
+const MAX_TOKEN_REFRESHES = 2;
+/** Entries in localStorage older than this are pruned (a job nobody resumed). */
+const STORAGE_MAX_AGE_MS = 24 * 3600 * 1000;
+
+const HUMAN_MESSAGES = {
+  token_expired: 'Your session has expired. Sign in again to keep watching this job.',
+  unauthorized: 'Your session has expired or is not valid. Sign in again to watch this job.',
+  forbidden: "You don't have access to this job.",
+  not_found: "This job doesn't exist.",
+  bad_request: 'This job id is not valid.',
+};
+
+/**
+ * Error given to `onError`. Always final: the watch is closed when it is reported.
+ * @property {string} code   one of `token_expired`, `unauthorized`, `forbidden`,
+ *                           `not_found`, `bad_request`, `client_error`
+ * @property {number|undefined} status  the HTTP status, where one was seen
+ */
+export class JobcastError extends Error {
+  constructor(code, status, message) {
+    super(message || HUMAN_MESSAGES[code] || 'Something went wrong while watching this job.');
+    this.name = 'JobcastError';
+    this.code = code;
+    this.status = status;
+  }
+}
+
+function errorForStatus(status, body) {
+  const code =
+    (body && typeof body.error === 'string' && HUMAN_MESSAGES[body.error] && body.error) ||
+    { 400: 'bad_request', 401: 'unauthorized', 403: 'forbidden', 404: 'not_found' }[status] ||
+    'client_error';
+  return new JobcastError(code, status);
+}
+
+/** Job ids are `A-Z a-z 0-9 . _ : -`; keep `:` literal since path params are not percent-decoded everywhere. */
+function pathId(jobId) {
+  return encodeURIComponent(jobId).replace(/%3A/gi, ':');
+}
+
+function numericId(id) {
+  if (id === null || id === undefined || id === '') return NaN;
+  const n = Number(id);
+  return Number.isFinite(n) ? n : NaN;
+}
+
+function parseJson(text) {
+  try {
+    return JSON.parse(text);
+  } catch {
+    return undefined;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// localStorage: {jobId: {lastId, doc, transport, updatedAt}}. Never holds tokens.
+
+function readStore() {
+  try {
+    const raw = globalThis.localStorage && localStorage.getItem(STORAGE_KEY);
+    const obj = raw ? JSON.parse(raw) : {};
+    return obj && typeof obj === 'object' && !Array.isArray(obj) ? obj : {};
+  } catch {
+    return {};
+  }
+}
+
+function writeStore(obj) {
+  try {
+    if (globalThis.localStorage) localStorage.setItem(STORAGE_KEY, JSON.stringify(obj));
+  } catch {
+    // Quota exceeded or storage disabled (private mode): resuming is a nicety.
+  }
+}
+
+function updateStore(jobId, patch) {
+  const store = readStore();
+  const now = Date.now();
+  for (const [id, entry] of Object.entries(store)) {
+    if (!entry || now - (entry.updatedAt || 0) > STORAGE_MAX_AGE_MS) delete store[id];
+  }
+  store[jobId] = { ...(store[jobId] || {}), ...patch, updatedAt: now };
+  writeStore(store);
+}
+
+/**
+ * Jobs being watched (or watched before a refresh) in this browser, from localStorage.
+ * @returns {Object<string, {lastId: string|null, doc: object|null, transport: string|null, updatedAt: number}>}
+ */
+export function activeJobs() {
+  return readStore();
+}
+
+/**
+ * Removes a job from the remembered active jobs (done automatically on `done`).
+ * @param {string} jobId
+ */
+export function forget(jobId) {
+  const store = readStore();
+  if (jobId in store) {
+    delete store[jobId];
+    writeStore(store);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Transports. Each opens one connection and reports through `cb`:
+//   cb.connected()            the server said `connected` (poll: first answer)
+//   cb.progress(id, doc)      a document
+//   cb.done(payload)          the job ended
+//   cb.expired()              the server said token_expired
+//   cb.final(err)             a JobcastError from the server
+//   cb.interrupted()          a connected stream is retrying by itself (SSE)
+//   cb.failed(info)           the connection is gone; info: {needsProbe, status}
+// and returns {close()}.
+
+function openSse(w, cb) {
+  const params = new URLSearchParams();
+  if (w.token) params.set('access_token', w.token);
+  // EventSource resends Last-Event-ID on its own reconnects; a new EventSource
+  // cannot set the header, so the id goes in the query too.
+  if (w.lastId !== null) params.set('last_event_id', w.lastId);
+  const qs = params.toString();
+  const url = `${w.baseUrl}/jobs/${pathId(w.jobId)}/events${qs ? '?' + qs : ''}`;
+  const es = new EventSource(url, { withCredentials: w.withCredentials });
+  let everConnected = false;
+  let interrupted = false;
+  let watchdog = null;
+  const clearWatchdog = () => {
+    clearTimeout(watchdog);
+    watchdog = null;
+  };
+  const close = () => {
+    clearWatchdog();
+    es.close();
+  };
+
+  es.addEventListener('connected', () => {
+    everConnected = true;
+    interrupted = false;
+    clearWatchdog();
+    cb.connected();
+  });
+  es.addEventListener('progress', (e) => {
+    const doc = parseJson(e.data);
+    if (doc && typeof doc === 'object') cb.progress(e.lastEventId, doc);
+  });
+  es.addEventListener('done', (e) => {
+    close();
+    cb.done(parseJson(e.data) || {});
+  });
+  es.addEventListener('error', (e) => {
+    if (typeof e.data === 'string') {
+      // A server-sent `event: error`, not a connection error.
+      close();
+      const body = parseJson(e.data) || {};
+      if (body.error === 'token_expired') cb.expired();
+      else if (HUMAN_MESSAGES[body.error]) cb.final(new JobcastError(body.error));
+      else cb.failed({ needsProbe: !everConnected });
+      return;
+    }
+    if (!everConnected) {
+      // Never got `connected`: EventSource hides the status (401? 502? 204?),
+      // so stop it from retrying blindly and let the watcher probe.
+      close();
+      cb.failed({ needsProbe: true });
+    } else if (es.readyState === EventSource.CLOSED || interrupted) {
+      // The browser gave up (a non-200 answer, or 204 = the job had ended),
+      // or its own retry failed too: the watcher takes over, with backoff.
+      close();
+      cb.failed({ needsProbe: false });
+    } else {
+      // The stream dropped; the browser is reconnecting by itself with
+      // Last-Event-ID. Leave it alone, but do not wait forever for it.
+      interrupted = true;
+      cb.interrupted();
+      watchdog = setTimeout(() => {
+        close();
+        cb.failed({ needsProbe: false });
+      }, w.connectTimeoutMs + 5000);
+    }
+  });
+  return { close };
+}
+
+function openWs(w, cb) {
+  const url = new URL(`${w.baseUrl}/jobs/${pathId(w.jobId)}/ws`, globalThis.location ? location.href : undefined);
+  url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+  if (w.lastId !== null) url.searchParams.set('last_event_id', w.lastId);
+  const protocols = ['jobcast.v1'];
+  if (w.token) protocols.push('jobcast.bearer.' + w.token);
+  let ws;
+  try {
+    ws = new WebSocket(url.toString(), protocols);
+  } catch {
+    // e.g. a token with characters a subprotocol cannot carry.
+    setTimeout(() => cb.failed({ needsProbe: true }), 0);
+    return { close() {} };
+  }
+  let connected = false;
+  let finished = false;
+  const close = () => {
+    finished = true;
+    try {
+      ws.close(1000);
+    } catch {
+      // already closing
+    }
+  };
+  ws.onmessage = (e) => {
+    if (finished) return;
+    const frame = typeof e.data === 'string' ? parseJson(e.data) : undefined;
+    if (!frame || typeof frame !== 'object') return;
+    switch (frame.event) {
+      case 'connected':
+        connected = true;
+        cb.connected();
+        break;
+      case 'progress':
+        if (frame.data && typeof frame.data === 'object') cb.progress(frame.id, frame.data);
+        break;
+      case 'done': {
+        close();
+        const { event, ...payload } = frame;
+        cb.done(payload);
+        break;
+      }
+      case 'error':
+        close();
+        if (frame.error === 'token_expired') cb.expired();
+        else if (HUMAN_MESSAGES[frame.error]) cb.final(new JobcastError(frame.error));
+        else cb.failed({ needsProbe: !connected });
+        break;
+      default:
+        break; // unknown frames are ignored, for forward compatibility
+    }
+  };
+  ws.onclose = () => {
+    if (finished) return;
+    finished = true;
+    // A refused handshake (401/403/404) shows up as a bare close (1006).
+    cb.failed({ needsProbe: !connected });
+  };
+  return { close };
+}
+
+function openPoll(w, cb) {
+  const ctl = new AbortController();
+  let stopped = false;
+  let connected = false;
+  const close = () => {
+    stopped = true;
+    ctl.abort();
+  };
+  (async () => {
+    // The first request leaves out `after` so the server answers at once with
+    // the current document: that answer is our "connected" (the seq gate drops
+    // it if we already have it). Later requests wait for something newer.
+    let first = true;
+    while (!stopped) {
+      const params = new URLSearchParams();
+      if (!first && w.lastId !== null) params.set('after', w.lastId);
+      params.set('timeout', String(POLL_TIMEOUT_SECS));
+      const started = Date.now();
+      let res;
+      try {
+        res = await fetch(`${w.baseUrl}/jobs/${pathId(w.jobId)}/poll?${params}`, {
+          headers: w.authHeaders(),
+          credentials: w.withCredentials ? 'include' : 'same-origin',
+          cache: 'no-store',
+          signal: ctl.signal,
+        });
+      } catch {
+        if (!stopped) cb.failed({ needsProbe: false, network: true });
+        return;
+      }
+      if (stopped) return;
+      if (res.status === 200 || res.status === 204) {
+        first = false;
+        if (!connected) {
+          connected = true;
+          cb.connected();
+        }
+        if (res.status === 200) {
+          let doc;
+          try {
+            doc = await res.json();
+          } catch {
+            doc = undefined;
+          }
+          if (stopped) return;
+          if (doc && typeof doc === 'object') {
+            cb.progress(res.headers.get('X-Jobcast-Event-Id'), doc);
+            if (stopped) return; // a terminal document ended the watch
+          }
+        } else if (Date.now() - started < 500) {
+          // A 204 that came back at once means something between us and the
+          // server does not hold the request: do not spin.
+          await new Promise((r) => setTimeout(r, 1000));
+        }
+        continue;
+      }
+      let body;
+      try {
+        body = await res.json();
+      } catch {
+        body = undefined;
+      }
+      if (stopped) return;
+      if (res.status === 401) {
+        if (body && body.error === 'token_expired') cb.expired();
+        else cb.failed({ needsProbe: false, status: 401 });
+      } else if (res.status === 400 || res.status === 403 || res.status === 404) {
+        cb.final(errorForStatus(res.status, body));
+      } else {
+        cb.failed({ needsProbe: false, status: res.status });
+      }
+      return;
+    }
+  })();
+  return { close };
+}
+
+const OPENERS = { sse: openSse, ws: openWs, poll: openPoll };
+
+// ---------------------------------------------------------------------------
+
+class Watcher {
+  constructor(jobId, opts) {
+    this.jobId = String(jobId);
+    this.token = opts.token || null;
+    this.getToken = opts.getToken || null;
+    this.baseUrl = (opts.baseUrl || '').replace(/\/+$/, '');
+    this.onProgress = opts.onProgress;
+    this.onDone = opts.onDone;
+    this.onError = opts.onError;
+    this.onTransport = opts.onTransport;
+    this.onState = opts.onState;
+    this.transports = (opts.transports || ALL_TRANSPORTS).filter((t) => OPENERS[t]);
+    if (!this.transports.length) this.transports = ALL_TRANSPORTS.slice();
+    this.connectTimeoutMs = opts.connectTimeoutMs ?? 4000;
+    this.minBackoffMs = opts.minBackoffMs ?? 500;
+    this.maxBackoffMs = opts.maxBackoffMs ?? 15000;
+    this.withCredentials = !!opts.withCredentials;
+    this.terminal = (opts.terminalStatuses || DEFAULT_TERMINAL_STATUSES).map((s) => String(s).toLowerCase());
+    this.remember = opts.resume !== false;
+
+    this.lastId = null; // string id of the last delivered event
+    this.lastN = NaN; // its numeric value
+    this.lastDoc = null;
+    this.lastDocJson = null; // for documents without a numeric id
+    this.state = null;
+    this.transport = null; // the transport that is (or was last) live
+    this.preferred = null; // a transport that has worked for this watch
+    this.ended = false;
+    this.gen = 0;
+    this.current = null;
+    this.queue = [];
+    this.attempt = 0;
+    this.timers = new Set();
+    this.connectedAt = 0;
+    this.refreshes = 0;
+    this.retryNow = null;
+    this.onOnline = () => this.retryNow && this.retryNow();
+  }
+
+  authHeaders() {
+    return this.token ? { Authorization: 'Bearer ' + this.token } : {};
+  }
+
+  later(fn, ms) {
+    const t = setTimeout(() => {
+      this.timers.delete(t);
+      if (!this.ended) fn();
+    }, ms);
+    this.timers.add(t);
+    return t;
+  }
+
+  cancel(t) {
+    clearTimeout(t);
+    this.timers.delete(t);
+  }
+
+  setState(s) {
+    if (this.state === s) return;
+    this.state = s;
+    this.safe(this.onState, s);
+  }
+
+  safe(fn, ...args) {
+    if (typeof fn !== 'function') return;
+    try {
+      fn(...args);
+    } catch (e) {
+      // An application callback must not break the connection logic.
+      setTimeout(() => {
+        throw e;
+      }, 0);
+    }
+  }
+
+  isTerminal(doc) {
+    return !!doc && typeof doc.status === 'string' && this.terminal.includes(doc.status.toLowerCase());
+  }
+
+  async start() {
+    if (globalThis.addEventListener) addEventListener('online', this.onOnline);
+    if (this.remember) {
+      const saved = readStore()[this.jobId];
+      if (saved) {
+        if (saved.transport && this.transports.includes(saved.transport)) this.preferred = saved.transport;
+        if (saved.doc && typeof saved.doc === 'object' && saved.lastId != null) {
+          // Show what this browser already knew, then resume after it.
+          this.deliver(String(saved.lastId), saved.doc, { cached: true });
+        }
+      }
+    }
+    if (!this.token && this.getToken) {
+      if (!(await this.refreshToken())) return;
+    }
+    this.setState('connecting');
+    this.newRound();
+  }
+
+  // --- delivery ---------------------------------------------------------
+
+  deliver(id, doc, meta = {}) {
+    if (this.ended) return;
+    let n = numericId(id);
+    if (Number.isNaN(n) && Number.isInteger(doc.seq)) {
+      n = doc.seq;
+      id = String(n);
+    }
+    if (!Number.isNaN(n)) {
+      if (!Number.isNaN(this.lastN) && n <= this.lastN) return; // duplicate or backwards
+      this.lastN = n;
+      this.lastId = String(id);
+    } else if (JSON.stringify(doc) === this.lastDocJson) {
+      return; // no id at all: drop a byte-identical repeat
+    }
+    this.lastDocJson = JSON.stringify(doc);
+    this.lastDoc = doc;
+    if (this.remember && !meta.cached) updateStore(this.jobId, { lastId: this.lastId, doc });
+    this.safe(this.onProgress, doc, { id: this.lastId, transport: meta.cached ? null : this.transport, cached: !!meta.cached });
+  }
+
+  finish(payload) {
+    if (this.ended) return;
+    const doc = this.lastDoc;
+    const done = { job_id: this.jobId, ...(doc && doc.status ? { status: doc.status } : {}), ...(payload || {}) };
+    this.teardown();
+    if (this.remember) forget(this.jobId);
+    this.setState('done');
+    this.safe(this.onDone, doc || done, done);
+  }
+
+  fail(err) {
+    if (this.ended) return;
+    this.teardown();
+    if (this.remember && (err.code === 'forbidden' || err.code === 'not_found' || err.code === 'bad_request')) {
+      forget(this.jobId);
+    }
+    this.setState('failed');
+    this.safe(this.onError, err);
+  }
+
+  close() {
+    if (this.ended) return;
+    this.teardown();
+    this.setState('closed');
+  }
+
+  teardown() {
+    this.ended = true;
+    this.gen++;
+    if (this.current) this.current.close();
+    this.current = null;
+    for (const t of this.timers) clearTimeout(t);
+    this.timers.clear();
+    if (globalThis.removeEventListener) removeEventListener('online', this.onOnline);
+  }
+
+  // --- connection management --------------------------------------------
+
+  orderedTransports() {
+    const list = this.transports.slice();
+    if (this.preferred && list.includes(this.preferred)) {
+      list.splice(list.indexOf(this.preferred), 1);
+      list.unshift(this.preferred);
+    }
+    return list;
+  }
+
+  newRound() {
+    this.queue = this.orderedTransports();
+    this.tryNext();
+  }
+
+  tryNext() {
+    if (this.ended) return;
+    const name = this.queue.shift();
+    if (!name) this.scheduleRetry();
+    else this.open(name);
+  }
+
+  /** Waits (capped exponential backoff with jitter), then tries every transport again. */
+  scheduleRetry() {
+    if (this.current) this.current.close();
+    this.current = null;
+    this.setState('reconnecting');
+    const cap = Math.min(this.maxBackoffMs, this.minBackoffMs * 2 ** Math.min(this.attempt, 30));
+    this.attempt++;
+    const delay = cap / 2 + Math.random() * (cap / 2);
+    const t = this.later(() => {
+      this.retryNow = null;
+      this.newRound();
+    }, delay);
+    this.retryNow = () => {
+      this.retryNow = null;
+      this.cancel(t);
+      this.newRound();
+    };
+  }
+
+  open(name) {
+    const gen = ++this.gen;
+    if (this.current) this.current.close();
+    this.current = null;
+    let everConnected = false;
+    const live = () => gen === this.gen && !this.ended;
+    const timer = this.later(() => {
+      if (!live() || everConnected) return;
+      // Nothing within connectTimeoutMs: a buffering proxy, a blocked route…
+      this.gen++;
+      if (this.current) this.current.close();
+      this.current = null;
+      this.tryNext();
+    }, this.connectTimeoutMs);
+
+    const cb = {
+      connected: () => {
+        if (!live()) return;
+        everConnected = true;
+        this.cancel(timer);
+        this.connectedAt = Date.now();
+        this.refreshes = 0;
+        this.preferred = name;
+        if (this.remember) updateStore(this.jobId, { lastId: this.lastId, doc: this.lastDoc, transport: name });
+        if (this.transport !== name) {
+          this.transport = name;
+          this.safe(this.onTransport, name);
+        }
+        this.setState('live');
+      },
+      progress: (id, doc) => {
+        if (!live()) return;
+        this.deliver(id, doc);
+        // Long-poll has no `done` event: a terminal document ends the watch.
+        if (name === 'poll' && this.isTerminal(doc)) this.finish({ status: doc.status });
+      },
+      done: (payload) => {
+        if (live()) this.finish(payload);
+      },
+      expired: () => {
+        if (!live()) return;
+        this.gen++;
+        this.current = null;
+        this.setState('reconnecting');
+        this.refreshToken().then((ok) => ok && !this.ended && this.open(name));
+      },
+      final: (err) => {
+        if (live()) this.fail(err);
+      },
+      interrupted: () => {
+        if (!live()) return;
+        this.setState('reconnecting');
+      },
+      failed: (info) => {
+        if (!live()) return;
+        this.gen++;
+        this.current = null;
+        this.cancel(timer);
+        this.handleFailure(name, info, everConnected);
+      },
+    };
+    this.current = OPENERS[name](this, cb);
+  }
+
+  async handleFailure(name, info, wasConnected) {
+    // The stream ended after the job's terminal document (e.g. SSE answered
+    // 204 to our Last-Event-ID): the job is over, not the connection.
+    if (this.isTerminal(this.lastDoc)) return this.finish({ status: this.lastDoc.status });
+    if (info.status === 401) return this.onUnauthorized(name);
+    if (wasConnected) {
+      // It worked, so it is preferred: back off, then start over with it.
+      if (Date.now() - this.connectedAt >= STABLE_CONNECTION_MS) this.attempt = 0;
+      return this.scheduleRetry();
+    }
+    if (info.network) return this.scheduleRetry();
+    if (info.status) return this.tryNext(); // 429, 5xx from poll: try what is left, then back off
+    if (!info.needsProbe) return this.tryNext();
+
+    const probe = await this.probe();
+    if (this.ended) return;
+    switch (probe.kind) {
+      case 'auth':
+        return this.onUnauthorized(name);
+      case 'final':
+        return this.fail(probe.error);
+      case 'ok':
+        if (this.isTerminal(probe.doc)) {
+          this.deliver(probe.doc.seq, probe.doc);
+          return this.finish({ status: probe.doc.status });
+        }
+        return this.tryNext(); // the server is fine: it is this transport that fails
+      default:
+        return this.scheduleRetry(); // the server itself is unreachable or unwell
+    }
+  }
+
+  /** One GET /jobs/{id} with the Authorization header, to learn why a stream failed. */
+  async probe() {
+    const ctl = new AbortController();
+    const t = this.later(() => ctl.abort(), Math.max(this.connectTimeoutMs, 2000));
+    try {
+      const res = await fetch(`${this.baseUrl}/jobs/${pathId(this.jobId)}`, {
+        headers: this.authHeaders(),
+        credentials: this.withCredentials ? 'include' : 'same-origin',
+        cache: 'no-store',
+        signal: ctl.signal,
+      });
+      let body;
+      try {
+        body = await res.json();
+      } catch {
+        body = undefined;
+      }
+      if (res.ok) return { kind: 'ok', doc: body && typeof body === 'object' ? body : null };
+      if (res.status === 401) return { kind: 'auth', body };
+      if (res.status === 400 || res.status === 403 || res.status === 404) {
+        return { kind: 'final', error: errorForStatus(res.status, body) };
+      }
+      return { kind: 'unavailable', status: res.status };
+    } catch {
+      return { kind: 'network' };
+    } finally {
+      this.cancel(t);
+    }
+  }
+
+  async onUnauthorized(name) {
+    if (!this.getToken) return this.fail(new JobcastError(this.token ? 'token_expired' : 'unauthorized', 401));
+    this.setState('reconnecting');
+    if (await this.refreshToken()) this.open(name);
+  }
+
+  /** Asks getToken() for a new token; reports a final error when that is impossible. */
+  async refreshToken() {
+    if (!this.getToken || this.refreshes >= MAX_TOKEN_REFRESHES) {
+      this.fail(new JobcastError('token_expired', 401));
+      return false;
+    }
+    this.refreshes++;
+    let token;
+    try {
+      token = await this.getToken();
+    } catch {
+      token = null;
+    }
+    if (this.ended) return false;
+    if (!token) {
+      this.fail(new JobcastError('token_expired', 401));
+      return false;
+    }
+    this.token = String(token);
+    return true;
+  }
+}
+
+/**
+ * Watches one job's progress and calls back on every new document.
+ *
+ * Tries Server-Sent Events, then WebSocket, then long-polling (or the order of
+ * `transports`, with a transport that has worked before moved first).
+ * Reconnects by itself with capped exponential backoff and jitter, resumes
+ * after the last event id, and never delivers a duplicate or an older document.
+ * The last document is kept in localStorage (`jobcast.jobs`) so that a page
+ * refresh or a second tab resumes where it was.
+ *
+ * @param {string} jobId
+ * @param {object} [options]
+ * @param {string} [options.token]  JWT. Sent as `access_token` (SSE), as the
+ *   `jobcast.bearer.<jwt>` subprotocol (WebSocket) or `Authorization: Bearer` (poll).
+ *   Without it the `jobcast_token` cookie is relied on.
+ * @param {() => (string|Promise<string>)} [options.getToken]  called for a fresh
+ *   token when the server says the token expired (and at start when `token` is missing).
+ * @param {string} [options.baseUrl='']  origin (and path prefix) of the gateway.
+ * @param {(doc: object, meta: {id: string|null, transport: string|null, cached: boolean}) => void} [options.onProgress]
+ *   every new document; `cached` is true for the one replayed from localStorage.
+ * @param {(doc: object, done: {job_id: string, status?: string}) => void} [options.onDone]
+ *   the job ended; `doc` is the last document. Nothing else is called afterwards.
+ * @param {(err: JobcastError) => void} [options.onError]  a final error (401, 403,
+ *   404, expired token that could not be renewed); `err.message` is for people.
+ * @param {(transport: 'sse'|'ws'|'poll') => void} [options.onTransport]  the live transport changed.
+ * @param {(state: 'connecting'|'live'|'reconnecting'|'done'|'failed'|'closed') => void} [options.onState]
+ * @param {Array<'sse'|'ws'|'poll'>} [options.transports=['sse','ws','poll']]
+ * @param {number} [options.connectTimeoutMs=4000]  how long a transport may take to say `connected`.
+ * @param {number} [options.minBackoffMs=500]  first reconnect delay, doubled per failure…
+ * @param {number} [options.maxBackoffMs=15000]  …up to this; jitter spreads it over [d/2, d].
+ * @param {string[]} [options.terminalStatuses=['completed','failed','cancelled']]
+ *   statuses that end the watch on transports without a `done` event (long-poll).
+ * @param {boolean} [options.withCredentials=false]  send cookies to another origin.
+ * @param {boolean} [options.resume=true]  use and update localStorage.
+ * @returns {{close(): void, readonly state: string|null, readonly transport: string|null, readonly lastEventId: string|null, readonly document: object|null}}
+ */
+export function watch(jobId, options = {}) {
+  const w = new Watcher(jobId, options);
+  w.start();
+  return {
+    close: () => w.close(),
+    get state() {
+      return w.state;
+    },
+    get transport() {
+      return w.transport;
+    },
+    get lastEventId() {
+      return w.lastId;
+    },
+    get document() {
+      return w.lastDoc;
+    },
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for progress UIs.
+
+const clamp = (x, lo, hi) => Math.min(hi, Math.max(lo, x));
+
+/**
+ * Makes a progress smoother: call it with each raw percentage (0–100) and
+ * show what it returns. The value never goes backwards, moves a share
+ * (`ease`) of the way toward the highest target seen on each call, and is
+ * exactly 100 once `done` is passed.
+ *
+ * @param {{ease?: number}} [options]  share of the remaining gap closed per call (0–1, default 0.5)
+ * @returns {((raw?: number|null, done?: boolean) => number) & {tick(): number, done(): number, readonly value: number, readonly target: number}}
+ *   `tick()` eases further without new input (call it from an animation frame);
+ *   `done()` jumps to 100.
+ * @example
+ *   const smooth = smoothProgress();
+ *   bar.style.width = smooth(doc.overall_progress) + '%';
+ */
+export function smoothProgress({ ease = 0.5 } = {}) {
+  const k = clamp(Number(ease) || 0.5, 0.01, 1);
+  let shown = 0;
+  let target = 0;
+  const step = (raw, done = false) => {
+    if (done || target >= 100 && shown >= 100) {
+      target = shown = 100;
+      return 100;
+    }
+    const x = Number(raw);
+    if (raw !== null && raw !== undefined && Number.isFinite(x)) target = Math.max(target, clamp(x, 0, 100));
+    shown += (target - shown) * k;
+    if (target - shown < 0.05) shown = target;
+    return shown;
+  };
+  step.tick = () => step(null);
+  step.done = () => step(null, true);
+  Object.defineProperties(step, {
+    value: { get: () => shown },
+    target: { get: () => target },
+  });
+  return step;
+}
+
+/**
+ * Makes an ETA smoother: call it with each raw `eta_seconds`; it returns an
+ * exponentially smoothed estimate in seconds (or null while none is known).
+ * Between calls the previous estimate counts down with the clock, so a steady
+ * job's ETA is not dragged upwards by the smoothing.
+ *
+ * @param {number} [alpha=0.3]  weight of the newest sample (0–1)
+ * @returns {((etaSeconds?: number|null) => number|null) & {reset(): void}}
+ */
+export function etaSmoother(alpha = 0.3) {
+  const a = clamp(Number(alpha) || 0.3, 0.01, 1);
+  let est = null;
+  let at = 0;
+  const step = (eta) => {
+    const now = Date.now();
+    if (est !== null) est = Math.max(0, est - (now - at) / 1000);
+    at = now;
+    const x = Number(eta);
+    if (eta !== null && eta !== undefined && Number.isFinite(x) && x >= 0) {
+      est = est === null ? x : a * x + (1 - a) * est;
+    }
+    return est;
+  };
+  step.reset = () => {
+    est = null;
+  };
+  return step;
+}
+
+/**
+ * A continuous red → yellow → green colour for a percentage.
+ * @param {number} pct  0–100 (clamped)
+ * @returns {string} a CSS colour such as `hsl(60, 80%, 40%)`
+ */
+export function progressColor(pct) {
+  const p = clamp(Number(pct) || 0, 0, 100);
+  const hue = Math.round(p * 1.2 * 10) / 10; // 0 red, 60 yellow, 120 green
+  return `hsl(${hue}, 80%, 40%)`;
+}
+
+/**
+ * Formats seconds for people: `45 s`, `3 min 20 s`, `1 h 05 min`.
+ * @param {number|null|undefined} seconds
+ * @returns {string} `''` when unknown
+ */
+export function formatDuration(seconds) {
+  if (seconds === null || seconds === undefined || !Number.isFinite(Number(seconds))) return '';
+  const s = Math.max(0, Math.round(Number(seconds)));
+  if (s < 60) return `${s} s`;
+  if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, '0')} s`;
+  return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')} min`;
+}
