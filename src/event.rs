@@ -2,8 +2,12 @@
 //! watcher: SSE bytes and WebSocket text for `progress` and `done`, plus the small
 //! per-connection control events (`connected`, `error`, pings).
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::json;
+use tokio::sync::Notify;
 
 use crate::job::{JobId, ProgressDoc};
 
@@ -53,6 +57,46 @@ pub struct Update {
     pub ws: Bytes,
     /// The `done` event (SSE, WS) when the document is terminal.
     pub done: Option<(Bytes, Bytes)>,
+    /// Settled once the state is in the `jobs` row (or will not be written), so a
+    /// writer can hold `done` until the terminal state is durable.
+    pub durable: Durable,
+}
+
+/// Bound on holding `done` back for the write-behind: a slow or dead Postgres
+/// delays the end of a stream by at most this, never blocks it.
+pub const DURABLE_WAIT: Duration = Duration::from_secs(2);
+
+/// A one-shot "this update is settled with Postgres" flag: set by the write-behind
+/// after its commit (or when it gives up on a failed write), by the hub at once
+/// where nothing is written behind. A flag plus `Notify` rather than a channel:
+/// any number of watchers wait on it, and it costs nothing once set.
+#[derive(Debug, Default)]
+pub struct Durable {
+    settled: AtomicBool,
+    notify: Notify,
+}
+
+impl Durable {
+    pub fn settle(&self) {
+        self.settled.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    pub fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire)
+    }
+
+    /// Waits until settled, at most `bound`; true when it settled in time.
+    pub async fn wait(&self, bound: Duration) -> bool {
+        let notified = self.notify.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a `settle` in between is not missed.
+        notified.as_mut().enable();
+        if self.is_settled() {
+            return true;
+        }
+        tokio::time::timeout(bound, notified).await.is_ok()
+    }
 }
 
 impl Update {
@@ -88,6 +132,7 @@ impl Update {
             sse: sse.freeze(),
             ws: ws.freeze(),
             done,
+            durable: Durable::default(),
         }
     }
 
@@ -170,6 +215,29 @@ mod tests {
         );
         let ws: serde_json::Value = serde_json::from_slice(&ws).unwrap();
         assert_eq!(ws["event"], "done");
+    }
+
+    #[tokio::test]
+    async fn durable_wait_wakes_on_settle_and_is_bounded() {
+        let job = JobId::parse("j1").unwrap();
+        let u = std::sync::Arc::new(Update::encode(
+            &job,
+            1,
+            doc(r#"{"status":"completed"}"#),
+            Source::RedisKey,
+        ));
+        assert!(
+            !u.durable.wait(Duration::from_millis(20)).await,
+            "unsettled: times out"
+        );
+        let waiter = tokio::spawn({
+            let u = u.clone();
+            async move { u.durable.wait(Duration::from_secs(3600)).await }
+        });
+        tokio::task::yield_now().await;
+        u.durable.settle();
+        assert!(waiter.await.unwrap());
+        assert!(u.durable.wait(Duration::ZERO).await, "settled: at once");
     }
 
     #[test]

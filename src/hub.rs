@@ -156,10 +156,13 @@ impl Hub {
             Offer::Accepted(update) => {
                 metrics::counter!("jobcast_updates_total", "source" => source.as_str())
                     .increment(1);
-                if source != Source::Postgres {
-                    if let Some(wb) = &self.write_behind {
+                // A state read from Postgres is already there; writing it back
+                // would only echo through NOTIFY.
+                match &self.write_behind {
+                    Some(wb) if source != Source::Postgres => {
                         wb.push(&feed.job, update.clone());
                     }
+                    _ => update.durable.settle(),
                 }
             }
             Offer::Stale => {

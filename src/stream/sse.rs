@@ -120,6 +120,8 @@ async fn run(
             delivered(&update);
         }
         if let Some((done, _)) = &update.done {
+            // `done` promises the end state is durable (PROTOCOL §5): bounded wait.
+            update.durable.wait(event::DURABLE_WAIT).await;
             send(done.clone()).await;
             return "done";
         }
@@ -158,6 +160,7 @@ async fn run(
                 }
                 delivered(&update);
                 if let Some((done, _)) = &update.done {
+                    update.durable.wait(event::DURABLE_WAIT).await;
                     send(done.clone()).await;
                     return "done";
                 }

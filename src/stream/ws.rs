@@ -99,6 +99,8 @@ async fn serve(
             delivered(&update);
         }
         if let Some((_, done)) = &update.done {
+            // `done` promises the end state is durable (PROTOCOL §5): bounded wait.
+            update.durable.wait(event::DURABLE_WAIT).await;
             send!(text(done));
             let _ = tx.send(Message::close_with(1000u16, "done")).await;
             return "done";
@@ -146,6 +148,7 @@ async fn serve(
                 send!(text(&update.ws));
                 delivered(&update);
                 if let Some((_, done)) = &update.done {
+                    update.durable.wait(event::DURABLE_WAIT).await;
                     send!(text(done));
                     let _ = tx.send(Message::close_with(1000u16, "done")).await;
                     return "done";
