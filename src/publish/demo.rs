@@ -1,15 +1,15 @@
 //! Simulated jobs for demos: a timetable-solver-like pipeline of weighted stages
-//! with uneven speed, written like a real worker would (SET with TTL + PUBLISH,
-//! increasing `seq`). Each run ends `completed`; the next run of the same job id
+//! with uneven speed, written through [`ProgressTracker`] exactly as a real Rust
+//! worker would (its first user). Each run ends `completed`; the next run of the same job id
 //! starts after a pause and keeps counting `seq`, so reloading the page shows it.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::job::JobId;
+use crate::publish::{ProgressTracker, Publisher};
 use crate::upstream::redis_reader::RedisReader;
 
 /// (stage, weight in % of the whole job, steps, milliseconds per step)
@@ -33,10 +33,13 @@ pub async fn run(
     once: bool,
     stop: CancellationToken,
 ) {
-    let mut seq: i64 = now_millis();
+    let publisher = Publisher::from_reader(reader).with_ttl(DEMO_TTL_SECS);
+    // Each run is a new tracker; its seqs start above the last run's.
+    let mut last_seq = 0;
     loop {
-        if let Err(e) = one_run(&reader, &job, &owner, &mut seq, &stop).await {
-            warn!(job = %job, error = %e, "demo job could not write to Redis; retrying");
+        match one_run(&publisher, &job, &owner, last_seq, &stop).await {
+            Ok(seq) => last_seq = seq,
+            Err(e) => warn!(job = %job, error = %e, "demo job could not write to Redis; retrying"),
         }
         if once || stop.is_cancelled() {
             return;
@@ -48,67 +51,35 @@ pub async fn run(
     }
 }
 
+/// One run to `completed` (or until `stop`); returns the last `seq` written.
 async fn one_run(
-    reader: &RedisReader,
+    publisher: &Publisher,
     job: &JobId,
     owner: &str,
-    seq: &mut i64,
+    last_seq: i64,
     stop: &CancellationToken,
-) -> anyhow::Result<()> {
-    let started = Instant::now();
-    let started_at = chrono::Utc::now().to_rfc3339();
-    let stages: Vec<_> = STAGES
-        .iter()
-        .map(|(n, w, _, _)| json!({"name": n, "weight": w}))
-        .collect();
+) -> anyhow::Result<i64> {
+    let stages: Vec<(&str, f64)> = STAGES.iter().map(|(n, w, _, _)| (*n, *w)).collect();
+    let mut tracker = ProgressTracker::new(publisher.clone(), job.as_str(), owner, &stages)?;
+    tracker.resume_after_seq(last_seq);
     info!(job = %job, "demo job started");
-    let mut done_weight = 0.0;
-    for (name, weight, steps, step_ms) in STAGES {
-        for step in 0..=*steps {
-            let stage_progress = 100.0 * f64::from(step) / f64::from(*steps);
-            let overall = done_weight + weight * stage_progress / 100.0;
-            let elapsed = started.elapsed().as_secs_f64();
-            let eta = if overall > 0.5 {
-                elapsed * (100.0 - overall) / overall
-            } else {
-                0.0
-            };
-            *seq += 1;
-            let doc = json!({
-                "job_id": job.as_str(), "seq": *seq, "status": "running", "owner_id": owner,
-                "stage": name, "stage_progress": round2(stage_progress), "overall_progress": round2(overall),
-                "eta_seconds": eta.round(), "stages": stages, "started_at": started_at,
-                "last_updated": chrono::Utc::now().to_rfc3339(),
-            });
-            reader
-                .write(job, doc.to_string().as_bytes(), DEMO_TTL_SECS)
-                .await?;
+    for (name, _, steps, step_ms) in STAGES {
+        tracker.start_stage(name).await?;
+        for step in 1..=*steps + 1 {
             // Uneven speed, as real solvers have: ±50 % per step.
             let jitter = rand::random_range(0.5..1.5);
             tokio::select! {
-                _ = stop.cancelled() => return Ok(()),
+                _ = stop.cancelled() => return Ok(tracker.progress().seq()),
                 _ = tokio::time::sleep(Duration::from_millis(*step_ms).mul_f64(jitter)) => {}
             }
+            if step <= *steps {
+                tracker
+                    .update_stage_progress(u64::from(step), u64::from(*steps))
+                    .await?;
+            }
         }
-        done_weight += weight;
     }
-    *seq += 1;
-    let doc = json!({
-        "job_id": job.as_str(), "seq": *seq, "status": "completed", "owner_id": owner,
-        "stage": "done", "stage_progress": 100.0, "overall_progress": 100.0, "eta_seconds": 0,
-        "stages": stages, "started_at": started_at, "last_updated": chrono::Utc::now().to_rfc3339(),
-    });
-    reader
-        .write(job, doc.to_string().as_bytes(), DEMO_TTL_SECS)
-        .await?;
+    tracker.mark_completed().await?;
     info!(job = %job, "demo job completed");
-    Ok(())
-}
-
-fn round2(x: f64) -> f64 {
-    (x.clamp(0.0, 100.0) * 100.0).round() / 100.0
-}
-
-fn now_millis() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    Ok(tracker.progress().seq())
 }

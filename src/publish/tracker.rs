@@ -1,0 +1,912 @@
+//! [`ProgressTracker`]: one job's progress as a Rust worker reports it. The
+//! worker names weighted stages once, then says where it is (`start_stage`,
+//! `update_stage_progress(done, total)`, `complete_stage`, `mark_*`); every call
+//! writes the whole document (PROTOCOL.md §1) with ONE atomic Redis round trip
+//! (`Publisher::write`: SET with TTL, then PUBLISH, in one Lua script).
+//!
+//! The maths lives in [`JobProgress`] (stage mapping, clamping, `seq`) and
+//! [`EtaEstimator`] (moving-average ETA), which take their timestamps as
+//! arguments and do no I/O, so they are unit-tested beside this file. The
+//! tracker only adds a clock and the Redis write.
+//!
+//! Invariant: `seq` strictly increases across every document a tracker writes,
+//! and also across trackers of the same job id run one after another (it never
+//! falls below the wall clock in milliseconds), so the gateway's seq gate never
+//! drops a fresh update as stale.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value, json};
+
+use crate::job::{InvalidJobId, JobId};
+use crate::publish::Publisher;
+use crate::upstream::redis_reader::RedisError;
+
+/// Points the ETA's moving average spans: enough to ride out one slow step,
+/// few enough that a change of pace (a slower stage) shows within ten updates.
+pub const ETA_WINDOW_POINTS: usize = 10;
+/// How far the stage weights may be from 100 (float sums of 33.33 + ...).
+pub const WEIGHT_SUM_TOLERANCE: f64 = 0.01;
+
+/// Where the job is in its life. `Completed`, `Failed` and `Cancelled` are the
+/// gateway's default terminal statuses: they end every stream of the job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Created, no stage started yet.
+    Pending,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl Status {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Completed => "completed",
+            Status::Failed => "failed",
+            Status::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Status::Completed | Status::Failed | Status::Cancelled)
+    }
+}
+
+impl fmt::Display for Status {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One entry of the per-endpoint map (as in a dossier job that calls several
+/// services and shows each one's state).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointStatus {
+    Pending,
+    Processing,
+    Processed,
+    Error,
+}
+
+/// A declared stage: its share of the whole job, in percent.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Stage {
+    pub name: String,
+    pub weight: f64,
+}
+
+/// A caller's mistake, found without any I/O.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum ProgressError {
+    #[error("a job needs at least one stage")]
+    NoStages,
+    #[error("stage names must not be empty")]
+    EmptyStageName,
+    #[error("stage {0:?} is declared twice")]
+    DuplicateStage(String),
+    #[error("stage {0:?} has a weight that is negative or not a number")]
+    BadWeight(String),
+    #[error("stage weights must sum to 100, not {0}")]
+    WeightSum(f64),
+    #[error("no stage named {0:?} was declared")]
+    UnknownStage(String),
+    #[error(
+        "stage {next:?} comes before the current stage {current:?}; progress only goes forward"
+    )]
+    StageOrder { current: String, next: String },
+    #[error("no stage has been started")]
+    NoCurrentStage,
+    #[error("the job already ended ({0}); a new run needs a new tracker")]
+    Finished(Status),
+}
+
+/// Why a tracker call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum TrackerError {
+    #[error(transparent)]
+    Progress(#[from] ProgressError),
+    #[error(transparent)]
+    JobId(#[from] InvalidJobId),
+    #[error("progress document is {size} bytes, over the {max}-byte limit the gateway accepts")]
+    TooLarge { size: usize, max: usize },
+    #[error("writing progress to Redis: {0}")]
+    Redis(#[from] RedisError),
+}
+
+/// Checks and builds the stage list: names unique and non-empty, weights finite
+/// and not negative, summing to 100 (± [`WEIGHT_SUM_TOLERANCE`]).
+pub fn validate_stages(stages: &[(&str, f64)]) -> Result<Vec<Stage>, ProgressError> {
+    if stages.is_empty() {
+        return Err(ProgressError::NoStages);
+    }
+    let mut out: Vec<Stage> = Vec::with_capacity(stages.len());
+    for (name, weight) in stages {
+        if name.is_empty() {
+            return Err(ProgressError::EmptyStageName);
+        }
+        if out.iter().any(|s| s.name == *name) {
+            return Err(ProgressError::DuplicateStage((*name).to_owned()));
+        }
+        if !weight.is_finite() || *weight < 0.0 {
+            return Err(ProgressError::BadWeight((*name).to_owned()));
+        }
+        out.push(Stage {
+            name: (*name).to_owned(),
+            weight: *weight,
+        });
+    }
+    let sum: f64 = out.iter().map(|s| s.weight).sum();
+    if (sum - 100.0).abs() > WEIGHT_SUM_TOLERANCE {
+        return Err(ProgressError::WeightSum(round2(sum)));
+    }
+    Ok(out)
+}
+
+/// Clamps a percentage to 0–100 (NaN counts as 0) and rounds it to 2 places.
+pub fn round2(pct: f64) -> f64 {
+    let p = if pct.is_nan() {
+        0.0
+    } else {
+        pct.clamp(0.0, 100.0)
+    };
+    (p * 100.0).round() / 100.0
+}
+
+/// `done` of `total` as a percentage; an empty stage (`total == 0`) is done.
+pub fn fraction_pct(done: u64, total: u64) -> f64 {
+    if total == 0 {
+        100.0
+    } else {
+        100.0 * (done.min(total) as f64) / (total as f64)
+    }
+}
+
+/// Overall percentage when stage `index` is `stage_pct` % done: the weights of
+/// every earlier stage plus this stage's share.
+pub fn overall_pct(stages: &[Stage], index: usize, stage_pct: f64) -> f64 {
+    let before: f64 = stages[..index].iter().map(|s| s.weight).sum();
+    let share = stages[index].weight * stage_pct.clamp(0.0, 100.0) / 100.0;
+    before + share
+}
+
+/// ETA from the average rate over the last [`ETA_WINDOW_POINTS`] (time,
+/// progress) points, time-weighted (the window's slope, so an uneven update
+/// cadence does not skew it). Where the window says nothing (fewer than two
+/// points, no time passed, or no progress across it, as in a long stall) it
+/// falls back to `elapsed × remaining / done`.
+#[derive(Debug, Clone, Default)]
+pub struct EtaEstimator {
+    /// (seconds since the job started, overall %), oldest first.
+    window: VecDeque<(f64, f64)>,
+}
+
+impl EtaEstimator {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records the overall progress at `t` seconds since the start. A point
+    /// older than the newest one (a clock step back) is ignored.
+    pub fn observe(&mut self, t: f64, progress: f64) {
+        if !t.is_finite() || !progress.is_finite() {
+            return;
+        }
+        if let Some(&(last_t, _)) = self.window.back() {
+            if t < last_t {
+                return;
+            }
+        }
+        if self.window.len() == ETA_WINDOW_POINTS {
+            self.window.pop_front();
+        }
+        self.window.push_back((t, progress));
+    }
+
+    /// Seconds left at `elapsed` seconds with `progress` % done; `None` while
+    /// nothing is known (no progress yet).
+    pub fn estimate(&self, elapsed: f64, progress: f64) -> Option<f64> {
+        if progress >= 100.0 {
+            return Some(0.0);
+        }
+        let remaining = 100.0 - progress.max(0.0);
+        if let (Some(&(t0, p0)), Some(&(t1, p1))) = (self.window.front(), self.window.back()) {
+            let (dt, dp) = (t1 - t0, p1 - p0);
+            if dt > 0.0 && dp > 0.0 {
+                return Some(remaining * dt / dp);
+            }
+        }
+        if progress > 0.0 && elapsed > 0.0 {
+            return Some(elapsed * remaining / progress);
+        }
+        None
+    }
+}
+
+/// The whole state of one job's progress, and the document it becomes. Pure:
+/// every change takes `now` and nothing here does I/O.
+#[derive(Debug, Clone)]
+pub struct JobProgress {
+    job_id: String,
+    owner_id: String,
+    stages: Vec<Stage>,
+    current: Option<usize>,
+    stage_progress: f64,
+    overall_progress: f64,
+    status: Status,
+    seq: i64,
+    started_at: DateTime<Utc>,
+    last_updated: DateTime<Utc>,
+    message: Option<String>,
+    error: Option<String>,
+    endpoints: BTreeMap<String, EndpointStatus>,
+    eta: EtaEstimator,
+    eta_seconds: Option<f64>,
+}
+
+impl JobProgress {
+    /// A job that has not started a stage yet (`status: pending`). Nothing is
+    /// written until the first change.
+    pub fn new(
+        job_id: &str,
+        owner_id: &str,
+        stages: &[(&str, f64)],
+        now: DateTime<Utc>,
+    ) -> Result<Self, ProgressError> {
+        Ok(JobProgress {
+            job_id: job_id.to_owned(),
+            owner_id: owner_id.to_owned(),
+            stages: validate_stages(stages)?,
+            current: None,
+            stage_progress: 0.0,
+            overall_progress: 0.0,
+            status: Status::Pending,
+            seq: 0,
+            started_at: now,
+            last_updated: now,
+            message: None,
+            error: None,
+            endpoints: BTreeMap::new(),
+            eta: EtaEstimator::new(),
+            eta_seconds: None,
+        })
+    }
+
+    pub fn seq(&self) -> i64 {
+        self.seq
+    }
+    pub fn status(&self) -> Status {
+        self.status
+    }
+    pub fn stage(&self) -> Option<&str> {
+        self.current.map(|i| self.stages[i].name.as_str())
+    }
+    pub fn stage_progress(&self) -> f64 {
+        round2(self.stage_progress)
+    }
+    pub fn overall_progress(&self) -> f64 {
+        round2(self.overall_progress)
+    }
+    pub fn eta_seconds(&self) -> Option<f64> {
+        self.eta_seconds
+    }
+    pub fn stages(&self) -> &[Stage] {
+        &self.stages
+    }
+    pub fn endpoints(&self) -> &BTreeMap<String, EndpointStatus> {
+        &self.endpoints
+    }
+
+    /// Makes the next `seq` at least `floor` (a job re-run under an id whose
+    /// earlier seqs came from another clock).
+    pub fn resume_after_seq(&mut self, floor: i64) {
+        self.seq = self.seq.max(floor);
+    }
+
+    fn ensure_open(&self) -> Result<(), ProgressError> {
+        if self.status.is_terminal() {
+            Err(ProgressError::Finished(self.status))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn current_index(&self) -> Result<usize, ProgressError> {
+        self.current.ok_or(ProgressError::NoCurrentStage)
+    }
+
+    /// Enters stage `name` at 0 %; every earlier stage counts as done.
+    pub fn start_stage(&mut self, name: &str, now: DateTime<Utc>) -> Result<(), ProgressError> {
+        self.ensure_open()?;
+        let index = self
+            .stages
+            .iter()
+            .position(|s| s.name == name)
+            .ok_or_else(|| ProgressError::UnknownStage(name.to_owned()))?;
+        if let Some(current) = self.current {
+            if index < current {
+                return Err(ProgressError::StageOrder {
+                    current: self.stages[current].name.clone(),
+                    next: name.to_owned(),
+                });
+            }
+        }
+        self.current = Some(index);
+        self.status = Status::Running;
+        self.set_stage_pct(0.0);
+        self.stamp(now);
+        Ok(())
+    }
+
+    /// `done` of `total` items of the current stage are done.
+    pub fn update_stage_progress(
+        &mut self,
+        done: u64,
+        total: u64,
+        now: DateTime<Utc>,
+    ) -> Result<(), ProgressError> {
+        self.set_stage_progress(fraction_pct(done, total), now)
+    }
+
+    /// The current stage is `pct` % done (clamped to 0–100).
+    pub fn set_stage_progress(
+        &mut self,
+        pct: f64,
+        now: DateTime<Utc>,
+    ) -> Result<(), ProgressError> {
+        self.ensure_open()?;
+        self.current_index()?;
+        self.set_stage_pct(pct);
+        self.stamp(now);
+        Ok(())
+    }
+
+    /// The current stage is done (100 %); the next `start_stage` moves on.
+    pub fn complete_stage(&mut self, now: DateTime<Utc>) -> Result<(), ProgressError> {
+        self.set_stage_progress(100.0, now)
+    }
+
+    /// Sets one endpoint's status in the per-endpoint map.
+    pub fn set_endpoint(
+        &mut self,
+        name: &str,
+        status: EndpointStatus,
+        now: DateTime<Utc>,
+    ) -> Result<(), ProgressError> {
+        self.ensure_open()?;
+        self.endpoints.insert(name.to_owned(), status);
+        if self.status == Status::Pending {
+            self.status = Status::Running;
+        }
+        self.stamp(now);
+        Ok(())
+    }
+
+    /// A human-readable line shown with the progress (`message`); `None` clears it.
+    pub fn set_message(
+        &mut self,
+        message: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<(), ProgressError> {
+        self.ensure_open()?;
+        self.message = message;
+        self.stamp(now);
+        Ok(())
+    }
+
+    /// Rewrites the state unchanged but for `seq`/`last_updated` (a heartbeat
+    /// that also renews the key's TTL during a long step).
+    pub fn touch(&mut self, now: DateTime<Utc>) -> Result<(), ProgressError> {
+        self.ensure_open()?;
+        self.stamp(now);
+        Ok(())
+    }
+
+    pub fn mark_completed(&mut self, now: DateTime<Utc>) -> Result<(), ProgressError> {
+        self.ensure_open()?;
+        self.status = Status::Completed;
+        if self.current.is_some() {
+            self.stage_progress = 100.0;
+        }
+        self.overall_progress = 100.0;
+        self.stamp(now);
+        Ok(())
+    }
+
+    /// Ends the job as failed; `message` says why (sent as `error` and `message`).
+    pub fn mark_failed(&mut self, message: &str, now: DateTime<Utc>) -> Result<(), ProgressError> {
+        self.ensure_open()?;
+        self.status = Status::Failed;
+        self.error = Some(message.to_owned());
+        self.message = Some(message.to_owned());
+        self.stamp(now);
+        Ok(())
+    }
+
+    pub fn mark_cancelled(&mut self, now: DateTime<Utc>) -> Result<(), ProgressError> {
+        self.ensure_open()?;
+        self.status = Status::Cancelled;
+        self.stamp(now);
+        Ok(())
+    }
+
+    /// Sets the stage percentage and derives the overall one, which never goes
+    /// back within a run (a progress bar that shrinks reads as a bug).
+    fn set_stage_pct(&mut self, pct: f64) {
+        let Some(index) = self.current else { return };
+        self.stage_progress = round2(pct);
+        let overall = overall_pct(&self.stages, index, self.stage_progress);
+        self.overall_progress = self.overall_progress.max(round2(overall));
+    }
+
+    /// Every change ends here: next `seq`, `last_updated`, ETA point.
+    fn stamp(&mut self, now: DateTime<Utc>) {
+        self.seq = (self.seq + 1).max(now.timestamp_millis());
+        self.last_updated = now;
+        let elapsed = secs_between(self.started_at, now);
+        self.eta_seconds = match self.status {
+            Status::Completed => Some(0.0),
+            Status::Failed | Status::Cancelled | Status::Pending => None,
+            Status::Running => {
+                self.eta.observe(elapsed, self.overall_progress);
+                self.eta.estimate(elapsed, self.overall_progress)
+            }
+        };
+    }
+
+    /// The progress document (PROTOCOL.md §1), ready to write.
+    pub fn document(&self) -> Value {
+        let mut doc = Map::new();
+        doc.insert("job_id".into(), json!(self.job_id));
+        doc.insert("seq".into(), json!(self.seq));
+        doc.insert("status".into(), json!(self.status));
+        doc.insert("owner_id".into(), json!(self.owner_id));
+        doc.insert("stage".into(), json!(self.stage()));
+        doc.insert("stage_index".into(), json!(self.current));
+        doc.insert("stage_progress".into(), json!(self.stage_progress()));
+        doc.insert("overall_progress".into(), json!(self.overall_progress()));
+        doc.insert(
+            "eta_seconds".into(),
+            json!(self.eta_seconds.map(|s| s.round() as u64)),
+        );
+        doc.insert("stages".into(), json!(self.stages));
+        doc.insert("started_at".into(), json!(rfc3339(self.started_at)));
+        doc.insert("last_updated".into(), json!(rfc3339(self.last_updated)));
+        if !self.endpoints.is_empty() {
+            doc.insert("endpoints".into(), json!(self.endpoints));
+        }
+        if let Some(m) = &self.message {
+            doc.insert("message".into(), json!(m));
+        }
+        if let Some(e) = &self.error {
+            doc.insert("error".into(), json!(e));
+        }
+        Value::Object(doc)
+    }
+}
+
+fn secs_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
+    (to - from).num_milliseconds().max(0) as f64 / 1000.0
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Millis, true)
+}
+
+/// Where the tracker reads the time; tests inject their own.
+pub trait Clock: Send + Sync {
+    fn now(&self) -> DateTime<Utc>;
+}
+
+/// The wall clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> DateTime<Utc> {
+        Utc::now()
+    }
+}
+
+/// Reports one job's progress to Redis. Every method that changes the state
+/// writes it at once (one atomic round trip) and returns only after Redis
+/// answered; a write that fails leaves the state changed, so the next call (or
+/// [`ProgressTracker::publish`]) sends it.
+///
+/// ```no_run
+/// # async fn worker() -> Result<(), Box<dyn std::error::Error>> {
+/// use jobcast::publish::{Publisher, ProgressTracker};
+/// let redis = Publisher::connect("redis://127.0.0.1:6379")?;
+/// let mut job = ProgressTracker::new(redis, "8ae7f267", "user-42", &[("loading", 10.0), ("solving", 90.0)])?;
+/// job.start_stage("loading").await?;
+/// job.update_stage_progress(3, 10).await?;
+/// job.mark_completed().await?;
+/// # Ok(()) }
+/// ```
+pub struct ProgressTracker {
+    publisher: Publisher,
+    job: JobId,
+    progress: JobProgress,
+    clock: Arc<dyn Clock>,
+}
+
+impl ProgressTracker {
+    /// A tracker for `job` owned by `owner` (the `sub` of the users who may
+    /// watch it). Checks the job id and the stages; writes nothing yet.
+    pub fn new(
+        publisher: Publisher,
+        job: &str,
+        owner: &str,
+        stages: &[(&str, f64)],
+    ) -> Result<Self, TrackerError> {
+        Self::with_clock(publisher, job, owner, stages, Arc::new(SystemClock))
+    }
+
+    pub fn with_clock(
+        publisher: Publisher,
+        job: &str,
+        owner: &str,
+        stages: &[(&str, f64)],
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self, TrackerError> {
+        let job = JobId::parse(job)?;
+        let progress = JobProgress::new(job.as_str(), owner, stages, clock.now())?;
+        Ok(ProgressTracker {
+            publisher,
+            job,
+            progress,
+            clock,
+        })
+    }
+
+    pub fn job(&self) -> &JobId {
+        &self.job
+    }
+
+    /// The state as last changed (what the last write sent, or tried to).
+    pub fn progress(&self) -> &JobProgress {
+        &self.progress
+    }
+
+    pub fn resume_after_seq(&mut self, floor: i64) {
+        self.progress.resume_after_seq(floor);
+    }
+
+    pub async fn start_stage(&mut self, name: &str) -> Result<(), TrackerError> {
+        let now = self.clock.now();
+        self.progress.start_stage(name, now)?;
+        self.write().await
+    }
+
+    pub async fn update_stage_progress(
+        &mut self,
+        done: u64,
+        total: u64,
+    ) -> Result<(), TrackerError> {
+        let now = self.clock.now();
+        self.progress.update_stage_progress(done, total, now)?;
+        self.write().await
+    }
+
+    pub async fn set_stage_progress(&mut self, pct: f64) -> Result<(), TrackerError> {
+        let now = self.clock.now();
+        self.progress.set_stage_progress(pct, now)?;
+        self.write().await
+    }
+
+    pub async fn complete_stage(&mut self) -> Result<(), TrackerError> {
+        let now = self.clock.now();
+        self.progress.complete_stage(now)?;
+        self.write().await
+    }
+
+    pub async fn set_endpoint(
+        &mut self,
+        name: &str,
+        status: EndpointStatus,
+    ) -> Result<(), TrackerError> {
+        let now = self.clock.now();
+        self.progress.set_endpoint(name, status, now)?;
+        self.write().await
+    }
+
+    pub async fn set_message(&mut self, message: Option<String>) -> Result<(), TrackerError> {
+        let now = self.clock.now();
+        self.progress.set_message(message, now)?;
+        self.write().await
+    }
+
+    /// Writes the current state again with a new `seq` (renews the TTL; use it
+    /// as a heartbeat during a long step, or to retry after a failed write).
+    pub async fn publish(&mut self) -> Result<(), TrackerError> {
+        let now = self.clock.now();
+        self.progress.touch(now)?;
+        self.write().await
+    }
+
+    pub async fn mark_completed(&mut self) -> Result<(), TrackerError> {
+        let now = self.clock.now();
+        self.progress.mark_completed(now)?;
+        self.write().await
+    }
+
+    pub async fn mark_failed(&mut self, message: &str) -> Result<(), TrackerError> {
+        let now = self.clock.now();
+        self.progress.mark_failed(message, now)?;
+        self.write().await
+    }
+
+    pub async fn mark_cancelled(&mut self) -> Result<(), TrackerError> {
+        let now = self.clock.now();
+        self.progress.mark_cancelled(now)?;
+        self.write().await
+    }
+
+    async fn write(&self) -> Result<(), TrackerError> {
+        let bytes =
+            serde_json::to_vec(&self.progress.document()).expect("a JSON value always serialises");
+        let max = self.publisher.max_document_bytes();
+        if bytes.len() > max {
+            return Err(TrackerError::TooLarge {
+                size: bytes.len(),
+                max,
+            });
+        }
+        self.publisher.write(&self.job, &bytes).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    const STAGES: &[(&str, f64)] = &[
+        ("loading", 5.0),
+        ("clustering", 10.0),
+        ("solving", 60.0),
+        ("validating", 15.0),
+        ("exporting", 10.0),
+    ];
+
+    fn t(secs: f64) -> DateTime<Utc> {
+        Utc.timestamp_millis_opt(1_700_000_000_000 + (secs * 1000.0) as i64)
+            .unwrap()
+    }
+
+    fn job() -> JobProgress {
+        JobProgress::new("j1", "u1", STAGES, t(0.0)).unwrap()
+    }
+
+    #[test]
+    fn weights_must_sum_to_100() {
+        assert!(validate_stages(STAGES).is_ok());
+        assert!(validate_stages(&[("a", 33.33), ("b", 33.33), ("c", 33.34)]).is_ok());
+        assert_eq!(
+            validate_stages(&[("a", 50.0), ("b", 40.0)]),
+            Err(ProgressError::WeightSum(90.0))
+        );
+        assert_eq!(validate_stages(&[]), Err(ProgressError::NoStages));
+        assert_eq!(
+            validate_stages(&[("a", 150.0), ("b", -50.0)]),
+            Err(ProgressError::BadWeight("b".into()))
+        );
+        assert_eq!(
+            validate_stages(&[("a", f64::NAN), ("b", 100.0)]),
+            Err(ProgressError::BadWeight("a".into()))
+        );
+        assert_eq!(
+            validate_stages(&[("a", 50.0), ("a", 50.0)]),
+            Err(ProgressError::DuplicateStage("a".into()))
+        );
+        assert_eq!(
+            validate_stages(&[("", 100.0)]),
+            Err(ProgressError::EmptyStageName)
+        );
+    }
+
+    #[test]
+    fn n_of_n_in_a_stage_maps_to_overall_percent() {
+        let mut j = job();
+        j.start_stage("solving", t(1.0)).unwrap();
+        assert_eq!(j.overall_progress(), 15.0, "earlier stages count as done");
+        j.update_stage_progress(15, 30, t(2.0)).unwrap();
+        assert_eq!(j.stage_progress(), 50.0);
+        assert_eq!(j.overall_progress(), 45.0, "5 + 10 + 60 × 50 %");
+        j.complete_stage(t(3.0)).unwrap();
+        assert_eq!(j.overall_progress(), 75.0);
+        j.start_stage("exporting", t(4.0)).unwrap();
+        j.update_stage_progress(1, 3, t(5.0)).unwrap();
+        assert_eq!(
+            j.overall_progress(),
+            93.33,
+            "90 + 10/3, rounded to 2 places"
+        );
+    }
+
+    #[test]
+    fn floats_are_clamped_and_rounded() {
+        assert_eq!(round2(12.3456), 12.35);
+        assert_eq!(round2(-3.0), 0.0);
+        assert_eq!(round2(100.0001), 100.0);
+        assert_eq!(round2(f64::NAN), 0.0);
+        assert_eq!(fraction_pct(12, 10), 100.0, "done beyond total is clamped");
+        assert_eq!(fraction_pct(0, 0), 100.0, "an empty stage is done");
+        let mut j = job();
+        j.start_stage("loading", t(1.0)).unwrap();
+        j.set_stage_progress(250.0, t(2.0)).unwrap();
+        assert_eq!(j.stage_progress(), 100.0);
+        assert_eq!(j.overall_progress(), 5.0);
+        j.set_stage_progress(-1.0, t(3.0)).unwrap();
+        assert_eq!(j.stage_progress(), 0.0);
+        assert_eq!(j.overall_progress(), 5.0, "overall never goes back");
+    }
+
+    #[test]
+    fn stages_only_go_forward_and_must_exist() {
+        let mut j = job();
+        assert_eq!(
+            j.update_stage_progress(1, 2, t(1.0)),
+            Err(ProgressError::NoCurrentStage)
+        );
+        assert_eq!(
+            j.start_stage("nope", t(1.0)),
+            Err(ProgressError::UnknownStage("nope".into()))
+        );
+        j.start_stage("solving", t(1.0)).unwrap();
+        assert!(matches!(
+            j.start_stage("loading", t(2.0)),
+            Err(ProgressError::StageOrder { .. })
+        ));
+    }
+
+    #[test]
+    fn terminal_states_end_the_job() {
+        let mut j = job();
+        j.start_stage("loading", t(1.0)).unwrap();
+        j.mark_failed("solver crashed", t(2.0)).unwrap();
+        let doc = j.document();
+        assert_eq!(doc["status"], "failed");
+        assert_eq!(doc["error"], "solver crashed");
+        assert_eq!(doc["message"], "solver crashed");
+        assert_eq!(doc["eta_seconds"], Value::Null);
+        assert_eq!(
+            j.mark_completed(t(3.0)),
+            Err(ProgressError::Finished(Status::Failed))
+        );
+
+        let mut j = job();
+        j.start_stage("solving", t(1.0)).unwrap();
+        j.mark_completed(t(2.0)).unwrap();
+        let doc = j.document();
+        assert_eq!(doc["status"], "completed");
+        assert_eq!(doc["overall_progress"], 100.0);
+        assert_eq!(doc["eta_seconds"], 0);
+
+        let mut j = job();
+        j.mark_cancelled(t(1.0)).unwrap();
+        assert_eq!(j.document()["status"], "cancelled");
+    }
+
+    #[test]
+    fn document_has_the_protocol_fields() {
+        let mut j = job();
+        j.start_stage("clustering", t(2.0)).unwrap();
+        j.set_endpoint("geo", EndpointStatus::Processed, t(3.0))
+            .unwrap();
+        let doc = j.document();
+        assert_eq!(doc["job_id"], "j1");
+        assert_eq!(doc["owner_id"], "u1");
+        assert_eq!(doc["status"], "running");
+        assert_eq!(doc["stage"], "clustering");
+        assert_eq!(doc["stage_progress"], 0.0);
+        assert_eq!(doc["overall_progress"], 5.0);
+        assert_eq!(doc["stages"][2], json!({"name": "solving", "weight": 60.0}));
+        assert_eq!(doc["endpoints"], json!({"geo": "processed"}));
+        assert_eq!(doc["started_at"], "2023-11-14T22:13:20.000Z");
+        assert_eq!(doc["last_updated"], "2023-11-14T22:13:23.000Z");
+        assert!(doc["eta_seconds"].is_u64());
+    }
+
+    #[test]
+    fn seq_increases_and_never_falls_below_the_clock() {
+        let mut j = job();
+        j.start_stage("loading", t(1.0)).unwrap();
+        let first = j.seq();
+        assert_eq!(first, t(1.0).timestamp_millis());
+        // Two updates in the same millisecond still get distinct seqs.
+        j.update_stage_progress(1, 5, t(1.0)).unwrap();
+        assert_eq!(j.seq(), first + 1);
+        // A later tracker of the same job starts above this one.
+        let mut again = JobProgress::new("j1", "u1", STAGES, t(10.0)).unwrap();
+        again.start_stage("loading", t(10.0)).unwrap();
+        assert!(again.seq() > j.seq());
+    }
+
+    #[test]
+    fn eta_uses_the_moving_average_of_the_last_points() {
+        let mut e = EtaEstimator::new();
+        // 1 %/s for 20 s, then 0.5 %/s for 10 s: the window only sees the slow pace.
+        for s in 0..=20 {
+            e.observe(f64::from(s), f64::from(s));
+        }
+        assert_eq!(e.estimate(20.0, 20.0), Some(80.0));
+        for s in 1..=10 {
+            e.observe(20.0 + f64::from(s), 20.0 + 0.5 * f64::from(s));
+        }
+        // Window: t = 21..30, p = 20.5..25 → 4.5 % in 9 s = 0.5 %/s; 75 % left.
+        let eta = e.estimate(30.0, 25.0).unwrap();
+        assert!((eta - 150.0).abs() < 1e-9, "{eta}");
+        // The elapsed/progress formula would have said 30 × 75 / 25 = 90.
+    }
+
+    #[test]
+    fn eta_falls_back_to_elapsed_over_progress() {
+        let mut e = EtaEstimator::new();
+        assert_eq!(e.estimate(0.0, 0.0), None, "nothing known yet");
+        e.observe(10.0, 20.0);
+        // One point: no rate yet; 10 s for 20 % → 40 s for the other 80 %.
+        assert_eq!(e.estimate(10.0, 20.0), Some(40.0));
+        assert_eq!(e.estimate(10.0, 100.0), Some(0.0));
+    }
+
+    #[test]
+    fn a_stall_raises_the_eta_gradually_and_keeps_it_finite() {
+        let mut e = EtaEstimator::new();
+        for s in 0..=20 {
+            e.observe(f64::from(s), f64::from(s));
+        }
+        let before = e.estimate(20.0, 20.0).unwrap();
+        let mut last = before;
+        // Progress stops at 20 %, one update a second.
+        for s in 21..=28 {
+            e.observe(f64::from(s), 20.0);
+            let eta = e.estimate(f64::from(s), 20.0).expect("always an estimate");
+            assert!(eta.is_finite());
+            assert!(eta >= last, "a stall never makes the job look closer");
+            if s == 21 {
+                assert!(eta < before * 1.25, "one slow update is not a jump: {eta}");
+            }
+            last = eta;
+        }
+        // Ten flat points: the window has no rate; the fallback (the job's
+        // average pace) answers instead of "never".
+        e.observe(29.0, 20.0);
+        assert_eq!(e.estimate(29.0, 20.0), Some(29.0 * 80.0 / 20.0));
+        // Progress resumes: the window's rate comes back (5 % over 9 s).
+        e.observe(30.0, 25.0);
+        let eta = e.estimate(30.0, 25.0).unwrap();
+        assert!((eta - 75.0 * 9.0 / 5.0).abs() < 1e-9, "{eta}");
+    }
+
+    #[test]
+    fn eta_ignores_a_clock_stepping_back() {
+        let mut e = EtaEstimator::new();
+        e.observe(10.0, 10.0);
+        e.observe(5.0, 50.0);
+        e.observe(20.0, 20.0);
+        assert_eq!(e.estimate(20.0, 20.0), Some(80.0));
+    }
+
+    #[test]
+    fn tracker_document_carries_eta_from_its_timestamps() {
+        let mut j = job();
+        j.start_stage("loading", t(0.0)).unwrap();
+        for i in 1..=5 {
+            j.update_stage_progress(i, 5, t(f64::from(i as u32)))
+                .unwrap();
+        }
+        // 5 % in 5 s at a steady pace: 95 s left.
+        assert_eq!(j.document()["eta_seconds"], 95);
+    }
+}
