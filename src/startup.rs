@@ -134,11 +134,7 @@ impl App {
         let shutdown = self.state.shutdown.clone();
         let routes = crate::http::routes(self.state.clone());
         info!(addr = %self.addr, "jobcast listening");
-        warp::serve(routes)
-            .incoming(self.listener)
-            .graceful(async move { shutdown.cancelled().await })
-            .run()
-            .await;
+        crate::http::server::serve(self.listener, routes, shutdown).await;
         for t in self.tasks {
             t.abort();
         }

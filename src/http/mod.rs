@@ -4,6 +4,7 @@
 pub mod cors;
 pub mod jobs;
 pub mod ops;
+pub mod server;
 
 use std::convert::Infallible;
 
