@@ -5,11 +5,13 @@
 mod support;
 
 mod app;
+mod child;
 mod clients;
 
 mod auth;
 mod fanout;
 mod keyspace;
+mod operate;
 mod poll_snapshot;
 mod sse;
 mod ws;

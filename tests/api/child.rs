@@ -1,0 +1,143 @@
+//! `ChildApp`: the real `jobcast` binary as a separate process, for what only a
+//! process can show — its own memory, its own metrics registry, its log lines on
+//! stderr, and its reaction to signals.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use crate::support::{free_port, wait_until};
+
+pub struct ChildApp {
+    pub port: u16,
+    pub child: tokio::process::Child,
+    pub log_path: PathBuf,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    /// A scratch directory removed on drop.
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl ChildApp {
+    /// Starts `jobcast serve` against `redis_url` with the test secret and
+    /// `envs`, and waits (bounded) until it accepts connections.
+    pub async fn spawn(redis_url: &str, envs: &[(&str, String)]) -> ChildApp {
+        let port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("jobcast-child-{:016x}", rand::random::<u64>()));
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        let log_path = dir.join("stderr.log");
+        let log = std::fs::File::create(&log_path).expect("log file");
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobcast"));
+        cmd.env("REDIS_URL", redis_url)
+            .env("JWT_SECRET", crate::app::SECRET)
+            .env("JOBCAST_LISTEN", format!("127.0.0.1:{port}"))
+            .env(
+                "JOBCAST_STATIC_DIR",
+                concat!(env!("CARGO_MANIFEST_DIR"), "/static"),
+            )
+            .env("RUST_LOG", "warn")
+            .env_remove("DATABASE_URL")
+            .env_remove("JOBCAST_LOG_FORMAT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true);
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let child = cmd.arg("serve").spawn().expect("spawn jobcast");
+        wait_until(
+            Duration::from_secs(15),
+            "the jobcast process listens",
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .is_ok()
+            },
+        )
+        .await;
+        ChildApp {
+            port,
+            child,
+            log_path,
+            _dir: tempdir::Dir(dir),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn ws_url(&self, path: &str) -> String {
+        format!("ws://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("running")
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe {
+            libc::kill(self.pid() as i32, sig);
+        }
+    }
+
+    /// Resident memory of the process, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// One sample of a metric from `/metrics` (sum over matching label sets).
+    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
+        let text = reqwest::get(self.url("/metrics"))
+            .await
+            .expect("scrape")
+            .text()
+            .await
+            .expect("body");
+        metric_value(&text, name, labels)
+    }
+}
+
+/// Sums the samples of `name` whose label set contains every `k="v"` of `labels`
+/// (comma-separated; empty matches all).
+pub fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
+    let wanted: Vec<&str> = labels
+        .split(',')
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (metric, label_set) = match series.split_once('{') {
+                Some((m, rest)) => (m, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            (metric == name && wanted.iter().all(|w| label_set.split(',').any(|l| l == *w)))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
