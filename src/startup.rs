@@ -17,6 +17,9 @@ use crate::job::DocRules;
 use crate::limits::Limits;
 use crate::state::{AppState, SharedState};
 use crate::store::Store;
+use crate::store::retention;
+use crate::store::write_behind::WriteBehind;
+use crate::upstream::pg_listener::PgListener;
 use crate::upstream::redis_listener::RedisListener;
 use crate::upstream::redis_reader::RedisReader;
 use crate::upstream::redis_setup;
@@ -26,6 +29,8 @@ pub struct App {
     state: SharedState,
     listener: tokio::net::TcpListener,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Drained after the server stopped, so the last states reach Postgres.
+    write_behind: Option<WriteBehind>,
 }
 
 impl App {
@@ -73,7 +78,8 @@ impl App {
 
         let shutdown = CancellationToken::new();
         let redis_up = Arc::new(AtomicBool::new(false));
-        let (hub, upstream_cmds) = Hub::new(reader, store, None, rules);
+        let write_behind = store.clone().map(WriteBehind::new);
+        let (hub, upstream_cmds) = Hub::new(reader, store.clone(), write_behind.clone(), rules);
         let listener = RedisListener::new(
             hub.clone(),
             &settings.redis_url,
@@ -83,6 +89,16 @@ impl App {
         )?;
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(listener.run(upstream_cmds, shutdown.clone())));
+        if let (Some(store), Some(wb)) = (store, &write_behind) {
+            tasks.push(tokio::spawn(wb.clone().run(shutdown.clone())));
+            let pg = PgListener::new(hub.clone(), store.clone(), redis_up.clone());
+            tasks.push(tokio::spawn(pg.run(shutdown.clone())));
+            tasks.push(tokio::spawn(retention::run(
+                store,
+                settings.retention_days,
+                shutdown.clone(),
+            )));
+        }
 
         let tcp = tokio::net::TcpListener::bind(settings.listen)
             .await
@@ -108,6 +124,7 @@ impl App {
             state,
             listener: tcp,
             tasks,
+            write_behind,
         })
     }
 
@@ -135,6 +152,11 @@ impl App {
         let routes = crate::http::routes(self.state.clone());
         info!(addr = %self.addr, "jobcast listening");
         crate::http::server::serve(self.listener, routes, shutdown).await;
+        if let Some(wb) = &self.write_behind {
+            // Within the drain deadline (main cuts the whole shutdown at it).
+            let deadline = std::time::Duration::from_secs(self.state.settings.shutdown_secs);
+            wb.flush(deadline).await;
+        }
         for t in self.tasks {
             t.abort();
         }

@@ -1,8 +1,9 @@
 //! Every SQL query jobcast makes, against the `jobs` table of `migrations/`:
-//! fallback reads (snapshot and owner), health, and (in submodules) write-behind
-//! and the retention sweep. Postgres is optional: without DATABASE_URL there is
-//! no `Store` and callers skip it.
+//! fallback reads (snapshot and owner) and health here; write-behind and the
+//! retention sweep in their submodules. Postgres is optional: without
+//! DATABASE_URL there is no `Store` and callers skip it.
 
+pub mod retention;
 pub mod write_behind;
 
 use std::time::Duration;
@@ -85,30 +86,4 @@ impl Store {
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }
-
-    /// Deletes rows of jobs that ended more than `days` ago. Guarded by a
-    /// transaction-scoped advisory lock so one instance sweeps at a time;
-    /// `None` where another instance holds it.
-    pub async fn sweep(&self, days: u32) -> Result<Option<u64>, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)")
-            .bind(RETENTION_LOCK_KEY)
-            .fetch_one(&mut *tx)
-            .await?;
-        if !locked {
-            return Ok(None);
-        }
-        let deleted = sqlx::query(
-            "DELETE FROM jobs WHERE completed_at IS NOT NULL AND completed_at < now() - make_interval(days => $1)",
-        )
-        .bind(days as i32)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        tx.commit().await?;
-        Ok(Some(deleted))
-    }
 }
-
-/// Advisory-lock key of the retention sweep ("jobcast" in ASCII, as a number).
-pub const RETENTION_LOCK_KEY: i64 = 0x6a6f_6263_6173_74;

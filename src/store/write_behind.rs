@@ -1,16 +1,438 @@
-//! Write-behind of Redis states into `jobs` (PROTOCOL.md §5). Placeholder: the
-//! queue exists so the hub's hot path has its hook; the flusher comes with the
-//! durable-state work.
+//! Write-behind of the states jobcast sees in Redis into `jobs` (PROTOCOL.md §5),
+//! so the last state of a job survives a Redis crash, eviction or expiry.
+//!
+//! The hub calls [`WriteBehind::push`] for every accepted state that did not come
+//! from Postgres; it never blocks. A flusher task ([`WriteBehind::run`]) writes:
+//!
+//! - the NEWEST state per job only: pending states replace each other, so memory
+//!   is one state per job with unwritten news, whatever the update rate;
+//! - each job at most once per [`MIN_WRITE_INTERVAL`], a terminal state at once;
+//! - many jobs per statement (one multi-row upsert of up to [`MAX_BATCH_ROWS`]);
+//! - never over a newer `seq`: the guard is in SQL, so it holds against other
+//!   gateways and workers writing the same row too;
+//! - a failed batch goes back to pending (unless newer states came meanwhile) and
+//!   is retried with backoff; nothing newest is lost while Postgres is down.
+//!
+//! Each written state's [`Durable`](crate::event::Durable) flag is settled after
+//! the commit, so a stream holds `done` until the terminal state is in the row;
+//! a failed write settles it too (Postgres down must not hold `done` back).
+//!
+//! Rows: a job jobcast has never seen in Postgres gets its row, owned by the
+//! document's owner field. A document without an owner cannot make a row
+//! (`owner_id` is NOT NULL and jobcast will not invent an owner); it still
+//! updates a row that exists, e.g. one the application inserted itself.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
 
 use crate::event::Update;
 use crate::job::JobId;
+use crate::store::Store;
+use crate::upstream::backoff::Backoff;
+
+/// At most one write per job per this interval (a terminal state goes at once).
+pub const MIN_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+/// Rows per upsert statement: large enough to absorb a burst of many jobs in a
+/// few round trips, small enough to keep one statement's bind arrays modest.
+pub const MAX_BATCH_ROWS: usize = 500;
+/// Pause between retries while [`WriteBehind::flush`] drains at shutdown.
+const FLUSH_RETRY: Duration = Duration::from_millis(200);
+
+/// The newest unwritten state of one job.
+struct Slot {
+    update: Arc<Update>,
+    /// Terminal states replaced before they were written: watchers may be
+    /// holding `done` on them, so they settle with the write of their successor.
+    /// Rarely more than zero (a job ends once).
+    superseded: Vec<Arc<Update>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    jobs: HashMap<JobId, Slot>,
+    /// When each recently written job was last written; entries older than
+    /// [`MIN_WRITE_INTERVAL`] are pruned, so this is bounded by the write rate.
+    written_at: HashMap<JobId, Instant>,
+}
+
+struct Inner {
+    store: Store,
+    pending: Mutex<Pending>,
+    /// Wakes the flusher when a state is pushed (a stored permit if it is busy).
+    wake: Notify,
+    /// Serialises batch writes, so that the shutdown flush and the flusher never
+    /// write two states of one job concurrently (which could reorder seq-less ones).
+    writing: tokio::sync::Mutex<()>,
+}
 
 #[derive(Clone)]
-pub struct WriteBehind {}
+pub struct WriteBehind {
+    inner: Arc<Inner>,
+}
+
+/// One row of a batch, taken out of pending.
+struct Row {
+    job: JobId,
+    slot: Slot,
+}
 
 impl WriteBehind {
+    pub fn new(store: Store) -> Self {
+        WriteBehind {
+            inner: Arc::new(Inner {
+                store,
+                pending: Mutex::new(Pending::default()),
+                wake: Notify::new(),
+                writing: tokio::sync::Mutex::new(()),
+            }),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        match self.inner.pending.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
     /// Records `update` as the job's newest state to persist. Never blocks.
-    pub fn push(&self, _job: &JobId, _update: Arc<Update>) {}
+    pub fn push(&self, job: &JobId, update: Arc<Update>) {
+        {
+            let mut pending = self.lock();
+            match pending.jobs.get_mut(job) {
+                Some(slot) => {
+                    let old = std::mem::replace(&mut slot.update, update);
+                    if old.done.is_some() {
+                        slot.superseded.push(old);
+                    } else {
+                        old.durable.settle();
+                    }
+                }
+                None => {
+                    pending.jobs.insert(
+                        job.clone(),
+                        Slot {
+                            update,
+                            superseded: Vec::new(),
+                        },
+                    );
+                }
+            }
+        }
+        self.inner.wake.notify_one();
+    }
+
+    /// Jobs with a state waiting to be written.
+    pub fn pending_jobs(&self) -> usize {
+        self.lock().jobs.len()
+    }
+
+    /// The flusher: runs until `shutdown`, writing due states in batches and
+    /// retrying with backoff while Postgres fails. The final drain is
+    /// [`flush`](Self::flush), called by `App::run` once the server stopped.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Backoff::default();
+        let mut failing = false;
+        loop {
+            let (batch, next_due) = self.take_due(Instant::now(), false);
+            if batch.is_empty() {
+                let sleep = async {
+                    match next_due {
+                        Some(at) => tokio::time::sleep_until(at).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    _ = self.inner.wake.notified() => {}
+                    _ = sleep => {}
+                }
+                continue;
+            }
+            match self.write(batch).await {
+                Ok(()) => {
+                    if failing {
+                        info!("postgres writes succeed again; write-behind caught up");
+                    }
+                    failing = false;
+                    backoff.reset();
+                }
+                Err(e) => {
+                    let delay = backoff.next_delay();
+                    if !failing {
+                        warn!(error = %e, ?delay, "write-behind to postgres failed; newest states kept, retrying with backoff");
+                    } else {
+                        debug!(error = %e, ?delay, "write-behind still failing");
+                    }
+                    failing = true;
+                    tokio::select! {
+                        _ = shutdown.cancelled() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes every pending state now, ignoring the per-job interval, retrying
+    /// failures until `deadline` has passed. Returns how many jobs were left
+    /// unwritten (0 on a clean drain).
+    pub async fn flush(&self, deadline: Duration) -> usize {
+        let until = Instant::now() + deadline;
+        loop {
+            let (batch, _) = self.take_due(Instant::now(), true);
+            if batch.is_empty() {
+                return 0;
+            }
+            let result = tokio::time::timeout_at(until, self.write(batch)).await;
+            match result {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => debug!(error = %e, "write-behind flush failed; retrying"),
+                Err(_) => {}
+            }
+            if Instant::now() + FLUSH_RETRY >= until {
+                let left = self.pending_jobs();
+                warn!(
+                    jobs = left,
+                    "write-behind flush ran out of time; newest states of these jobs not written"
+                );
+                return left;
+            }
+            tokio::time::sleep(FLUSH_RETRY).await;
+        }
+    }
+
+    /// Takes up to [`MAX_BATCH_ROWS`] states that are due (all of them with
+    /// `all`), and says when the earliest one not yet due will be.
+    fn take_due(&self, now: Instant, all: bool) -> (Vec<Row>, Option<Instant>) {
+        let mut pending = self.lock();
+        pending
+            .written_at
+            .retain(|_, at| now.duration_since(*at) < MIN_WRITE_INTERVAL);
+        let mut due = Vec::new();
+        let mut next_due: Option<Instant> = None;
+        for (job, slot) in &pending.jobs {
+            if due.len() == MAX_BATCH_ROWS {
+                // More is due; ask to be called again at once.
+                next_due = Some(now);
+                break;
+            }
+            let ready_at = match pending.written_at.get(job) {
+                Some(at) if !all && slot.update.done.is_none() => *at + MIN_WRITE_INTERVAL,
+                _ => now,
+            };
+            if ready_at <= now {
+                due.push(job.clone());
+            } else {
+                next_due = Some(next_due.map_or(ready_at, |n| n.min(ready_at)));
+            }
+        }
+        let rows = due
+            .into_iter()
+            .filter_map(|job| pending.jobs.remove(&job).map(|slot| Row { job, slot }))
+            .collect();
+        (rows, next_due)
+    }
+
+    /// Writes one batch. Written states get their write time recorded; states
+    /// that failed for want of Postgres go back to pending (newer pending ones
+    /// win) for the next attempt; a state Postgres refuses as data (say, a
+    /// `\u0000` that jsonb cannot hold) is dropped with a warning, so one bad
+    /// document cannot wedge the queue. Every state is settled either way:
+    /// `done` is not held for a Postgres that is down.
+    async fn write(&self, batch: Vec<Row>) -> Result<(), sqlx::Error> {
+        let _serial = self.inner.writing.lock().await;
+        let mut outcomes = Vec::with_capacity(batch.len());
+        let mut failure = None;
+        match self.upsert(&batch).await {
+            Ok(()) => outcomes.resize(batch.len(), Outcome::Written),
+            Err(e) if is_data_error(&e) && batch.len() > 1 => {
+                // Find the bad row(s) one by one; the rest are written.
+                for row in &batch {
+                    let outcome = if failure.is_some() {
+                        Outcome::Retry
+                    } else {
+                        match self.upsert(std::slice::from_ref(row)).await {
+                            Ok(()) => Outcome::Written,
+                            Err(e) if is_data_error(&e) => Outcome::Rejected(e.to_string()),
+                            Err(e) => {
+                                failure = Some(e);
+                                Outcome::Retry
+                            }
+                        }
+                    };
+                    outcomes.push(outcome);
+                }
+            }
+            Err(e) if is_data_error(&e) => outcomes.push(Outcome::Rejected(e.to_string())),
+            Err(e) => {
+                outcomes.resize(batch.len(), Outcome::Retry);
+                failure = Some(e);
+            }
+        }
+
+        let now = Instant::now();
+        let mut pending = self.lock();
+        for (Row { job, slot }, outcome) in batch.into_iter().zip(outcomes) {
+            slot.update.durable.settle();
+            for old in &slot.superseded {
+                old.durable.settle();
+            }
+            match outcome {
+                Outcome::Written => {
+                    metrics::counter!("jobcast_postgres_writes_total").increment(1);
+                    pending.written_at.insert(job, now);
+                }
+                Outcome::Rejected(why) => {
+                    metrics::counter!("jobcast_postgres_write_errors_total", "reason" => "rejected")
+                        .increment(1);
+                    warn!(job = %job, id = slot.update.id, error = %why, "postgres refused this state; not written behind");
+                }
+                Outcome::Retry => {
+                    if !pending.jobs.contains_key(&job) {
+                        pending.jobs.insert(
+                            job,
+                            Slot {
+                                update: slot.update,
+                                superseded: Vec::new(),
+                            },
+                        );
+                    }
+                }
+            }
+        }
+        drop(pending);
+        match failure {
+            None => Ok(()),
+            Some(e) => {
+                metrics::counter!("jobcast_postgres_write_errors_total", "reason" => "unavailable")
+                    .increment(1);
+                // The states put back are due again after the flusher's backoff.
+                self.inner.wake.notify_one();
+                Err(e)
+            }
+        }
+    }
+
+    async fn upsert(&self, batch: &[Row]) -> Result<(), sqlx::Error> {
+        let mut owned = Columns::default();
+        let mut ownerless = Columns::default();
+        for Row { job, slot } in batch {
+            let u = &slot.update;
+            let cols = if u.doc.owner.is_some() {
+                &mut owned
+            } else {
+                &mut ownerless
+            };
+            cols.push(job, u);
+            debug!(job = %job, id = u.id, terminal = u.doc.terminal, "writing state behind");
+        }
+        let pool = self.inner.store.pool();
+        if !owned.ids.is_empty() {
+            sqlx::query(UPSERT)
+                .bind(&owned.ids)
+                .bind(&owned.owners)
+                .bind(&owned.statuses)
+                .bind(&owned.snapshots)
+                .bind(&owned.seqs)
+                .bind(&owned.terminals)
+                .execute(pool)
+                .await?;
+        }
+        if !ownerless.ids.is_empty() {
+            sqlx::query(UPDATE_EXISTING)
+                .bind(&ownerless.ids)
+                .bind(&ownerless.statuses)
+                .bind(&ownerless.snapshots)
+                .bind(&ownerless.seqs)
+                .bind(&ownerless.terminals)
+                .execute(pool)
+                .await?;
+        }
+        Ok(())
+    }
 }
+
+#[derive(Clone, Debug)]
+enum Outcome {
+    Written,
+    /// Postgres refused the row's data; retrying cannot help.
+    Rejected(String),
+    /// Postgres was unreachable (or failed otherwise); try again later.
+    Retry,
+}
+
+/// An error about the data of a statement (SQLSTATE class 22, "data exception",
+/// e.g. invalid JSON text for jsonb), as opposed to Postgres being unreachable.
+fn is_data_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("22")),
+        _ => false,
+    }
+}
+
+/// A batch as parallel arrays, for `unnest`: one statement whatever its size.
+#[derive(Default)]
+struct Columns {
+    ids: Vec<String>,
+    owners: Vec<String>,
+    statuses: Vec<Option<String>>,
+    snapshots: Vec<String>,
+    /// The document's own `seq`, never jobcast's event counter: the counter is
+    /// per gateway and means nothing to another one reading the row.
+    seqs: Vec<Option<i64>>,
+    terminals: Vec<bool>,
+}
+
+impl Columns {
+    fn push(&mut self, job: &JobId, u: &Update) {
+        self.ids.push(job.as_str().to_owned());
+        self.owners.push(u.doc.owner.clone().unwrap_or_default());
+        self.statuses.push(u.doc.status.clone());
+        // The document is valid UTF-8 JSON text (it was parsed as such).
+        self.snapshots
+            .push(String::from_utf8_lossy(&u.doc.json).into_owned());
+        self.seqs.push(u.doc.seq);
+        self.terminals.push(u.doc.terminal);
+    }
+}
+
+/// The seq guard: a row is replaced only by a higher `seq`, or where the row
+/// has none. A document without `seq` therefore never replaces one with a `seq`
+/// (it cannot be ordered against it), and replaces one without (newest arrival
+/// wins, as on the stream). The owner of an existing row is never changed: the
+/// row (possibly the application's own) is the authority on ownership.
+const UPSERT: &str = r#"
+INSERT INTO jobs AS j (id, owner_id, status, snapshot, seq, completed_at, updated_at)
+SELECT u.id, u.owner_id, u.status, u.snapshot::jsonb, u.seq,
+       CASE WHEN u.terminal THEN now() END, now()
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bool[])
+     AS u(id, owner_id, status, snapshot, seq, terminal)
+ON CONFLICT (id) DO UPDATE SET
+    status       = EXCLUDED.status,
+    snapshot     = EXCLUDED.snapshot,
+    seq          = EXCLUDED.seq,
+    completed_at = CASE WHEN EXCLUDED.completed_at IS NULL THEN NULL
+                        ELSE COALESCE(j.completed_at, EXCLUDED.completed_at) END,
+    updated_at   = now()
+WHERE j.seq IS NULL OR EXCLUDED.seq > j.seq
+"#;
+
+/// Documents without an owner: the same guard, existing rows only.
+const UPDATE_EXISTING: &str = r#"
+UPDATE jobs AS j SET
+    status       = u.status,
+    snapshot     = u.snapshot::jsonb,
+    seq          = u.seq,
+    completed_at = CASE WHEN u.terminal THEN COALESCE(j.completed_at, now()) END,
+    updated_at   = now()
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bool[])
+     AS u(id, status, snapshot, seq, terminal)
+WHERE j.id = u.id AND (j.seq IS NULL OR u.seq > j.seq)
+"#;
