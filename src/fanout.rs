@@ -27,6 +27,8 @@ pub struct FeedState {
     pub stored_owner: Option<Arc<str>>,
     /// True where some source knows the job (a document or a row).
     pub known: bool,
+    /// True when the last load could ask no source (Redis and Postgres down).
+    pub unavailable: bool,
 }
 
 impl FeedState {
@@ -119,8 +121,9 @@ impl Feed {
 
     /// Records what the first load found besides a document, and wakes the
     /// watchers waiting for it.
-    pub fn mark_ready(&self, stored_owner: Option<String>, row_exists: bool) {
+    pub fn mark_ready(&self, stored_owner: Option<String>, row_exists: bool, unavailable: bool) {
         self.state.send_modify(|s| {
+            s.unavailable = unavailable && !s.known && !row_exists;
             if let Some(owner) = stored_owner {
                 s.stored_owner = Some(Arc::from(owner));
             }
@@ -280,7 +283,7 @@ mod tests {
     #[test]
     fn owner_comes_from_document_then_row() {
         let f = feed();
-        f.mark_ready(Some("row-owner".into()), true);
+        f.mark_ready(Some("row-owner".into()), true, false);
         assert_eq!(f.snapshot().owner(), Some("row-owner"));
         f.offer(doc(r#"{"owner_id":"doc-owner"}"#), Source::RedisKey);
         assert_eq!(f.snapshot().owner(), Some("doc-owner"));

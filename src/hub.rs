@@ -212,7 +212,7 @@ impl Hub {
         if let Some((doc, source)) = fetched.doc {
             self.offer(feed, doc, source);
         }
-        feed.mark_ready(fetched.stored_owner, fetched.row);
+        feed.mark_ready(fetched.stored_owner, fetched.row, fetched.unavailable);
     }
 
     /// Reads what the sources hold of `job`. With `fallback`, Postgres is asked
@@ -238,7 +238,10 @@ impl Hub {
         if !fallback || owner_known {
             return out;
         }
-        let Some(store) = &self.store else { return out };
+        let Some(store) = &self.store else {
+            out.unavailable = out.doc.is_none() && out.redis_failed;
+            return out;
+        };
         match store.load(job).await {
             Ok(Some(stored)) => {
                 out.row = true;
@@ -256,6 +259,7 @@ impl Hub {
                 out.store_failed = true;
             }
         }
+        out.unavailable = out.doc.is_none() && !out.row && out.redis_failed && out.store_failed;
         out
     }
 }
@@ -269,6 +273,9 @@ pub struct Fetched {
     pub row: bool,
     pub redis_failed: bool,
     pub store_failed: bool,
+    /// Nothing is known and no source could be asked: the caller should be told
+    /// to retry (503), not that the job is someone else's.
+    pub unavailable: bool,
 }
 
 impl Fetched {

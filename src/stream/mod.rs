@@ -68,6 +68,11 @@ pub async fn open(
     let guard = app.limits.acquire(&claims.sub, transport)?;
     let watch = app.hub.join(job.clone());
     let state = watch.feed.wait_ready(FIRST_STATE_TIMEOUT).await;
+    if !state.known && (state.unavailable || !state.ready) {
+        return Err(ApiError::Unavailable(
+            "neither Redis nor Postgres answered in time; retry shortly".into(),
+        ));
+    }
     let facts = JobFacts {
         known: state.known,
         owner: state.owner(),

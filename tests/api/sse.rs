@@ -216,3 +216,21 @@ async fn bad_documents_are_dropped_and_the_stream_goes_on() {
         "drops are counted"
     );
 }
+
+#[tokio::test]
+async fn a_stream_no_source_can_answer_for_is_503_not_403() {
+    let mut app = spawn_app().await;
+    app.redis.kill();
+    let auth = format!("Bearer {}", app.token("alice"));
+    let res = reqwest::Client::new()
+        .get(app.url("/jobs/j/events"))
+        .header("authorization", auth)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    assert_eq!(
+        res.json::<serde_json::Value>().await.unwrap()["error"],
+        "unavailable"
+    );
+}
