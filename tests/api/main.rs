@@ -9,6 +9,7 @@ mod child;
 mod clients;
 
 mod auth;
+mod durable;
 mod fanout;
 mod keyspace;
 mod operate;
