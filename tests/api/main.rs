@@ -9,10 +9,12 @@ mod child;
 mod clients;
 
 mod auth;
+mod browser;
 mod durable;
 mod fanout;
 mod keyspace;
 mod operate;
 mod poll_snapshot;
+mod proxy;
 mod sse;
 mod ws;

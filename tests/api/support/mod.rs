@@ -1,6 +1,7 @@
 //! Shared helpers for the integration tests: throwaway `redis-server`
 //! processes ([`RedisServer`]), throwaway Postgres databases ([`TestDb`]),
-//! free loopback ports and bounded polling.
+//! a strict nginx in front of a gateway ([`Nginx`]), a headless browser
+//! driven over DevTools ([`Chromium`]), free loopback ports and bounded polling.
 //!
 //! Nothing here talks to the jobcast code; these only own the real services a
 //! test runs jobcast against. `scripts/test.sh` (via `scripts/services.sh`)
@@ -10,9 +11,13 @@
 // Each test file uses a different subset of these helpers.
 #![allow(dead_code)]
 
+pub mod chromium;
+pub mod nginx;
 pub mod postgres_db;
 pub mod redis_server;
 
+pub use chromium::Chromium;
+pub use nginx::Nginx;
 pub use postgres_db::TestDb;
 pub use redis_server::RedisServer;
 
