@@ -8,6 +8,7 @@ use crate::auth::Claims;
 use crate::auth::claims::now_secs;
 use crate::config::Settings;
 use crate::job::{DocRules, JobId, ProgressDoc};
+use crate::publish::Publisher;
 use crate::startup::App;
 use crate::store::Store;
 use crate::upstream::redis_reader::RedisReader;
@@ -38,6 +39,11 @@ pub async fn cleanup(s: &Settings) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Mints a token with the configured `JWT_SECRET` and prints it alone on
+/// stdout (for `TOKEN=$(jobcast token ...)`). `aud`/`iss` are added where the
+/// gateway checks them, and the token is verified with the same settings
+/// before it is printed, so what comes out is accepted by a gateway
+/// configured alike.
 pub fn token(
     s: &Settings,
     sub: String,
@@ -45,30 +51,84 @@ pub fn token(
     roles: Vec<String>,
     ttl: u64,
 ) -> anyhow::Result<()> {
-    let verifier = crate::auth::Verifier::from_settings(s, None)?;
+    let secret = s.jwt_secret.as_ref().context(
+        "minting tokens needs JWT_SECRET (HS256); with a public key, tokens come from your issuer",
+    )?;
     let now = now_secs();
     let claims = Claims {
         sub,
         exp: now + ttl,
         nbf: None,
         iat: Some(now),
-        jobs,
-        roles,
+        jobs: split_list(jobs),
+        roles: split_list(roles),
     };
-    println!("{}", verifier.mint(&claims)?);
+    #[derive(serde::Serialize)]
+    struct Minted<'a> {
+        #[serde(flatten)]
+        claims: &'a Claims,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        aud: Option<&'a str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        iss: Option<&'a str>,
+    }
+    let minted = Minted {
+        claims: &claims,
+        aud: s.jwt_audience.as_deref(),
+        iss: s.jwt_issuer.as_deref(),
+    };
+    let token = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &minted,
+        &jsonwebtoken::EncodingKey::from_secret(secret.expose().as_bytes()),
+    )?;
+    crate::auth::Verifier::from_settings(s, None)?
+        .verify(&token)
+        .map_err(|e| anyhow::anyhow!("the minted token does not verify: {e}"))?;
+    println!("{token}");
     Ok(())
 }
 
+/// `--role a,b --role c` → `[a, b, c]`.
+fn split_list(values: Vec<String>) -> Vec<String> {
+    values
+        .iter()
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Writes one document like a worker (SET with TTL + PUBLISH, atomically).
+/// `document` `-` reads it from stdin. The document is checked as the gateway
+/// would (a JSON object within JOBCAST_MAX_DOCUMENT_BYTES) before anything is
+/// written.
 pub async fn publish(s: &Settings, job: &str, document: &str, ttl: u64) -> anyhow::Result<()> {
-    let job = JobId::parse(job)?;
+    let job = JobId::parse(job).with_context(|| format!("job id {job:?}"))?;
+    let text = if document == "-" {
+        let mut buf = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf).context("reading stdin")?;
+        buf
+    } else {
+        document.to_owned()
+    };
     let rules = DocRules::from_settings(s);
-    let doc =
-        ProgressDoc::parse(document.as_bytes(), &rules).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let doc = ProgressDoc::parse(text.trim().as_bytes(), &rules).map_err(|e| {
+        anyhow::anyhow!(
+            "{e} (the document must be a JSON object of at most {} bytes)",
+            rules.max_bytes
+        )
+    })?;
     let reader = RedisReader::new(&s.redis_url, &s.key_prefix, rules)?;
-    let receivers = reader.write(&job, &doc.json, ttl).await?;
+    let publisher = Publisher::from_reader(reader).with_ttl(ttl);
+    let receivers = publisher
+        .write(&job, &doc.json)
+        .await
+        .context("writing to Redis (REDIS_URL)")?;
     println!(
-        "published to {}{} ({receivers} subscribers)",
-        s.key_prefix, job
+        "published to {} ({receivers} channel subscribers)",
+        publisher.key(&job)
     );
     Ok(())
 }

@@ -61,10 +61,10 @@ pub enum Command {
         /// The user id (`sub`).
         #[arg(long)]
         sub: String,
-        /// A job the bearer may watch (repeatable; `*` for all).
+        /// A job the bearer may watch (repeatable or comma-separated; `*` for all).
         #[arg(long = "job")]
         jobs: Vec<String>,
-        /// A role (`admin`, `publisher`; repeatable).
+        /// A role (`admin`, `publisher`; repeatable or comma-separated).
         #[arg(long = "role")]
         roles: Vec<String>,
         /// Lifetime in seconds.
@@ -74,7 +74,7 @@ pub enum Command {
     /// Write one progress document for JOB to Redis (state key with TTL + channel).
     Publish {
         job: String,
-        /// The progress document, a JSON object.
+        /// The progress document, a JSON object (`-` reads it from stdin).
         document: String,
         /// TTL of the state key in seconds.
         #[arg(long, default_value_t = 7200)]

@@ -1,7 +1,8 @@
 //! One-shot job routes: `GET /jobs/{id}` (the current document, from Redis or
 //! Postgres) and `POST /jobs/{id}` (publish for services that do not speak Redis).
 
-use bytes::Bytes;
+use bytes::{Buf, BufMut, BytesMut};
+use futures::{Stream, StreamExt};
 use serde_json::json;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
@@ -14,7 +15,7 @@ use crate::state::SharedState;
 use crate::stream::{parse_job, verify};
 
 /// TTL given to state keys written through `POST /jobs/{id}`, in seconds.
-pub const PUBLISH_TTL_SECS: u64 = 7200;
+pub const PUBLISH_TTL_SECS: u64 = crate::publish::DEFAULT_TTL_SECS;
 
 pub async fn snapshot(job: String, app: SharedState, creds: Credentials) -> Response {
     match get(job, app, creds).await {
@@ -27,10 +28,7 @@ async fn get(job: String, app: SharedState, creds: Credentials) -> Result<Respon
     let job = parse_job(&job)?;
     let claims = verify(&app, &creds)?;
     let fetched = app.hub.fetch(&job, true).await;
-    if !fetched.known()
-        && fetched.redis_failed
-        && (app.hub.store().is_none() || fetched.store_failed)
-    {
+    if fetched.unavailable {
         return Err(ApiError::Unavailable(
             "neither Redis nor Postgres answered; retry later".into(),
         ));
@@ -65,19 +63,39 @@ async fn get(job: String, app: SharedState, creds: Credentials) -> Result<Respon
     Ok(res)
 }
 
-pub async fn publish(job: String, app: SharedState, creds: Credentials, body: Bytes) -> Response {
-    match post(job, app, creds, body).await {
+/// `POST /jobs/{id}`. Checks run cheapest first and the body is read last, only
+/// for an authorised publisher, and never past the size limit: job id (400),
+/// token (401), role (403), size (413, from `Content-Length` at once, else while
+/// reading a chunked body), document (400). Then the same write as every worker:
+/// SET with TTL + PUBLISH, atomically.
+pub async fn publish<S, B>(
+    job: String,
+    app: SharedState,
+    creds: Credentials,
+    declared_len: Option<u64>,
+    body: S,
+) -> Response
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    match post(job, app, creds, declared_len, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
 }
 
-async fn post(
+async fn post<S, B>(
     job: String,
     app: SharedState,
     creds: Credentials,
-    body: Bytes,
-) -> Result<Response, ApiError> {
+    declared_len: Option<u64>,
+    body: S,
+) -> Result<Response, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
     let job = parse_job(&job)?;
     let claims = verify(&app, &creds)?;
     if !claims.has_role("publisher") {
@@ -85,8 +103,10 @@ async fn post(
             "publishing needs a token with the publisher role".into(),
         ));
     }
-    let doc = ProgressDoc::parse(&body, app.hub.rules()).map_err(|e| match e {
-        crate::job::DocError::TooLarge => ApiError::PayloadTooLarge(e.to_string()),
+    let rules = app.hub.rules();
+    let body = read_bounded(declared_len, body, rules.max_bytes).await?;
+    let doc = ProgressDoc::parse(&body, rules).map_err(|e| match e {
+        crate::job::DocError::TooLarge => too_large(rules.max_bytes),
         _ => ApiError::BadRequest(format!("{e}: the body must be a JSON object")),
     })?;
     app.hub
@@ -96,4 +116,39 @@ async fn post(
         .map_err(|e| ApiError::Unavailable(format!("could not write to Redis: {e}")))?;
     let body = json!({"job_id": job.as_str(), "seq": doc.seq});
     Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::CREATED).into_response())
+}
+
+fn too_large(max: usize) -> ApiError {
+    ApiError::PayloadTooLarge(format!(
+        "the document is larger than {max} bytes (JOBCAST_MAX_DOCUMENT_BYTES)"
+    ))
+}
+
+/// Reads a request body of at most `max` bytes. warp's `content_length_limit`
+/// is not used: it refuses every body without `Content-Length` (chunked) with
+/// 411, small or not. Here a declared length over the limit is refused before
+/// reading, and a chunked body as soon as it passes the limit, so memory stays
+/// bounded by `max` either way.
+async fn read_bounded<S, B>(
+    declared_len: Option<u64>,
+    body: S,
+    max: usize,
+) -> Result<bytes::Bytes, ApiError>
+where
+    S: Stream<Item = Result<B, warp::Error>>,
+    B: Buf,
+{
+    if declared_len.is_some_and(|n| n > max as u64) {
+        return Err(too_large(max));
+    }
+    let mut buf = BytesMut::with_capacity(declared_len.unwrap_or(0) as usize);
+    let mut body = std::pin::pin!(body);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| ApiError::BadRequest(format!("reading the body: {e}")))?;
+        if buf.len() + chunk.remaining() > max {
+            return Err(too_large(max));
+        }
+        buf.put(chunk);
+    }
+    Ok(buf.freeze())
 }

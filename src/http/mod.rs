@@ -78,10 +78,8 @@ pub fn routes(
         .and(warp::post())
         .and(state.clone())
         .and(credentials())
-        .and(warp::body::content_length_limit(
-            app.settings.max_document_bytes as u64,
-        ))
-        .and(warp::body::bytes())
+        .and(warp::header::optional::<u64>("content-length"))
+        .and(warp::body::stream())
         .then(jobs::publish);
 
     let healthz = warp::path!("healthz").and(warp::get()).map(ops::healthz);

@@ -201,10 +201,8 @@ impl EtaEstimator {
         if !t.is_finite() || !progress.is_finite() {
             return;
         }
-        if let Some(&(last_t, _)) = self.window.back() {
-            if t < last_t {
-                return;
-            }
+        if self.window.back().is_some_and(|&(last_t, _)| t < last_t) {
+            return;
         }
         if self.window.len() == ETA_WINDOW_POINTS {
             self.window.pop_front();
@@ -332,13 +330,11 @@ impl JobProgress {
             .iter()
             .position(|s| s.name == name)
             .ok_or_else(|| ProgressError::UnknownStage(name.to_owned()))?;
-        if let Some(current) = self.current {
-            if index < current {
-                return Err(ProgressError::StageOrder {
-                    current: self.stages[current].name.clone(),
-                    next: name.to_owned(),
-                });
-            }
+        if let Some(current) = self.current.filter(|&c| index < c) {
+            return Err(ProgressError::StageOrder {
+                current: self.stages[current].name.clone(),
+                next: name.to_owned(),
+            });
         }
         self.current = Some(index);
         self.status = Status::Running;

@@ -16,5 +16,6 @@ mod keyspace;
 mod operate;
 mod poll_snapshot;
 mod proxy;
+mod publish;
 mod sse;
 mod ws;
