@@ -653,3 +653,47 @@ async fn node_example_reports_a_job_to_completion() {
         .args(["node-1", "alice"]);
     watch_example_to_completion(cmd, &app, "node-1").await;
 }
+
+/// The README's (docs/publishing.md) five Python lines, run as printed.
+#[tokio::test]
+async fn readme_python_five_lines_publish_a_watchable_job() {
+    let readme = std::fs::read_to_string(format!("{REPO}/docs/publishing.md")).unwrap();
+    let code = readme
+        .split("```python\n")
+        .nth(1)
+        .and_then(|rest| rest.split("\n```").next())
+        .expect("a python block in docs/publishing.md");
+    assert_eq!(code.lines().count(), 5, "five lines, as promised:\n{code}");
+    let app = spawn_app().await;
+
+    let out = tokio::time::timeout(
+        CHILD_TIMEOUT,
+        Command::new("python3")
+            .args(["-c", code])
+            .env("REDIS_URL", app.redis.url())
+            .stdin(Stdio::null())
+            .output(),
+    )
+    .await
+    .expect("ran in time")
+    .expect("python3");
+
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let res = reqwest::Client::new()
+        .get(app.url("/jobs/8ae7f267"))
+        .bearer_auth(app.token("user-42"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status().as_u16(), 200);
+    let doc: Value = res.json().await.unwrap();
+    assert_eq!(doc["overall_progress"], 40.0);
+    assert!(doc["seq"].is_i64());
+    let mut conn = app.redis().await;
+    let ttl: i64 = conn.ttl(app.key("8ae7f267")).await.unwrap();
+    assert!(ttl > 0);
+}
