@@ -364,18 +364,33 @@ async fn write_behind_holds_the_last_seq_after_a_burst_and_terminal_before_done(
     assert_eq!(snapshot["p"], 1000);
     assert!(!completed);
 
-    // Act / Assert: the terminal state is in the row by the time `done` is sent.
+    // Act: the job ends while the row is locked (a slow Postgres).
+    let mut blocker = pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE")
+        .bind(job)
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
     app.set(
         job,
         r#"{"seq":1001,"owner_id":"alice","status":"completed"}"#,
     )
     .await;
-    loop {
-        let ev = sse.next_event().await.expect("stream open until done");
-        if ev.event == "done" {
-            break;
-        }
-    }
+
+    // Assert: the terminal progress comes at once (after what the burst left
+    // in flight), `done` waits for the write...
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while sse_progress(&mut sse, deadline.saturating_duration_since(Instant::now())).await["seq"]
+        != 1001
+    {}
+    let early = tokio::time::timeout(Duration::from_millis(800), sse.next_event()).await;
+    assert!(
+        early.is_err(),
+        "done held back while the write is blocked: {early:?}"
+    );
+    blocker.rollback().await.unwrap();
+    // ...and once it is sent, the row holds the terminal state.
+    sse.expect("done").await;
     let (seq, snapshot, status, completed) = row(&pool, job).await.expect("row");
     assert_eq!(seq, Some(1001), "terminal state written before done");
     assert_eq!(snapshot["status"], "completed");
