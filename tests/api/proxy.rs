@@ -131,6 +131,7 @@ async fn sse_events_cross_strict_nginx_uncompressed_within_100ms_each() {
         Some("gzip"),
         "the strict proxy compressed the stream"
     );
+    assert_eq!(s.header("content-encoding"), Some("identity"));
     assert_eq!(s.expect("connected").await.json()["job_id"], "job1");
     assert_eq!(s.expect("progress").await.id.as_deref(), Some("1"));
 

@@ -47,6 +47,9 @@ const FLAGS: &[&str] = &[
     "--no-first-run",
     "--disable-quic",
     "--mute-audio",
+    // Keeps crash dumps out of $HOME/.config: the profile dir is all we own.
+    "--disable-crash-reporter",
+    "--disable-breakpad",
     "--remote-debugging-port=0",
 ];
 /// How long the browser may take to say where DevTools listens.
