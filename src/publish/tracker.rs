@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
-use serde_json::{Map, Value, json};
+use serde_json::Value;
 
 use crate::job::{InvalidJobId, JobId};
 use crate::publish::Publisher;
@@ -459,35 +459,59 @@ impl JobProgress {
         };
     }
 
-    /// The progress document (PROTOCOL.md §1), ready to write.
+    /// The progress document (PROTOCOL.md §1) as a JSON value.
     pub fn document(&self) -> Value {
-        let mut doc = Map::new();
-        doc.insert("job_id".into(), json!(self.job_id));
-        doc.insert("seq".into(), json!(self.seq));
-        doc.insert("status".into(), json!(self.status));
-        doc.insert("owner_id".into(), json!(self.owner_id));
-        doc.insert("stage".into(), json!(self.stage()));
-        doc.insert("stage_index".into(), json!(self.current));
-        doc.insert("stage_progress".into(), json!(self.stage_progress()));
-        doc.insert("overall_progress".into(), json!(self.overall_progress()));
-        doc.insert(
-            "eta_seconds".into(),
-            json!(self.eta_seconds.map(|s| s.round() as u64)),
-        );
-        doc.insert("stages".into(), json!(self.stages));
-        doc.insert("started_at".into(), json!(rfc3339(self.started_at)));
-        doc.insert("last_updated".into(), json!(rfc3339(self.last_updated)));
-        if !self.endpoints.is_empty() {
-            doc.insert("endpoints".into(), json!(self.endpoints));
-        }
-        if let Some(m) = &self.message {
-            doc.insert("message".into(), json!(m));
-        }
-        if let Some(e) = &self.error {
-            doc.insert("error".into(), json!(e));
-        }
-        Value::Object(doc)
+        serde_json::to_value(self.wire()).expect("the document always serialises")
     }
+
+    /// The progress document as the bytes written to Redis, fields in the
+    /// order a person reading `GET` output expects.
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(&self.wire()).expect("the document always serialises")
+    }
+
+    fn wire(&self) -> Document<'_> {
+        Document {
+            job_id: &self.job_id,
+            seq: self.seq,
+            status: self.status,
+            owner_id: &self.owner_id,
+            stage: self.stage(),
+            stage_index: self.current,
+            stage_progress: self.stage_progress(),
+            overall_progress: self.overall_progress(),
+            eta_seconds: self.eta_seconds.map(|s| s.round() as u64),
+            stages: &self.stages,
+            started_at: rfc3339(self.started_at),
+            last_updated: rfc3339(self.last_updated),
+            endpoints: (!self.endpoints.is_empty()).then_some(&self.endpoints),
+            message: self.message.as_deref(),
+            error: self.error.as_deref(),
+        }
+    }
+}
+
+/// The wire form of [`JobProgress`]; see docs/protocol.md for each field.
+#[derive(Serialize)]
+struct Document<'a> {
+    job_id: &'a str,
+    seq: i64,
+    status: Status,
+    owner_id: &'a str,
+    stage: Option<&'a str>,
+    stage_index: Option<usize>,
+    stage_progress: f64,
+    overall_progress: f64,
+    eta_seconds: Option<u64>,
+    stages: &'a [Stage],
+    started_at: String,
+    last_updated: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoints: Option<&'a BTreeMap<String, EndpointStatus>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<&'a str>,
 }
 
 fn secs_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
@@ -666,6 +690,7 @@ impl ProgressTracker {
 mod tests {
     use super::*;
     use chrono::TimeZone;
+    use serde_json::json;
 
     const STAGES: &[(&str, f64)] = &[
         ("loading", 5.0),
@@ -812,6 +837,11 @@ mod tests {
         assert_eq!(doc["started_at"], "2023-11-14T22:13:20.000Z");
         assert_eq!(doc["last_updated"], "2023-11-14T22:13:23.000Z");
         assert!(doc["eta_seconds"].is_u64());
+        let text = String::from_utf8(j.to_json()).unwrap();
+        assert!(
+            text.starts_with(r#"{"job_id":"j1","seq":"#),
+            "fields in reading order: {text}"
+        );
     }
 
     #[test]
