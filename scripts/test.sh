@@ -55,5 +55,17 @@ JOBCAST_NGINX_BIN="$(command -v nginx)"
 JOBCAST_CHROMIUM_BIN="$(command -v chromium)"
 export JOBCAST_NGINX_BIN JOBCAST_CHROMIUM_BIN
 
+step "tools: redis-py for the Python publisher example (and ioredis for the Node one, if node is here)"
+if ! python3 -c 'import redis' 2>/dev/null; then
+    python3 -m pip install --quiet redis 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages redis 2>/dev/null || {
+        command -v python3 >/dev/null 2>&1 || jobcast_apt_install python3
+        jobcast_apt_install python3-redis
+    }
+fi
+if command -v node >/dev/null 2>&1 && [[ ! -d examples/node/node_modules ]]; then
+    npm install --prefix examples/node --no-audit --no-fund --silent || echo "test.sh: npm install failed; the Node example test will be skipped"
+fi
+
 step "tests: ${CARGO_TEST[*]}${*:+ $*}"
 exec "${CARGO_TEST[@]}" "$@"
