@@ -103,7 +103,12 @@ impl WriteBehind {
 
     /// Records `update` as the job's newest state to persist. Never blocks.
     pub fn push(&self, job: &JobId, update: Arc<Update>) {
-        {
+        let terminal = update.done.is_some();
+        // The flusher is woken only when its schedule changes: a job new to the
+        // queue, or a terminal state (due at once). A job already queued is on
+        // its timer; waking it for every update of a hot job would make it scan
+        // the queue once per update.
+        let wake = {
             let mut pending = self.lock();
             match pending.jobs.get_mut(job) {
                 Some(slot) => {
@@ -113,6 +118,7 @@ impl WriteBehind {
                     } else {
                         old.durable.settle();
                     }
+                    terminal
                 }
                 None => {
                     pending.jobs.insert(
@@ -122,10 +128,13 @@ impl WriteBehind {
                             superseded: Vec::new(),
                         },
                     );
+                    true
                 }
             }
+        };
+        if wake {
+            self.inner.wake.notify_one();
         }
-        self.inner.wake.notify_one();
     }
 
     /// Jobs with a state waiting to be written.
@@ -436,3 +445,98 @@ FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bool[])
      AS u(id, status, snapshot, seq, terminal)
 WHERE j.id = u.id AND (j.seq IS NULL OR u.seq > j.seq)
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Source;
+    use crate::job::{DocRules, ProgressDoc};
+
+    fn rules() -> DocRules {
+        DocRules {
+            max_bytes: 4096,
+            owner_field: "owner_id".into(),
+            terminal_statuses: vec!["completed".into()],
+        }
+    }
+
+    fn update(job: &JobId, raw: &str) -> Arc<Update> {
+        let doc = ProgressDoc::parse(raw.as_bytes(), &rules()).unwrap();
+        Arc::new(Update::encode(
+            job,
+            doc.seq.unwrap_or(1),
+            doc,
+            Source::RedisKey,
+        ))
+    }
+
+    /// A write-behind whose store never connects (these tests do not write).
+    fn write_behind() -> WriteBehind {
+        let store = Store::connect_lazy("postgres://nobody@127.0.0.1:1/none", rules()).unwrap();
+        WriteBehind::new(store)
+    }
+
+    #[tokio::test]
+    async fn only_the_newest_state_per_job_is_kept() {
+        let wb = write_behind();
+        let job = JobId::parse("j").unwrap();
+        let first = update(&job, r#"{"seq":1}"#);
+        wb.push(&job, first.clone());
+        wb.push(&job, update(&job, r#"{"seq":2}"#));
+        wb.push(&job, update(&job, r#"{"seq":3}"#));
+        assert_eq!(wb.pending_jobs(), 1);
+        assert!(
+            first.durable.is_settled(),
+            "a replaced state is not waited on"
+        );
+        let (rows, _) = wb.take_due(Instant::now(), false);
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].slot.update.id, 3);
+    }
+
+    #[tokio::test]
+    async fn a_recently_written_job_waits_its_interval_unless_terminal() {
+        let wb = write_behind();
+        let job = JobId::parse("j").unwrap();
+        let now = Instant::now();
+        wb.lock().written_at.insert(job.clone(), now);
+        wb.push(&job, update(&job, r#"{"seq":2}"#));
+
+        let (rows, next) = wb.take_due(now, false);
+        assert!(rows.is_empty());
+        assert_eq!(next, Some(now + MIN_WRITE_INTERVAL));
+        let (rows, _) = wb.take_due(now + MIN_WRITE_INTERVAL, false);
+        assert_eq!(rows.len(), 1, "due once the interval has passed");
+
+        wb.lock().written_at.insert(job.clone(), now);
+        wb.push(&job, update(&job, r#"{"seq":3,"status":"completed"}"#));
+        let (rows, _) = wb.take_due(now, false);
+        assert_eq!(rows.len(), 1, "a terminal state goes at once");
+    }
+
+    #[tokio::test]
+    async fn a_superseded_terminal_state_settles_with_its_successor() {
+        let wb = write_behind();
+        let job = JobId::parse("j").unwrap();
+        let ended = update(&job, r#"{"seq":1,"status":"completed"}"#);
+        wb.push(&job, ended.clone());
+        wb.push(&job, update(&job, r#"{"seq":2,"status":"completed"}"#));
+        assert!(!ended.durable.is_settled(), "its watchers wait for the row");
+        let (rows, _) = wb.take_due(Instant::now(), false);
+        assert_eq!(rows[0].slot.superseded.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn batches_are_bounded() {
+        let wb = write_behind();
+        for i in 0..(MAX_BATCH_ROWS + 10) {
+            let job = JobId::parse(&format!("j{i}")).unwrap();
+            wb.push(&job, update(&job, r#"{"seq":1}"#));
+        }
+        let now = Instant::now();
+        let (rows, next) = wb.take_due(now, false);
+        assert_eq!(rows.len(), MAX_BATCH_ROWS);
+        assert_eq!(next, Some(now), "the rest is due at once");
+        assert_eq!(wb.take_due(now, false).0.len(), 10);
+    }
+}

@@ -666,3 +666,25 @@ async fn junk_notifies_and_non_object_snapshots_are_ignored() {
     let (status, _) = readyz(&app).await;
     assert_eq!(status, 200);
 }
+
+#[tokio::test]
+async fn migrations_run_twice_and_concurrently_are_harmless() {
+    // Two instances starting at once, then a third start: sqlx serialises them
+    // with its own advisory lock; the SQL is idempotent besides.
+    let db = TestDb::create().await;
+    let (a, b) = (
+        Store::connect_lazy(db.url(), rules()).unwrap(),
+        Store::connect_lazy(db.url(), rules()).unwrap(),
+    );
+    let (ra, rb) = tokio::join!(a.migrate(), b.migrate());
+    ra.expect("first instance migrates");
+    rb.expect("second instance migrates");
+    a.migrate().await.expect("a second run is a no-op");
+    let pool = db.pool().await;
+    let triggers: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_trigger WHERE tgname = 'jobs_notify'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(triggers, 1);
+}
