@@ -18,7 +18,7 @@ pub const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 pub const FIRST_SWEEP_DELAY: Duration = Duration::from_secs(60);
 
 /// Advisory-lock key of the retention sweep ("jobcast" in ASCII, as a number).
-pub const RETENTION_LOCK_KEY: i64 = 0x6a6f_6263_6173_74;
+pub const RETENTION_LOCK_KEY: i64 = 0x006a_6f62_6361_7374;
 
 impl Store {
     /// Deletes rows of jobs that ended more than `days` ago. Guarded by a

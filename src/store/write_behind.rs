@@ -304,15 +304,11 @@ impl WriteBehind {
                     warn!(job = %job, id = slot.update.id, error = %why, "postgres refused this state; not written behind");
                 }
                 Outcome::Retry => {
-                    if !pending.jobs.contains_key(&job) {
-                        pending.jobs.insert(
-                            job,
-                            Slot {
-                                update: slot.update,
-                                superseded: Vec::new(),
-                            },
-                        );
-                    }
+                    // Only if no newer state arrived while the batch was out.
+                    pending.jobs.entry(job).or_insert(Slot {
+                        update: slot.update,
+                        superseded: Vec::new(),
+                    });
                 }
             }
         }
