@@ -688,3 +688,27 @@ async fn migrations_run_twice_and_concurrently_are_harmless() {
             .unwrap();
     assert_eq!(triggers, 1);
 }
+
+#[tokio::test]
+async fn shutdown_writes_states_still_waiting_for_their_interval() {
+    // Arrange: seq 1 is written at once (first write of the job); seq 2 then
+    // waits out the one-second interval in the queue.
+    let mut app = pg_app().await;
+    let pool = pool(&app).await;
+    let auth = bearer(&app, "alice");
+    app.set("flush", r#"{"seq":1,"owner_id":"alice"}"#).await;
+    let mut sse = sse_watch(&app, "flush", &auth).await;
+    sse_progress(&mut sse, Duration::from_secs(5)).await;
+    wait_row_seq(&pool, "flush", 1).await;
+    app.set("flush", r#"{"seq":2,"owner_id":"alice"}"#).await;
+    assert_eq!(
+        sse_progress(&mut sse, Duration::from_secs(5)).await["seq"],
+        2
+    );
+
+    // Act: the gateway stops.
+    app.stop().await;
+
+    // Assert: by the time it has stopped, the queued state is in the row.
+    assert_eq!(row(&pool, "flush").await.expect("row").0, Some(2));
+}
