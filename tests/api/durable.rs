@@ -712,3 +712,40 @@ async fn shutdown_writes_states_still_waiting_for_their_interval() {
     // Assert: by the time it has stopped, the queued state is in the row.
     assert_eq!(row(&pool, "flush").await.expect("row").0, Some(2));
 }
+
+#[tokio::test]
+async fn documents_without_seq_are_not_echoed_back_from_postgres() {
+    // Arrange: a worker that sends no seq; jobcast numbers its events.
+    let app = pg_app().await;
+    let pool = pool(&app).await;
+    let auth = bearer(&app, "alice");
+    // Spacing and key order that jsonb does not keep: the row's copy differs
+    // in bytes from what watchers already have.
+    app.set("noseq", r#"{"p":1, "owner_id":"alice"}"#).await;
+    let mut sse = sse_watch(&app, "noseq", &auth).await;
+
+    // Act: each state is written behind (and NOTIFYs back) before the next.
+    let mut seen = Vec::new();
+    for p in 1..=3 {
+        if p > 1 {
+            app.set("noseq", &format!(r#"{{"p":{p}, "owner_id":"alice"}}"#))
+                .await;
+        }
+        let ev = sse.expect("progress").await;
+        seen.push((ev.id.clone().unwrap_or_default(), ev.json()["p"].clone()));
+        wait_until(WRITE_BEHIND_WAIT, "the state is written behind", || async {
+            row(&pool, "noseq").await.is_some_and(|r| r.1["p"] == p)
+        })
+        .await;
+    }
+
+    // Assert: each state once, in order; the echoes of the rows were not news.
+    assert_eq!(
+        seen,
+        [
+            ("1".to_owned(), json!(1)),
+            ("2".to_owned(), json!(2)),
+            ("3".to_owned(), json!(3))
+        ]
+    );
+}
