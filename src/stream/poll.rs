@@ -59,7 +59,7 @@ async fn poll(
     if let Some(update) = current {
         if after.as_deref() != Some(update.id_string().as_str()) {
             closed(Transport::Poll, "answered");
-            return Ok(document(&update));
+            return Ok(answer(&update).await);
         }
         if update.done.is_some() {
             closed(Transport::Poll, "done");
@@ -78,7 +78,7 @@ async fn poll(
                 if let Some(update) = latest {
                     if after.as_deref() != Some(update.id_string().as_str()) {
                         closed(Transport::Poll, "answered");
-                        return Ok(document(&update));
+                        return Ok(answer(&update).await);
                     }
                 }
             }
@@ -86,6 +86,15 @@ async fn poll(
     }
     closed(Transport::Poll, "timeout");
     Ok(no_content())
+}
+
+/// A terminal document is answered once it is durable (bounded), as `done` on a
+/// stream is: a client that stops polling at `X-Jobcast-Done` finds the row final.
+async fn answer(update: &Update) -> Response {
+    if update.done.is_some() {
+        update.durable.wait(crate::event::DURABLE_WAIT).await;
+    }
+    document(update)
 }
 
 fn document(update: &Update) -> Response {
