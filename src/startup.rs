@@ -86,6 +86,7 @@ impl App {
             settings.redis_db(),
             &settings.key_prefix,
             redis_up.clone(),
+            settings.configure_redis,
         )?;
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(listener.run(upstream_cmds, shutdown.clone())));

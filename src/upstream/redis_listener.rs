@@ -22,6 +22,7 @@ use crate::event::Source;
 use crate::fanout::Feed;
 use crate::hub::{Hub, UpstreamCmd};
 use crate::upstream::backoff::Backoff;
+use crate::upstream::redis_setup;
 
 /// Bound on one SUBSCRIBE/UNSUBSCRIBE round trip; past it the connection is
 /// considered dead and rebuilt.
@@ -32,6 +33,9 @@ const RESUBSCRIBE_BATCH: usize = 500;
 pub struct RedisListener {
     hub: Arc<Hub>,
     client: redis::Client,
+    redis_url: String,
+    /// `JOBCAST_CONFIGURE_REDIS`: whether notification flags may be CONFIG SET.
+    configure_redis: bool,
     prefix: String,
     keyspace_prefix: String,
     /// Shared with `/readyz` and the metrics: is the pub/sub connection up?
@@ -45,10 +49,13 @@ impl RedisListener {
         db: i64,
         prefix: &str,
         up: Arc<AtomicBool>,
+        configure_redis: bool,
     ) -> anyhow::Result<Self> {
         Ok(RedisListener {
             hub,
             client: redis::Client::open(redis_url)?,
+            redis_url: redis_url.to_owned(),
+            configure_redis,
             prefix: prefix.to_owned(),
             keyspace_prefix: format!("__keyspace@{db}__:{prefix}"),
             up,
@@ -85,6 +92,13 @@ impl RedisListener {
                     backoff.reset();
                     if !was_up {
                         info!("redis pub/sub connection is back; re-subscribing watched jobs");
+                        // A restarted Redis has lost a CONFIG SET of its
+                        // notification flags; without them SETs go unheard.
+                        let check = redis_setup::ensure_keyspace_events(
+                            &self.redis_url,
+                            self.configure_redis,
+                        );
+                        let _ = tokio::time::timeout(SUBSCRIBE_TIMEOUT, check).await;
                     }
                     let (sink, stream) = pubsub.split();
                     match self.serve(sink, stream, &mut cmds, &shutdown).await {

@@ -20,7 +20,7 @@ use tokio::time::Instant;
 
 use crate::app::{Options, TestApp, spawn_app_with};
 use crate::clients::{Sse, Ws, ws_connect};
-use crate::support::{RedisServer, TestDb, wait_for, wait_until};
+use crate::support::{TestDb, wait_for, wait_until};
 use pg_proxy::PgProxy;
 
 /// Bound on the write-behind reaching the row (one interval plus slack).
@@ -121,16 +121,13 @@ async fn readyz(app: &TestApp) -> (u16, Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_crash_keeps_streams_open_and_pushes_from_postgres() {
-    // Arrange: a Redis whose config survives a restart (as a redis.conf does),
-    // 50 SSE and 50 WS watchers on one job, its state written behind.
-    let redis = RedisServer::builder()
-        .notify_keyspace_events("KA")
-        .start()
-        .await;
+    // Arrange: a stock Redis (notifications off until jobcast turns them on,
+    // which a restart undoes), 50 SSE and 50 WS watchers on one job, its state
+    // written behind.
     let mut app = spawn_app_with(Options {
         postgres: true,
-        redis: Some(redis),
         tweak: Box::new(|s| s.max_connections_per_user = 0),
+        ..Options::default()
     })
     .await;
     let pool = pool(&app).await;
@@ -179,6 +176,14 @@ async fn redis_crash_keeps_streams_open_and_pushes_from_postgres() {
 
     // Act 2: Redis returns (empty); the worker writes a newer state there.
     app.redis.restart().await;
+    // Once the listener is back (its subscriptions are visible in Redis), a SET
+    // is heard only if jobcast re-enabled the notifications a restart dropped.
+    wait_until(
+        Duration::from_secs(40),
+        "the listener re-subscribes",
+        || async { app.numsub(&app.keyspace_channel(job)).await >= 1 },
+    )
+    .await;
     app.set(job, r#"{"seq":3,"owner_id":"alice","stage":"redis-again"}"#)
         .await;
 
