@@ -30,15 +30,38 @@ use tokio::time::Instant;
 /// How often [`wait_until`] and [`wait_for`] poll.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(25);
 
-/// A loopback port that was free a moment ago: binds `127.0.0.1:0`, reads the
-/// port the kernel chose, and releases it. Another process may still grab it
-/// before the caller binds; callers that spawn servers should retry on
-/// "address in use" (as [`RedisServer::start`] does).
+/// A loopback port that is free now and that no other test of this process
+/// has been given: ports come from a per-process counter below the kernel's
+/// ephemeral range (so no client socket takes them either), each checked with
+/// a bind. Never handing a port out twice matters: a test that kills its
+/// `redis-server` and restarts it on the same port must not find another
+/// test's server there meanwhile. Callers that spawn servers still retry on
+/// "address in use" (another process may hold the port).
 pub fn free_port() -> u16 {
-    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-        .and_then(|listener| listener.local_addr())
-        .expect("bind 127.0.0.1:0 to find a free port")
-        .port()
+    use std::sync::atomic::{AtomicU16, Ordering};
+    /// Ports handed out come from [FIRST_PORT, 32768).
+    const FIRST_PORT: u16 = 20_000;
+    const SPAN: u16 = 12_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    // Start at a point that depends on the pid, so two test processes on one
+    // machine rarely walk the same ports.
+    let _ = NEXT.compare_exchange(
+        0,
+        FIRST_PORT + (std::process::id() % 6_000) as u16,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = FIRST_PORT + port.wrapping_sub(FIRST_PORT) % SPAN;
+        if TcpListener::bind((Ipv4Addr::LOCALHOST, port)).is_ok() {
+            return port;
+        }
+    }
+    panic!(
+        "no free loopback port in {FIRST_PORT}..{}",
+        FIRST_PORT + SPAN
+    )
 }
 
 /// Polls `condition` every [`POLL_INTERVAL`] until it yields `true`; panics
