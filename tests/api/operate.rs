@@ -254,13 +254,15 @@ async fn connection_limits_answer_429_and_recover_below_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_a_hundred_streams_politely_and_in_time() {
+async fn sigterm_drains_a_hundred_streams_politely_in_time_and_persists_the_last_state() {
     let redis = RedisServer::start().await;
+    let db = crate::support::TestDb::create().await;
     let app = ChildApp::spawn(
         &redis.url(),
         &[
             ("JOBCAST_SHUTDOWN_SECS", "5".into()),
             ("JOBCAST_MAX_CONNECTIONS_PER_USER", "0".into()),
+            ("DATABASE_URL", db.url().to_owned()),
         ],
     )
     .await;
@@ -286,6 +288,20 @@ async fn sigterm_drains_a_hundred_streams_politely_and_in_time() {
         w.expect("progress").await;
         wss.push(w);
     }
+    // A newer state, delivered to everyone; the write-behind (at most once a
+    // second per job) may not have written it yet when the signal comes.
+    let _: () = redis::cmd("SET")
+        .arg("progress:job:d")
+        .arg(r#"{"seq":2,"owner_id":"alice","stage":"last"}"#)
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    for s in sses.iter_mut() {
+        assert_eq!(s.expect("progress").await.id.as_deref(), Some("2"));
+    }
+    for w in wss.iter_mut() {
+        assert_eq!(w.expect("progress").await["id"], "2");
+    }
 
     let started = Instant::now();
     app.signal(libc::SIGTERM);
@@ -308,4 +324,15 @@ async fn sigterm_drains_a_hundred_streams_politely_and_in_time() {
         .expect("wait");
     assert!(status.success(), "clean exit, got {status:?}");
     assert!(started.elapsed() < Duration::from_secs(6));
+
+    let (seq, stage): (Option<i64>, Option<String>) =
+        sqlx::query_as("SELECT seq, snapshot->>'stage' FROM jobs WHERE id = 'd'")
+            .fetch_one(&db.pool().await)
+            .await
+            .expect("the job's row exists");
+    assert_eq!(
+        (seq, stage.as_deref()),
+        (Some(2), Some("last")),
+        "the last state is in Postgres"
+    );
 }
