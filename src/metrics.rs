@@ -32,6 +32,18 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_gauge!("jobcast_connections", "Open streams by transport");
     describe_counter!(
+        "jobcast_postgres_writes_total",
+        "Job states written behind into Postgres"
+    );
+    describe_counter!(
+        "jobcast_postgres_write_errors_total",
+        "Write-behind failures by reason"
+    );
+    describe_counter!(
+        "jobcast_retention_deleted_total",
+        "Finished jobs deleted by the retention sweep"
+    );
+    describe_counter!(
         "jobcast_connections_opened_total",
         "Streams opened by transport"
     );
