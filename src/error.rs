@@ -98,6 +98,12 @@ pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
         )
         .into_response());
     }
+    if err.find::<crate::http::upgrade::NotAnUpgrade>().is_some() {
+        return Ok(ApiError::BadRequest(
+            "this route speaks WebSocket: send an Upgrade: websocket request (version 13)".into(),
+        )
+        .into_response());
+    }
     if let Some(e) = err.find::<reject::PayloadTooLarge>() {
         return Ok(ApiError::PayloadTooLarge(e.to_string()).into_response());
     }

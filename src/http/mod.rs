@@ -5,6 +5,7 @@ pub mod cors;
 pub mod jobs;
 pub mod ops;
 pub mod server;
+pub mod upgrade;
 
 use std::convert::Infallible;
 
@@ -56,7 +57,7 @@ pub fn routes(
         .and(state.clone())
         .and(credentials())
         .and(last_event_id())
-        .and(warp::ws())
+        .and(upgrade::handshake())
         .then(|job, app, creds, last, ws| stream::ws::handle(app, job, creds, last, ws))
         .map(unwrap_infallible);
 

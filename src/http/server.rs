@@ -14,6 +14,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::{Filter, Reply};
 
+use crate::http::upgrade::WithUpgradeSlot;
+
 /// A client must send its request head within this time, or it is disconnected.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Pause after a failed accept (e.g. out of file descriptors) before the next try.
@@ -43,7 +45,7 @@ where
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = TowerToHyperService::new(warp::service(routes.clone()));
+        let service = WithUpgradeSlot(TowerToHyperService::new(warp::service(routes.clone())));
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();

@@ -2,20 +2,30 @@
 //! pings every heartbeat and closes a connection that missed two pongs; client
 //! frames other than pong and close are ignored. Close codes: 1000 after `done`,
 //! 1012 when the gateway drains, 1008 when the token expired.
+//!
+//! The handshake is answered here (see `http::upgrade`), so the socket is ours
+//! to configure: small buffers (a watcher only ever receives pongs), and text
+//! frames that share the job's encoded bytes instead of copying them.
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::Instrument;
-use warp::http::{HeaderValue, StatusCode};
+use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
-use warp::ws::{Message, WebSocket, Ws};
 
 use crate::auth::credentials::WS_PROTOCOL;
 use crate::auth::{Credentials, TokenSource};
 use crate::error::ApiError;
 use crate::event;
+use crate::http::upgrade::WsHandshake;
 use crate::limits::Transport;
 use crate::state::SharedState;
 use crate::stream::{Opened, closed, heartbeat_timer, open};
@@ -24,15 +34,27 @@ use crate::stream::{Opened, closed, heartbeat_timer, open};
 const MAX_MISSED_PONGS: u32 = 2;
 /// Bound on writing one frame; a client that accepts nothing for this long is gone.
 const WS_SEND_TIMEOUT: Duration = Duration::from_secs(30);
-/// Largest frame a client may send (it has nothing to say but pongs).
+/// Largest message a client may send (it has nothing to say but pongs).
 const WS_MAX_CLIENT_MESSAGE: usize = 4096;
+/// Read buffer per connection: client frames are pongs and closes.
+const WS_READ_BUFFER: usize = 4096;
+
+type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+fn socket_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
+        .max_message_size(Some(WS_MAX_CLIENT_MESSAGE))
+        .max_frame_size(Some(WS_MAX_CLIENT_MESSAGE))
+}
 
 pub async fn handle(
     app: SharedState,
     job: String,
     creds: Credentials,
     last_event_id: Option<String>,
-    ws: Ws,
+    handshake: WsHandshake,
 ) -> Result<Response, Infallible> {
     // Cross-site WebSocket hijacking: a browser sends cookies with any upgrade, so
     // a cookie-borne token is only honoured from our own or an allowed origin.
@@ -45,25 +67,54 @@ pub async fn handle(
             .into_response());
         }
     }
+    let Some(on_upgrade) = handshake.slot.as_ref().and_then(|s| s.take()) else {
+        return Ok(
+            ApiError::BadRequest("this connection cannot be upgraded".into()).into_response(),
+        );
+    };
     let opened = match open(&app, &job, &creds, Transport::Ws).await {
         Ok(o) => o,
         Err(e) => return Ok(e.into_response()),
     };
     let span = opened.span.clone();
-    let reply = ws
-        .max_message_size(WS_MAX_CLIENT_MESSAGE)
-        .on_upgrade(move |socket| run(app, opened, socket, last_event_id).instrument(span));
-    let mut res = reply.into_response();
-    if creds.offers_ws_protocol && res.status() == StatusCode::SWITCHING_PROTOCOLS {
-        res.headers_mut().insert(
-            "sec-websocket-protocol",
+    tokio::spawn(
+        async move {
+            match on_upgrade.await {
+                Ok(upgraded) => {
+                    let socket = WebSocketStream::from_raw_socket(
+                        TokioIo::new(upgraded),
+                        Role::Server,
+                        Some(socket_config()),
+                    )
+                    .await;
+                    run(app, opened, socket, last_event_id).await;
+                }
+                Err(e) => {
+                    closed(Transport::Ws, "upgrade_failed");
+                    tracing::debug!(error = %e, "websocket upgrade failed");
+                }
+            }
+        }
+        .instrument(span),
+    );
+    let mut res = Response::default();
+    *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = res.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    if let Ok(accept) = HeaderValue::from_str(&derive_accept_key(handshake.key.as_bytes())) {
+        h.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if creds.offers_ws_protocol {
+        h.insert(
+            header::SEC_WEBSOCKET_PROTOCOL,
             HeaderValue::from_static(WS_PROTOCOL),
         );
     }
     Ok(res)
 }
 
-async fn run(app: SharedState, opened: Opened, socket: WebSocket, last_event_id: Option<String>) {
+async fn run(app: SharedState, opened: Opened, socket: Socket, last_event_id: Option<String>) {
     let reason = serve(&app, &opened, socket, last_event_id).await;
     closed(Transport::Ws, reason);
     tracing::debug!(reason, "websocket ended");
@@ -72,7 +123,7 @@ async fn run(app: SharedState, opened: Opened, socket: WebSocket, last_event_id:
 async fn serve(
     app: &SharedState,
     opened: &Opened,
-    socket: WebSocket,
+    socket: Socket,
     last_event_id: Option<String>,
 ) -> &'static str {
     let (mut tx, mut rx_client) = socket.split();
@@ -102,7 +153,7 @@ async fn serve(
             // `done` promises the end state is durable (PROTOCOL §5): bounded wait.
             update.durable.wait(event::DURABLE_WAIT).await;
             send!(text(done));
-            let _ = tx.send(Message::close_with(1000u16, "done")).await;
+            let _ = tx.send(close(CloseCode::Normal, "done")).await;
             return "done";
         }
     }
@@ -114,25 +165,25 @@ async fn serve(
         tokio::select! {
             _ = app.shutdown.cancelled() => {
                 let _ = tokio::time::timeout(Duration::from_millis(500),
-                    tx.send(Message::close_with(1012u16, "gateway restarting; reconnect"))).await;
+                    tx.send(close(CloseCode::Restart, "gateway restarting; reconnect"))).await;
                 return "shutdown";
             }
             _ = &mut expiry => {
                 send!(Message::text(event::ws_error("token_expired")));
-                let _ = tx.send(Message::close_with(1008u16, "token expired")).await;
+                let _ = tx.send(close(CloseCode::Policy, "token expired")).await;
                 return "token_expired";
             }
             _ = heartbeat.tick() => {
                 if missed_pongs >= MAX_MISSED_PONGS {
-                    let _ = tx.send(Message::close_with(1001u16, "no pong")).await;
+                    let _ = tx.send(close(CloseCode::Away, "no pong")).await;
                     return "no_pong";
                 }
                 missed_pongs += 1;
-                send!(Message::ping(Vec::new()));
+                send!(Message::Ping(Default::default()));
             }
             incoming = rx_client.next() => match incoming {
-                Some(Ok(msg)) if msg.is_pong() => missed_pongs = 0,
-                Some(Ok(msg)) if msg.is_close() => return "client_closed",
+                Some(Ok(Message::Pong(_))) => missed_pongs = 0,
+                Some(Ok(Message::Close(_))) => return "client_closed",
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return "client_gone",
             },
@@ -150,7 +201,7 @@ async fn serve(
                 if let Some((_, done)) = &update.done {
                     update.durable.wait(event::DURABLE_WAIT).await;
                     send!(text(done));
-                    let _ = tx.send(Message::close_with(1000u16, "done")).await;
+                    let _ = tx.send(close(CloseCode::Normal, "done")).await;
                     return "done";
                 }
             }
@@ -158,10 +209,20 @@ async fn serve(
     }
 }
 
-/// warp's text frames own a `String`: this is a copy of the shared encoding (a
-/// memcpy per watcher), never a re-encode.
+/// A text frame over the job's shared encoding: no copy per watcher. The bytes
+/// were built from valid UTF-8 JSON by `event::Update::encode`.
 fn text(bytes: &bytes::Bytes) -> Message {
-    Message::text(String::from_utf8_lossy(bytes).into_owned())
+    match Utf8Bytes::try_from(bytes.clone()) {
+        Ok(t) => Message::Text(t),
+        Err(_) => Message::Text(String::from_utf8_lossy(bytes).into_owned().into()),
+    }
+}
+
+fn close(code: CloseCode, reason: &'static str) -> Message {
+    Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from_static(reason),
+    }))
 }
 
 fn delivered(update: &crate::event::Update) {

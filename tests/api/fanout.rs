@@ -148,54 +148,55 @@ async fn slow_watcher_gets_latest_state_not_backlog() {
         .unwrap();
     assert!(String::from_utf8_lossy(&head[..n]).starts_with("HTTP/1.1 200"));
 
-    tokio::time::sleep(Duration::from_millis(300)).await; // let the gateway settle before measuring
-    let before = rss_kib(pid);
-    let pad = "x".repeat(2000);
-    let mut pipe = redis::pipe();
-    for seq in 1..=10_000 {
-        pipe.cmd("PUBLISH")
-            .arg(key)
-            .arg(format!(
-                r#"{{"seq":{seq},"owner_id":"alice","pad":"{pad}"}}"#
-            ))
-            .ignore();
-        if seq % 500 == 0 {
-            let _: () = pipe.query_async(&mut r).await.unwrap();
-            pipe = redis::pipe();
-        }
-    }
-    // Wait until the gateway has taken in the last update (a fresh snapshot says so).
-    let _: () = redis::cmd("SET")
-        .arg(key)
-        .arg(format!(
-            r#"{{"seq":10000,"owner_id":"alice","pad":"{pad}"}}"#
-        ))
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let snapshot_url = format!("http://127.0.0.1:{port}/jobs/slow");
-    wait_until(
-        Duration::from_secs(10),
-        "the gateway holds seq 10000",
-        || {
-            let url = snapshot_url.clone();
-            let token = token.clone();
-            async move {
-                let res = reqwest::Client::new()
-                    .get(&url)
-                    .bearer_auth(&token)
-                    .send()
-                    .await;
-                res.is_ok_and(|r| {
-                    r.headers()
-                        .get("x-jobcast-event-id")
-                        .is_some_and(|v| v == "10000")
-                })
-            }
-        },
+    // A second watcher that reads everything paces the writer: each batch is
+    // sent once the gateway has taken in the previous one, so what is measured
+    // is what the stalled watcher costs, not Redis output queued upstream.
+    let fast_seen = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
+    let mut fast = Sse::connect(
+        &format!("http://127.0.0.1:{port}/jobs/slow/events"),
+        &[("authorization", &format!("Bearer {token}"))],
     )
     .await;
+    fast.expect("connected").await;
+    let fast_task = {
+        let seen = fast_seen.clone();
+        tokio::spawn(async move {
+            while let Some(ev) = fast.next_within(Duration::from_secs(30)).await {
+                if let Some(id) = ev.id.and_then(|i| i.parse::<i64>().ok()) {
+                    seen.store(id, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+        })
+    };
+
+    let before = rss_kib(pid);
+    let pad = "x".repeat(2000);
+    for batch in 0..20 {
+        let mut pipe = redis::pipe();
+        for seq in batch * 500 + 1..=(batch + 1) * 500 {
+            pipe.cmd("PUBLISH")
+                .arg(key)
+                .arg(format!(
+                    r#"{{"seq":{seq},"owner_id":"alice","pad":"{pad}"}}"#
+                ))
+                .ignore();
+        }
+        let _: () = pipe.query_async(&mut r).await.unwrap();
+        let last = (batch + 1) * 500;
+        let seen = fast_seen.clone();
+        wait_until(
+            Duration::from_secs(20),
+            "the gateway took in the batch",
+            || {
+                let seen = seen.clone();
+                async move { seen.load(std::sync::atomic::Ordering::SeqCst) >= last }
+            },
+        )
+        .await;
+    }
     let after = rss_kib(pid);
+    fast_task.abort();
+    eprintln!("gateway RSS before {before} KiB, after 10,000 x 2 KB states with a stalled watcher {after} KiB");
     // 10,000 × 2 KB = 20 MB of backlog; conflation keeps the gateway's growth far below it.
     assert!(
         after < before + 8 * 1024,
