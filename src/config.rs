@@ -280,10 +280,18 @@ pub const POLL_MAX_TIMEOUT_SECS: u64 = 55;
 pub const FIRST_STATE_TIMEOUT: Duration = Duration::from_secs(3);
 
 impl Settings {
-    /// Settings with every default, as if no flag or variable were given; used by tests.
+    /// Settings with every default, as if no flag or variable were given —
+    /// the environment is ignored, so tests are not steered by a developer's
+    /// `DATABASE_URL` or `JWT_SECRET`.
     pub fn defaults() -> Self {
-        let cli = Cli::try_parse_from(["jobcast"]).expect("defaults parse");
-        cli.settings
+        use clap::{CommandFactory, FromArgMatches};
+        let cmd = Cli::command().mut_args(|a| a.env(None));
+        let matches = cmd
+            .try_get_matches_from(["jobcast"])
+            .expect("defaults parse");
+        Cli::from_arg_matches(&matches)
+            .expect("defaults parse")
+            .settings
     }
 
     pub fn heartbeat(&self) -> Duration {
@@ -329,5 +337,20 @@ impl Settings {
             return Err("JOBCAST_TERMINAL_STATUSES must name at least one status".into());
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_ignore_the_environment() {
+        // SAFETY: this test binary's other tests do not read these variables.
+        unsafe { std::env::set_var("JOBCAST_SSE_PADDING", "77") };
+        assert_eq!(Settings::defaults().sse_padding, 0);
+        let from_env = Cli::try_parse_from(["jobcast"]).unwrap().settings;
+        assert_eq!(from_env.sse_padding, 77, "the real parse does read it");
+        unsafe { std::env::remove_var("JOBCAST_SSE_PADDING") };
     }
 }
