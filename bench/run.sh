@@ -1,0 +1,514 @@
+#!/usr/bin/env bash
+# bench/run.sh — jobcast against nginx + Nchan, same harness, same run.
+#
+#   bench/run.sh           full run (≈ 5-7 minutes after the builds)
+#   bench/run.sh quick     smoke run with small numbers (≈ 2 minutes after the builds)
+#
+# What it does:
+#   1. installs what is missing from Debian (nginx, libnginx-mod-nchan, redis-server,
+#      jq, curl) without letting the packages start services;
+#   2. builds pushbench (../shared/pushbench, read-only: built into bench/target-pushbench)
+#      and jobcast (`cargo build --release` in the work tree; see BENCH_REV below);
+#   3. starts its OWN redis-server, nginx + Nchan (bench/nchan.conf.template) and
+#      `jobcast serve`, each on a free loopback port, and stops all three on exit;
+#   4. runs every scenario against jobcast and then against Nchan with the same
+#      pushbench flags, and writes
+#        bench/results/<stamp>[-quick].jsonl   pushbench's JSON lines (+ scenario, gateway)
+#        bench/results/<stamp>[-quick].md      the table: jobcast / Nchan and the ratio
+#      Logs of the servers and pushbench's human summaries: bench/target-run/<stamp>/.
+#
+# Environment:
+#   BENCH_REV=<git rev>   build that commit (git archive into bench/target-jobcast/src)
+#                         instead of the work tree — for a figure that names a commit
+#                         while the work tree is being edited
+#   JOBCAST_BIN=<path>    use this binary, build nothing for jobcast
+#   BENCH_SCENARIOS="a b" run only these scenarios (a b c d e)
+#
+# Every load is bounded: pushbench has its own watchdog (--max-runtime-secs) and each
+# call is also wrapped in `timeout`. Everything targets 127.0.0.1 only.
+set -euo pipefail
+
+MODE="${1:-full}"
+case "$MODE" in
+full | quick) ;;
+*)
+    echo "usage: $0 [full|quick]" >&2
+    exit 2
+    ;;
+esac
+
+BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$BENCH_DIR")"
+PUSHBENCH_SRC="${PUSHBENCH_SRC:-$ROOT/../shared/pushbench}"
+STAMP="$(date -u +%Y-%m-%dT%H%MZ)"
+SUFFIX=""
+[[ "$MODE" == quick ]] && SUFFIX="-quick"
+RESULTS_DIR="$BENCH_DIR/results"
+JSONL="$RESULTS_DIR/$STAMP$SUFFIX.jsonl"
+MD="$RESULTS_DIR/$STAMP$SUFFIX.md"
+WORK="$BENCH_DIR/target-run/$STAMP$SUFFIX"
+PATH="$PATH:/usr/sbin:/sbin"
+
+log() { printf '[bench %s] %s\n' "$(date -u +%H:%M:%S)" "$*" >&2; }
+die() {
+    log "error: $*"
+    exit 1
+}
+
+# ------------------------------------------------------------------ cleanup
+
+PIDS=() # servers we started, in start order
+stop_pid() {
+    local pid="$1" name="$2" i
+    kill -0 "$pid" 2>/dev/null || return 0
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < 50; i++)); do
+        kill -0 "$pid" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    log "$name ($pid) still running after 5 s, SIGKILL"
+    kill -KILL "$pid" 2>/dev/null || true
+}
+cleanup() {
+    local rc=$?
+    local i
+    for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
+        stop_pid "${PIDS[$i]%%:*}" "${PIDS[$i]#*:}"
+    done
+    wait 2>/dev/null || true
+    ((rc == 0)) || log "failed (exit $rc); server logs in $WORK"
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ------------------------------------------------------------------ packages
+
+apt_install() {
+    local -a pkgs=("$@")
+    ((${#pkgs[@]} > 0)) || return 0
+    command -v apt-get >/dev/null || die "missing ${pkgs[*]} and no apt-get; install them by hand"
+    local sudo=()
+    [[ $EUID -eq 0 ]] || sudo=(sudo)
+    local alog="$WORK/apt.log"
+    log "apt-get install ${pkgs[*]}"
+    # policy-rc.d "exit 101" keeps the packages from starting their own nginx / Redis;
+    # an existing policy that already says so is left alone, any other put back after.
+    local policy=/usr/sbin/policy-rc.d backup=""
+    local own_policy=0
+    if ! grep -qs 'exit 101' "$policy"; then
+        if [[ -e "$policy" ]]; then
+            backup="$WORK/policy-rc.d.orig"
+            "${sudo[@]}" cp -p "$policy" "$backup"
+        fi
+        printf '#!/bin/sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
+        "${sudo[@]}" chmod 755 "$policy"
+        own_policy=1
+    fi
+    local ok=1
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout=300 update >>"$alog" 2>&1 &&
+        "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -y -q -o DPkg::Lock::Timeout=300 \
+            install --no-install-recommends "${pkgs[@]}" >>"$alog" 2>&1 || ok=0
+    if ((own_policy)); then
+        "${sudo[@]}" rm -f "$policy"
+        [[ -z "$backup" ]] || "${sudo[@]}" cp -p "$backup" "$policy"
+    fi
+    ((ok)) || {
+        tail -n 20 "$alog" >&2
+        die "apt-get install ${pkgs[*]} failed (log: $alog)"
+    }
+}
+
+NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
+ensure_packages() {
+    local -a pkgs=()
+    # Debian's `nginx` package (bookworm: the full binary; nginx-light is a
+    # transitional package) is built --with-compat and loads dynamic modules with
+    # load_module; libnginx-mod-nchan depends on its ABI.
+    command -v nginx >/dev/null || pkgs+=(nginx)
+    [[ -e "$NCHAN_MODULE" ]] || pkgs+=(libnginx-mod-nchan)
+    command -v redis-server >/dev/null || pkgs+=(redis-server)
+    command -v redis-cli >/dev/null || pkgs+=(redis-tools)
+    command -v jq >/dev/null || pkgs+=(jq)
+    command -v curl >/dev/null || pkgs+=(curl)
+    apt_install "${pkgs[@]}"
+    [[ -e "$NCHAN_MODULE" ]] || die "$NCHAN_MODULE missing after installing libnginx-mod-nchan"
+}
+
+# ------------------------------------------------------------------ helpers
+
+port_busy() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+declare -A TAKEN=()
+free_port() { # VAR — sets VAR to a free loopback port
+    local p i
+    for ((i = 0; i < 200; i++)); do
+        # Below the ephemeral range (32768+), so the harness's own sockets never collide.
+        p=$((20000 + RANDOM % 12000))
+        [[ -z "${TAKEN[$p]:-}" ]] || continue
+        if ! port_busy "$p" && ! ss -Htln "sport = :$p" 2>/dev/null | grep -q .; then
+            TAKEN[$p]=1
+            printf -v "$1" '%s' "$p"
+            return 0
+        fi
+    done
+    die "no free port found"
+}
+
+wait_until() { # seconds description command...
+    local secs="$1" what="$2"
+    shift 2
+    local deadline=$((SECONDS + secs))
+    until "$@" >/dev/null 2>&1; do
+        ((SECONDS < deadline)) || die "$what not ready within ${secs}s (logs: $WORK)"
+        sleep 0.2
+    done
+}
+
+alive() { kill -0 "$1" 2>/dev/null; }
+
+# stop_server PID — stop one server we started and forget it.
+stop_server() {
+    local pid="$1" i keep=()
+    for i in "${PIDS[@]}"; do
+        if [[ "${i%%:*}" == "$pid" ]]; then
+            stop_pid "$pid" "${i#*:}"
+        else
+            keep+=("$i")
+        fi
+    done
+    PIDS=("${keep[@]}")
+    wait "$pid" 2>/dev/null || true
+}
+
+# ------------------------------------------------------------------ builds
+
+build_pushbench() {
+    [[ -f "$PUSHBENCH_SRC/Cargo.toml" ]] || die "pushbench not found at $PUSHBENCH_SRC (set PUSHBENCH_SRC)"
+    log "building pushbench (target dir bench/target-pushbench)"
+    # shared/ is read-only: never build inside it.
+    (cd "$PUSHBENCH_SRC" && cargo build --release --locked --quiet --target-dir "$BENCH_DIR/target-pushbench") ||
+        die "pushbench build failed"
+    PB="$BENCH_DIR/target-pushbench/release/pushbench"
+}
+
+JOBCAST_REV_DESC=""
+build_jobcast() {
+    if [[ -n "${JOBCAST_BIN:-}" ]]; then
+        [[ -x "$JOBCAST_BIN" ]] || die "JOBCAST_BIN=$JOBCAST_BIN is not executable"
+        JOBCAST_REV_DESC="binary $JOBCAST_BIN (given)"
+        return
+    fi
+    if [[ -n "${BENCH_REV:-}" ]]; then
+        local rev src="$BENCH_DIR/target-jobcast/src"
+        rev="$(git -C "$ROOT" rev-parse --verify "$BENCH_REV^{commit}")" || die "BENCH_REV=$BENCH_REV is not a commit"
+        if [[ "$(cat "$src/.bench-rev" 2>/dev/null || true)" != "$rev" ]]; then
+            log "exporting $rev to bench/target-jobcast/src"
+            rm -rf "$src"
+            mkdir -p "$src"
+            git -C "$ROOT" archive "$rev" | tar -x -C "$src"
+            echo "$rev" >"$src/.bench-rev"
+        fi
+        log "building jobcast $rev (release, target dir bench/target-jobcast/target)"
+        (cd "$src" && cargo build --release --locked --quiet --target-dir "$BENCH_DIR/target-jobcast/target") ||
+            die "jobcast build failed"
+        JOBCAST_BIN="$BENCH_DIR/target-jobcast/target/release/jobcast"
+        JOBCAST_REV_DESC="commit ${rev:0:12} (BENCH_REV=$BENCH_REV)"
+    else
+        log "building jobcast from the work tree (cargo build --release)"
+        (cd "$ROOT" && cargo build --release --quiet) || die "jobcast build failed"
+        local tdir="${CARGO_TARGET_DIR:-$ROOT/target}"
+        JOBCAST_BIN="$tdir/release/jobcast"
+        JOBCAST_REV_DESC="work tree at $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
+    fi
+}
+
+# ------------------------------------------------------------------ servers
+
+start_redis() {
+    free_port REDIS_PORT
+    REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
+    mkdir -p "$WORK/redis"
+    redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
+        --dir "$WORK/redis" --logfile "$WORK/redis/redis.log" \
+        --notify-keyspace-events 'K$hgx' --maxclients 10000 &
+    REDIS_PID=$!
+    PIDS+=("$REDIS_PID:redis-server")
+    wait_until 15 "redis-server on :$REDIS_PORT" bash -c "[[ \"\$(redis-cli -h 127.0.0.1 -p $REDIS_PORT ping)\" == PONG ]]"
+    log "redis-server pid $REDIS_PID on 127.0.0.1:$REDIS_PORT"
+}
+
+start_nchan() {
+    free_port NCHAN_PORT
+    local d="$WORK/nginx"
+    mkdir -p "$d"
+    sed -e "s#@PREFIX@#$d#g" -e "s#@PORT@#$NCHAN_PORT#g" -e "s#@MODULE@#$NCHAN_MODULE#g" \
+        "$BENCH_DIR/nchan.conf.template" >"$d/nginx.conf"
+    nginx -t -q -p "$d" -c "$d/nginx.conf" -e "$d/error.log" || die "nginx -t failed for $d/nginx.conf"
+    nginx -p "$d" -c "$d/nginx.conf" -e "$d/error.log" >>"$d/stdout.log" 2>&1 &
+    NCHAN_PID=$!
+    PIDS+=("$NCHAN_PID:nginx")
+    wait_until 15 "nginx on :$NCHAN_PORT" curl -fsS -m 2 "http://127.0.0.1:$NCHAN_PORT/healthz"
+    log "nginx+Nchan master pid $NCHAN_PID on 127.0.0.1:$NCHAN_PORT"
+}
+
+JWT_SECRET_BENCH="bench-secret-$RANDOM$RANDOM$RANDOM"
+start_jobcast() {
+    free_port JOBCAST_PORT
+    mkdir -p "$WORK/jobcast"
+    (cd "$ROOT" && exec env -u DATABASE_URL \
+        JWT_SECRET="$JWT_SECRET_BENCH" REDIS_URL="$REDIS_URL" JOBCAST_LISTEN="127.0.0.1:$JOBCAST_PORT" \
+        JOBCAST_MAX_CONNECTIONS_PER_USER=0 JOBCAST_SHUTDOWN_SECS=2 RUST_LOG=warn \
+        "$JOBCAST_BIN" serve) >>"$WORK/jobcast/jobcast.log" 2>&1 &
+    JOBCAST_PID=$!
+    PIDS+=("$JOBCAST_PID:jobcast")
+    wait_until 30 "jobcast on :$JOBCAST_PORT" curl -fsS -m 2 "http://127.0.0.1:$JOBCAST_PORT/healthz"
+    log "jobcast pid $JOBCAST_PID on 127.0.0.1:$JOBCAST_PORT"
+}
+
+# ------------------------------------------------------------------ scenarios
+
+if [[ "$MODE" == quick ]]; then
+    A_SUBS=200 B_JOBS=100 B_SUBS=500 B_RATE=200 D_SUBS=1000 D_JOBS=100 E_SUBS=100
+    DUR=3 E_RATES=200,800 E_DUR=3 A_RATE=50
+else
+    A_SUBS=2000 B_JOBS=1000 B_SUBS=5000 B_RATE=500 D_SUBS=10000 D_JOBS=1000 E_SUBS=500
+    DUR=10 E_RATES=200,400,800,1600,3200 E_DUR=6 A_RATE=50
+fi
+declare -A TITLE=(
+    [a]="fan-out SSE: 1 job × $A_SUBS, $A_RATE msg/s × ${DUR}s"
+    [b]="many jobs SSE: $B_JOBS jobs × $((B_SUBS / B_JOBS)), $B_RATE msg/s × ${DUR}s"
+    [c]="fan-out WebSocket: 1 job × $A_SUBS, $A_RATE msg/s × ${DUR}s"
+    [d]="idle SSE: $D_SUBS connections over $D_JOBS jobs"
+    [e]="ceiling SSE: 1 job × $E_SUBS, steps $E_RATES msg/s × ${E_DUR}s"
+)
+# Same pushbench flags for both gateways; only URLs, the publisher kind/target,
+# the auth header + seed (jobcast) and the pid to sample differ.
+scenario_args() {
+    case "$1" in
+    a) echo "--transport sse --jobs 1 --subscribers $A_SUBS --rate $A_RATE --duration $DUR --connect-rate 1000 --job-prefix fanout-sse-" ;;
+    b) echo "--transport sse --jobs $B_JOBS --subscribers $B_SUBS --rate $B_RATE --duration $DUR --connect-rate 1000 --job-prefix many-" ;;
+    c) echo "--transport ws --jobs 1 --subscribers $A_SUBS --rate $A_RATE --duration $DUR --connect-rate 1000 --job-prefix fanout-ws-" ;;
+    d) echo "--transport sse --jobs $D_JOBS --subscribers $D_SUBS --connect-rate 1000 --settle-ms 3000 --job-prefix idle-" ;;
+    # --stop-loss-pct 100: jobcast conflates (a slow watcher skips to the newest
+    # state), so its "loss" grows with the rate by design; the step test stops on
+    # latency or on a publisher that cannot keep up, and the loss is reported.
+    e) echo "--transport sse --jobs 1 --subscribers $E_SUBS --rate $E_RATES --duration $E_DUR --drain-ms 1500 --stop-p99-ms 100 --stop-loss-pct 100 --connect-rate 1000 --job-prefix ceiling-" ;;
+    esac
+}
+
+SEED_DOC='{"seq":0,"owner_id":"bench","status":"running"}'
+run_one() { # scenario gateway
+    local s="$1" gw="$2" out err rc=0
+    local -a args gwargs
+    read -r -a args <<<"$(scenario_args "$s")"
+    local transport=sse
+    [[ " ${args[*]} " == *" --transport ws "* ]] && transport=ws
+    local publish=1
+    [[ "$s" == d ]] && publish=0
+    if [[ "$gw" == jobcast ]]; then
+        alive "$JOBCAST_PID" || {
+            log "jobcast is not running any more (see $WORK/jobcast/jobcast.log); restarting it"
+            start_jobcast
+        }
+        local url="http://127.0.0.1:$JOBCAST_PORT/jobs/{job}/events"
+        [[ "$transport" == ws ]] && url="ws://127.0.0.1:$JOBCAST_PORT/jobs/{job}/ws"
+        gwargs=(--url-template "$url" --header "Authorization: Bearer $TOKEN"
+            --redis "$REDIS_URL" --seed-doc "$SEED_DOC" --server-pid "$JOBCAST_PID")
+        if ((publish)); then
+            gwargs+=(--publish redis-publish --channel-template 'progress:job:{job}')
+        else
+            gwargs+=(--publish none)
+        fi
+    else
+        alive "$NCHAN_PID" || die "nginx (Nchan) is not running any more (see $WORK/nginx/error.log)"
+        local url="http://127.0.0.1:$NCHAN_PORT/sub/{job}"
+        [[ "$transport" == ws ]] && url="ws://127.0.0.1:$NCHAN_PORT/sub/{job}"
+        gwargs=(--url-template "$url" --server-pid "$NCHAN_PID" --include-children)
+        if ((publish)); then
+            gwargs+=(--publish http-post --publish-url-template "http://127.0.0.1:$NCHAN_PORT/pub/{job}")
+        else
+            gwargs+=(--publish none)
+        fi
+    fi
+    out="$WORK/$s-$gw.jsonl"
+    err="$WORK/$s-$gw.log"
+    log "scenario $s (${TITLE[$s]}) → $gw"
+    timeout 400 "$PB" "${args[@]}" "${gwargs[@]}" --json --label "$s/$gw" >"$out" 2>"$err" || rc=$?
+    grep -E '^\[phase|^  (subscribers|latency|cpu|stopping|first)|^idle:|connected .* errors' "$err" | sed 's/^/    /' >&2 || true
+    if ((rc != 0)) || ! grep -q '^{' "$out"; then
+        log "pushbench exited $rc for $s/$gw; last lines of $err:"
+        tail -n 5 "$err" | sed 's/^/    /' >&2
+        jq -cn --arg s "$s" --arg g "$gw" --arg t "${TITLE[$s]}" --arg stamp "$STAMP" --argjson rc "$rc" \
+            --arg e "$(tail -n 5 "$err")" \
+            '{run:$stamp, scenario:$s, gateway:$g, title:$t, error:("pushbench exit " + ($rc|tostring) + ": " + $e)}' >>"$JSONL"
+    fi
+    local line
+    while IFS= read -r line; do
+        [[ "$line" == \{* ]] || continue
+        jq -c --arg s "$s" --arg g "$gw" --arg t "${TITLE[$s]}" --arg stamp "$STAMP" \
+            '{run:$stamp, scenario:$s, gateway:$g, title:$t} + .' <<<"$line" >>"$JSONL"
+    done <"$out"
+    if [[ "$gw" == jobcast ]] && alive "$JOBCAST_PID"; then
+        # jobcast's own counters for this scenario (fresh process): stale drops,
+        # deliveries per transport, closes by reason.
+        curl -fsS -m 5 "http://127.0.0.1:$JOBCAST_PORT/metrics" 2>/dev/null |
+            grep -E '^jobcast_(events_delivered|documents_dropped|updates_total|connections_(opened|closed|refused))' \
+                >"$WORK/$s-jobcast.metrics" || true
+    fi
+    alive "$JOBCAST_PID" || log "WARNING: jobcast died during scenario $s (log: $WORK/jobcast/jobcast.log)"
+    alive "$NCHAN_PID" || log "WARNING: nginx died during scenario $s (log: $WORK/nginx/error.log)"
+    sleep 2 # let closed connections drain before the next run
+}
+
+# ------------------------------------------------------------------ report
+
+write_report() {
+    local load_start="$1" load_end="$2"
+    local rows
+    # One TSV row per (scenario, gateway, phase).
+    rows="$(jq -r '
+        def ms: if . == null then null else (. / 1000) end;
+        [ .scenario, .gateway, (.phase // "-" | tostring), (.rate_target // "-" | tostring),
+          (.latency_us.p50 | ms // "" | tostring), (.latency_us.p99 | ms // "" | tostring),
+          (.delivered // "" | tostring), (.expected_deliveries // "" | tostring),
+          (.lost // "" | tostring), (.loss_pct // "" | tostring),
+          (.rss_per_conn_bytes // "" | tostring), (.pss_per_conn_bytes // "" | tostring),
+          ((.cpu_pct.publish.server_total // .cpu_pct.connect.server_total) // "" | tostring),
+          (.connected // "" | tostring), (.subscribers // "" | tostring),
+          (.disconnects // "" | tostring), (.publish_rate_achieved // "" | tostring),
+          ((.cpu_pct.publish.other_est // .cpu_pct.connect.other_est) // "" | tostring),
+          (.error // "" | gsub("[\t\n]"; " ")),
+          (.deliveries_per_sec // "" | tostring) ] | @tsv' "$JSONL")"
+
+    {
+        echo "# jobcast vs nginx + Nchan — $STAMP ($MODE)"
+        echo
+        echo "Produced by \`bench/run.sh${SUFFIX:+ quick}\`; raw pushbench lines: \`$(basename "$JSONL")\`."
+        echo
+        echo "- jobcast: $JOBCAST_REV_DESC"
+        echo "- Nchan: libnginx-mod-nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null || echo '?'), $(nginx -v 2>&1 | sed 's/^nginx version: //'), worker_processes auto, nchan_message_buffer_length 1"
+        echo "- Redis: $(redis-server --version | awk '{print $3}' | sed 's/v=//'), its own instance, notify-keyspace-events K\$hgx"
+        echo "- machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), open files hard limit $(ulimit -Hn), loopback only"
+        echo "- load average at start: $load_start; at end: $load_end"
+        echo "- publishers: jobcast ← Redis PUBLISH \`progress:job:{job}\`; Nchan ← HTTP POST \`/pub/{job}\` (same pushbench flags otherwise)"
+        echo
+        echo "Cells are **jobcast / Nchan (ratio jobcast÷Nchan)**. Latency is publisher send → subscriber parse."
+        echo "For latency, RSS and CPU a ratio below 1 favours jobcast; for delivered, above 1 does."
+        echo "CPU is the server's, in % of one core, over the publish window (idle scenario: the connect phase)."
+        echo "CPU µs/delivery is that CPU divided by the deliveries per second: server CPU time per message written to one subscriber."
+        echo "RSS/conn is (idle RSS − RSS before connecting) / connections, all server processes summed (nginx: master + workers)."
+        echo
+        echo "| scenario | rate msg/s | p50 ms | p99 ms | delivered | deliveries/s | lost (loss %) | RSS/conn bytes | CPU % | CPU µs/delivery |"
+        echo "|---|---|---|---|---|---|---|---|---|---|"
+        awk -F'\t' -v titles="$(for k in a b c d e; do printf '%s=%s\x1f' "$k" "${TITLE[$k]}"; done)" '
+            function r(a, b,    x) {
+                if (a == "" || b == "") return "—"
+                if (b + 0 == 0) return (a + 0 == 0) ? "—" : "∞"
+                x = a / b
+                return (x >= 10) ? sprintf("%.0f×", x) : sprintf("%.2f×", x)
+            }
+            function f(v, d) { return (v == "") ? "—" : sprintf("%." d "f", v) }
+            function cell(a, b, d) { return f(a, d) " / " f(b, d) " (" r(a, b) ")" }
+            BEGIN {
+                n = split(titles, t, "\x1f")
+                for (i = 1; i <= n; i++) { if (t[i] == "") continue; k = substr(t[i], 1, 1); T[k] = substr(t[i], 3) }
+            }
+            {
+                key = $1 SUBSEP $3
+                if (!(key in seen)) { seen[key] = 1; order[++m] = key }
+                for (i = 1; i <= NF; i++) V[$2, key, i] = $i
+            }
+            END {
+                for (j = 1; j <= m; j++) {
+                    key = order[j]; split(key, kk, SUBSEP); s = kk[1]
+                    jc = "jobcast"; nx = "nchan"
+                    rate = V[jc, key, 4]; if (rate == "") rate = V[nx, key, 4]
+                    err = V[jc, key, 19] V[nx, key, 19]
+                    if (err != "") { printf "| %s %s | %s | error: %s |||||||\n", s, T[s], rate, err; continue }
+                    lost = f(V[jc, key, 9], 0) " (" f(V[jc, key, 10], 2) "%) / " f(V[nx, key, 9], 0) " (" f(V[nx, key, 10], 2) "%)"
+                    deliv = f(V[jc, key, 7], 0) " / " f(V[nx, key, 7], 0) " of " f(V[jc, key, 8], 0) " / " f(V[nx, key, 8], 0) " (" r(V[jc, key, 7], V[nx, key, 7]) ")"
+                    if (s == "d") deliv = "connected " f(V[jc, key, 14], 0) " / " f(V[nx, key, 14], 0) " of " V[jc, key, 15]
+                    if (s == "d") lost = "disconnects " f(V[jc, key, 16], 0) " / " f(V[nx, key, 16], 0)
+                    label = s " " T[s]
+                    if (s == "e") label = (kk[2] == "0") ? s " " T[s] ", step 1" : s " step " (kk[2] + 1)
+                    cj = (V[jc, key, 20] > 0) ? V[jc, key, 13] * 10000 / V[jc, key, 20] : ""
+                    cn = (V[nx, key, 20] > 0) ? V[nx, key, 13] * 10000 / V[nx, key, 20] : ""
+                    printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", label, rate,
+                        cell(V[jc, key, 5], V[nx, key, 5], 2), cell(V[jc, key, 6], V[nx, key, 6], 2),
+                        deliv, (s == "d") ? "—" : cell(V[jc, key, 20], V[nx, key, 20], 0), lost, cell(V[jc, key, 11], V[nx, key, 11], 0), cell(V[jc, key, 13], V[nx, key, 13], 0),
+                        (s == "d") ? "—" : cell(cj, cn, 1)
+                }
+            }' <<<"$rows"
+        echo
+        echo "## Per run"
+        echo
+        echo "| scenario | gateway | phase | connected | disconnects | publisher msg/s achieved | PSS/conn bytes | other CPU on the machine % |"
+        echo "|---|---|---|---|---|---|---|---|"
+        awk -F'\t' '{ printf "| %s | %s | %s | %s/%s | %s | %s | %s | %s |\n", $1, $2, $3, $14, $15, $16, $17, $12, $18 }' <<<"$rows"
+        echo
+        if [[ " ${SCEN[*]} " == *" e "* ]]; then
+            echo "## Throughput ceiling (scenario e)"
+            echo
+            echo "Per gateway: the highest step where the publisher kept ≥ 95 % of the target rate and p99 ≤ 100 ms,"
+            echo "the loss at that step, and the most deliveries per second (messages written to subscribers) of any step."
+            echo
+            local gw
+            for gw in jobcast nchan; do
+                printf -- '- %s: %s\n' "$gw" "$(jq -rs --arg g "$gw" '
+                    [ .[] | select(.scenario == "e" and .gateway == $g and .phase != null) ] as $all
+                    | [ $all[] | select((.latency_us.p99 // 1e18) <= 100000
+                               and (.publish_rate_achieved // 0) >= 0.95 * .rate_target) ] as $ok
+                    | (if ($ok | length) == 0 then "no step passed"
+                       else ($ok | max_by(.rate_target)) as $b
+                         | "\($b.rate_target) msg/s (loss \($b.loss_pct) %, p99 \($b.latency_us.p99 / 1000) ms)" end)
+                      + ", at most \([ $all[].deliveries_per_sec ] | max // 0) deliveries/s"' "$JSONL")"
+            done
+            echo
+        fi
+        local notes
+        notes="$(jq -r 'select((.disconnects // 0) > 0 or (.connect_errors // 0) > 0 or (.publish_errors // 0) > 0 or (.error != null))
+            | "- \(.scenario)/\(.gateway) phase \(.phase): connect_errors \(.connect_errors // 0) \(.connect_error_kinds // {} | tostring), disconnects \(.disconnects // 0), first_disconnect \(.first_disconnect // "-" | tostring), publish_errors \(.publish_errors // 0) \(.first_publish_error // "")\(if .error then ", " + .error else "" end)"' "$JSONL")"
+        if [[ -n "$notes" ]]; then
+            echo "## Errors and disconnects"
+            echo
+            echo "$notes"
+            echo
+        fi
+    } >"$MD"
+}
+
+# ------------------------------------------------------------------ main
+
+mkdir -p "$WORK" "$RESULTS_DIR"
+read -r -a SCEN <<<"${BENCH_SCENARIOS:-a b c d e}"
+log "mode $MODE, scenarios ${SCEN[*]}, results $JSONL"
+ensure_packages
+build_pushbench
+build_jobcast
+LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
+log "load average before starting servers: $LOAD_START"
+
+start_redis
+start_nchan
+start_jobcast
+TOKEN="$(cd "$ROOT" && JWT_SECRET="$JWT_SECRET_BENCH" "$JOBCAST_BIN" token --sub bench --job '*' --ttl 7200)"
+[[ -n "$TOKEN" ]] || die "jobcast token printed nothing"
+
+: >"$JSONL"
+for s in "${SCEN[@]}"; do
+    [[ -n "${TITLE[$s]:-}" ]] || die "unknown scenario $s (a b c d e)"
+    # Fresh gateway processes for every scenario: RSS per connection is then
+    # measured from a cold start for both, not on whatever the previous scenario left.
+    stop_server "$JOBCAST_PID"
+    stop_server "$NCHAN_PID"
+    start_nchan
+    start_jobcast
+    run_one "$s" jobcast
+    run_one "$s" nchan
+done
+
+LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"
+write_report "$LOAD_START" "$LOAD_END"
+log "done: $MD"
+cat "$MD"
