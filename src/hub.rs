@@ -99,17 +99,13 @@ impl Hub {
         let entry = feeds.entry(job.clone()).or_insert_with(|| {
             let feed = Arc::new(Feed::new(job.clone()));
             let _ = self.upstream.send(UpstreamCmd::Subscribe(feed.clone()));
+            metrics::gauge!("jobcast_active_jobs").increment(1.0);
             Entry { feed, watchers: 0 }
         });
         entry.watchers += 1;
         let feed = entry.feed.clone();
-        let (jobs, watchers) = (
-            feeds.len(),
-            feeds.values().map(|e| e.watchers).sum::<usize>(),
-        );
         drop(feeds);
-        metrics::gauge!("jobcast_active_jobs").set(jobs as f64);
-        metrics::gauge!("jobcast_watchers").set(watchers as f64);
+        metrics::gauge!("jobcast_watchers").increment(1.0);
         Watch {
             hub: self.clone(),
             feed,
@@ -118,20 +114,17 @@ impl Hub {
 
     fn leave(&self, job: &JobId) {
         let mut feeds = self.lock();
-        if let Some(entry) = feeds.get_mut(job) {
-            entry.watchers -= 1;
-            if entry.watchers == 0 {
-                feeds.remove(job);
-                let _ = self.upstream.send(UpstreamCmd::Unsubscribe(job.clone()));
-            }
+        let Some(entry) = feeds.get_mut(job) else {
+            return;
+        };
+        entry.watchers -= 1;
+        if entry.watchers == 0 {
+            feeds.remove(job);
+            let _ = self.upstream.send(UpstreamCmd::Unsubscribe(job.clone()));
+            metrics::gauge!("jobcast_active_jobs").decrement(1.0);
         }
-        let (jobs, watchers) = (
-            feeds.len(),
-            feeds.values().map(|e| e.watchers).sum::<usize>(),
-        );
         drop(feeds);
-        metrics::gauge!("jobcast_active_jobs").set(jobs as f64);
-        metrics::gauge!("jobcast_watchers").set(watchers as f64);
+        metrics::gauge!("jobcast_watchers").decrement(1.0);
     }
 
     /// The feed of a job that has watchers here.

@@ -3,6 +3,7 @@
 //! a stream that cannot be opened is refused with its status code before any
 //! event is written. `sse`, `ws` and `poll` then write the feed's states.
 
+pub mod cursor;
 pub mod poll;
 pub mod sse;
 pub mod ws;

@@ -16,6 +16,7 @@ use crate::error::ApiError;
 use crate::event::Update;
 use crate::limits::Transport;
 use crate::state::SharedState;
+use crate::stream::cursor::{FeedCursor, delivered, is_news};
 use crate::stream::{closed, open};
 
 pub async fn handle(
@@ -50,14 +51,9 @@ async fn poll(
     let timeout = parse_timeout(&query)?;
     let after = query_param(&query, "after").filter(|a| !a.is_empty());
     let opened = open(&app, &job, &creds, Transport::Poll).await?;
-    let mut rx = opened.watch.feed.subscribe();
-    let current = rx
-        .borrow_and_update()
-        .latest
-        .clone()
-        .or_else(|| opened.state.latest.clone());
+    let (mut cursor, current) = FeedCursor::start(&opened);
     if let Some(update) = current {
-        if after.as_deref() != Some(update.id_string().as_str()) {
+        if is_news(&update, after.as_deref()) {
             closed(Transport::Poll, "answered");
             return Ok(answer(&update).await);
         }
@@ -72,16 +68,14 @@ async fn poll(
         tokio::select! {
             _ = &mut deadline => break,
             _ = app.shutdown.cancelled() => break,
-            changed = rx.changed() => {
-                if changed.is_err() { break; }
-                let latest = rx.borrow_and_update().latest.clone();
-                if let Some(update) = latest {
-                    if after.as_deref() != Some(update.id_string().as_str()) {
-                        closed(Transport::Poll, "answered");
-                        return Ok(answer(&update).await);
-                    }
+            next = cursor.next() => match next {
+                None => break,
+                Some(update) if is_news(&update, after.as_deref()) => {
+                    closed(Transport::Poll, "answered");
+                    return Ok(answer(&update).await);
                 }
-            }
+                Some(_) => {}
+            },
         }
     }
     closed(Transport::Poll, "timeout");
@@ -98,7 +92,7 @@ async fn answer(update: &Update) -> Response {
 }
 
 fn document(update: &Update) -> Response {
-    metrics::counter!("jobcast_events_delivered_total", "transport" => "poll").increment(1);
+    delivered(update, Transport::Poll);
     let mut res = Response::new(update.doc.json.clone().into());
     let h = res.headers_mut();
     h.insert(

@@ -16,6 +16,7 @@ use crate::auth::Credentials;
 use crate::event;
 use crate::limits::Transport;
 use crate::state::SharedState;
+use crate::stream::cursor::{FeedCursor, delivered, is_news};
 use crate::stream::{Opened, closed, heartbeat_timer, open};
 
 /// Chunks queued between the writer task and the socket. Small on purpose: a slow
@@ -103,21 +104,13 @@ async fn run(
     {
         return "client_gone";
     }
-    let mut rx = opened.watch.feed.subscribe();
-    let mut last_sent: Option<i64> = None;
-    // The state `open` authorised against, or newer.
-    let first = rx
-        .borrow_and_update()
-        .latest
-        .clone()
-        .or_else(|| opened.state.latest.clone());
+    let (mut cursor, first) = FeedCursor::start(opened);
     if let Some(update) = first {
-        last_sent = Some(update.id);
-        if last_event_id.as_deref() != Some(update.id_string().as_str()) {
+        if is_news(&update, last_event_id.as_deref()) {
             if !send(update.sse.clone()).await {
                 return "client_gone";
             }
-            delivered(&update);
+            delivered(&update, Transport::Sse);
         }
         if let Some((done, _)) = &update.done {
             // `done` promises the end state is durable (PROTOCOL §5): bounded wait.
@@ -146,19 +139,12 @@ async fn run(
                     return "client_gone";
                 }
             }
-            changed = rx.changed() => {
-                if changed.is_err() {
-                    return "feed_closed";
-                }
-                let Some(update) = rx.borrow_and_update().latest.clone() else { continue };
-                if last_sent == Some(update.id) {
-                    continue;
-                }
-                last_sent = Some(update.id);
+            next = cursor.next() => {
+                let Some(update) = next else { return "feed_closed" };
                 if !send(update.sse.clone()).await {
                     return "client_gone";
                 }
-                delivered(&update);
+                delivered(&update, Transport::Sse);
                 if let Some((done, _)) = &update.done {
                     update.durable.wait(event::DURABLE_WAIT).await;
                     send(done.clone()).await;
@@ -167,10 +153,4 @@ async fn run(
             }
         }
     }
-}
-
-fn delivered(update: &crate::event::Update) {
-    metrics::counter!("jobcast_events_delivered_total", "transport" => "sse").increment(1);
-    metrics::histogram!("jobcast_delivery_latency_seconds")
-        .record(update.received.elapsed().as_secs_f64());
 }

@@ -28,6 +28,7 @@ use crate::event;
 use crate::http::upgrade::WsHandshake;
 use crate::limits::Transport;
 use crate::state::SharedState;
+use crate::stream::cursor::{FeedCursor, delivered, is_news};
 use crate::stream::{Opened, closed, heartbeat_timer, open};
 
 /// Pings a client may leave unanswered before the connection is closed.
@@ -136,18 +137,11 @@ async fn serve(
         };
     }
     send!(Message::text(event::ws_connected(&opened.job)));
-    let mut feed = opened.watch.feed.subscribe();
-    let mut last_sent: Option<i64> = None;
-    let first = feed
-        .borrow_and_update()
-        .latest
-        .clone()
-        .or_else(|| opened.state.latest.clone());
+    let (mut cursor, first) = FeedCursor::start(opened);
     if let Some(update) = first {
-        last_sent = Some(update.id);
-        if last_event_id.as_deref() != Some(update.id_string().as_str()) {
+        if is_news(&update, last_event_id.as_deref()) {
             send!(text(&update.ws));
-            delivered(&update);
+            delivered(&update, Transport::Ws);
         }
         if let Some((_, done)) = &update.done {
             // `done` promises the end state is durable (PROTOCOL §5): bounded wait.
@@ -187,17 +181,10 @@ async fn serve(
                 Some(Ok(_)) => {}
                 Some(Err(_)) | None => return "client_gone",
             },
-            changed = feed.changed() => {
-                if changed.is_err() {
-                    return "feed_closed";
-                }
-                let Some(update) = feed.borrow_and_update().latest.clone() else { continue };
-                if last_sent == Some(update.id) {
-                    continue;
-                }
-                last_sent = Some(update.id);
+            next = cursor.next() => {
+                let Some(update) = next else { return "feed_closed" };
                 send!(text(&update.ws));
-                delivered(&update);
+                delivered(&update, Transport::Ws);
                 if let Some((_, done)) = &update.done {
                     update.durable.wait(event::DURABLE_WAIT).await;
                     send!(text(done));
@@ -223,10 +210,4 @@ fn close(code: CloseCode, reason: &'static str) -> Message {
         code,
         reason: Utf8Bytes::from_static(reason),
     }))
-}
-
-fn delivered(update: &crate::event::Update) {
-    metrics::counter!("jobcast_events_delivered_total", "transport" => "ws").increment(1);
-    metrics::histogram!("jobcast_delivery_latency_seconds")
-        .record(update.received.elapsed().as_secs_f64());
 }
