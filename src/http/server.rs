@@ -18,6 +18,10 @@ use crate::http::upgrade::WithUpgradeSlot;
 
 /// A client must send its request head within this time, or it is disconnected.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Largest request head (request line + headers) accepted, like nginx's default
+/// `large_client_header_buffers`. Also caps hyper's per-connection read buffer,
+/// which every open stream keeps for its whole life.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
 /// Pause after a failed accept (e.g. out of file descriptors) before the next try.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
@@ -31,7 +35,8 @@ where
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT);
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_HEAD_BYTES);
     loop {
         let (stream, _peer) = tokio::select! {
             _ = shutdown.cancelled() => break,

@@ -65,22 +65,27 @@ pub fn handshake() -> impl Filter<Extract = (WsHandshake,), Error = warp::Reject
 }
 
 /// Wraps the service the accept loop runs: moves hyper's upgrade handle into
-/// an [`UpgradeSlot`] where warp's filters can reach it.
+/// an [`UpgradeSlot`] where warp's filters can reach it, and boxes the route
+/// future. The box matters for memory: hyper reserves room for one in-flight
+/// service future per connection for the connection's whole life, and the
+/// routes' future is ~14 KiB; boxed, an open stream keeps a pointer instead.
 #[derive(Clone)]
 pub struct WithUpgradeSlot<S>(pub S);
 
 impl<S, B> hyper::service::Service<hyper::Request<B>> for WithUpgradeSlot<S>
 where
     S: hyper::service::Service<hyper::Request<B>>,
+    S::Future: Send + 'static,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<S::Response, S::Error>> + Send>>;
 
     fn call(&self, mut req: hyper::Request<B>) -> Self::Future {
         if let Some(on) = req.extensions_mut().remove::<OnUpgrade>() {
             req.extensions_mut().insert(UpgradeSlot::new(on));
         }
-        self.0.call(req)
+        Box::pin(self.0.call(req))
     }
 }
