@@ -1,28 +1,26 @@
-//! The Server-Sent Events writer: one task per watcher, reading its job's feed
-//! (latest state only) and writing pre-encoded bytes into a small bounded channel
-//! that is the response body. Headers defeat proxy compression and buffering.
+//! The Server-Sent Events writer. The response body IS the watcher: a stream
+//! that hyper's connection task polls, which reads its job's feed (latest state
+//! only) and yields pre-encoded, shared bytes. No task or queue of its own, so a
+//! watcher costs one connection's buffers and a feed receiver, and a state
+//! reaches the socket with one wake-up. Headers defeat proxy compression and
+//! buffering.
 
 use std::convert::Infallible;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tracing::Instrument;
+use sync_wrapper::SyncStream;
+use tokio::time::{Interval, Sleep};
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 
 use crate::auth::Credentials;
-use crate::event;
+use crate::event::{self, Update};
 use crate::limits::Transport;
 use crate::state::SharedState;
 use crate::stream::cursor::{FeedCursor, delivered, is_news};
 use crate::stream::{Opened, closed, heartbeat_timer, open};
-
-/// Chunks queued between the writer task and the socket. Small on purpose: a slow
-/// client holds at most this many shared chunks; newer states wait in the feed,
-/// where they replace each other.
-const SSE_BODY_QUEUE: usize = 4;
 
 pub async fn handle(
     app: SharedState,
@@ -39,7 +37,7 @@ pub async fn handle(
         .filter(|s| !s.is_empty());
     // An ended job whose end the client has seen: 204 stops EventSource for good.
     if let Some(update) = &opened.state.latest {
-        if update.done.is_some() && last_event_id.as_deref() == Some(update.id_string().as_str()) {
+        if update.done.is_some() && !is_news(update, last_event_id.as_deref()) {
             closed(Transport::Sse, "already_done");
             return Ok(
                 warp::reply::with_status(warp::reply::reply(), StatusCode::NO_CONTENT)
@@ -47,12 +45,12 @@ pub async fn handle(
             );
         }
     }
-    let (tx, rx) = mpsc::channel::<Bytes>(SSE_BODY_QUEUE);
-    let span = opened.span.clone();
-    tokio::spawn(write(app, opened, tx, last_event_id).instrument(span));
-    let body = ReceiverStream::new(rx);
-    let stream = futures::StreamExt::map(body, Ok::<Bytes, Infallible>);
-    let mut res = warp::reply::stream(stream).into_response();
+    let writer = SseWriter::new(app, opened, last_event_id);
+    let body = futures::stream::unfold(writer, |mut w| async move {
+        let chunk = w.next_chunk().await?;
+        Some((Ok::<Bytes, Infallible>(chunk), w))
+    });
+    let mut res = warp::reply::stream(SyncStream::new(body)).into_response();
     let h = res.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -70,87 +68,126 @@ pub async fn handle(
     Ok(res)
 }
 
-/// Why a writer stopped (the `reason` label of the closed-connections metric).
-async fn write(
-    app: SharedState,
-    opened: Opened,
-    tx: mpsc::Sender<Bytes>,
-    last_event_id: Option<String>,
-) {
-    let reason = run(&app, &opened, &tx, last_event_id).await;
-    closed(Transport::Sse, reason);
-    tracing::debug!(reason, "sse stream ended");
+enum Phase {
+    /// `retry:`, padding and `connected` come next.
+    Preamble,
+    /// The state `open` authorised against (or newer) comes next, if any.
+    First,
+    Live,
+    /// Nothing more after what is owed.
+    Ended,
 }
 
-async fn run(
-    app: &SharedState,
-    opened: &Opened,
-    tx: &mpsc::Sender<Bytes>,
+/// One watcher's stream. Dropped by hyper when the client goes away, which
+/// releases the job's subscription and the connection slot.
+struct SseWriter {
+    app: SharedState,
+    opened: Opened,
+    cursor: FeedCursor,
+    first: Option<Arc<Update>>,
     last_event_id: Option<String>,
-) -> &'static str {
-    let s = &app.settings;
-    let send = |bytes: Bytes| async move {
-        tokio::select! {
-            r = tx.send(bytes) => r.is_ok(),
-            _ = app.shutdown.cancelled() => false,
-        }
-    };
-    if !send(event::sse_preamble(
-        &opened.job,
-        s.sse_retry_ms,
-        s.sse_padding,
-    ))
-    .await
-    {
-        return "client_gone";
+    phase: Phase,
+    /// A terminal state whose `done` is owed after its `progress` event.
+    owed_done: Option<Arc<Update>>,
+    heartbeat: Interval,
+    expiry: Pin<Box<Sleep>>,
+    /// Why the stream ended (the closed-connections metric); unset = client gone.
+    ended: Option<&'static str>,
+}
+
+impl Drop for SseWriter {
+    fn drop(&mut self) {
+        let reason = self.ended.unwrap_or("client_gone");
+        closed(Transport::Sse, reason);
+        tracing::debug!(parent: &self.opened.span, reason, "sse stream ended");
     }
-    let (mut cursor, first) = FeedCursor::start(opened);
-    if let Some(update) = first {
-        if is_news(&update, last_event_id.as_deref()) {
-            if !send(update.sse.clone()).await {
-                return "client_gone";
-            }
-            delivered(&update, Transport::Sse);
+}
+
+impl SseWriter {
+    fn new(app: SharedState, opened: Opened, last_event_id: Option<String>) -> Self {
+        let (cursor, first) = FeedCursor::start(&opened);
+        let heartbeat = heartbeat_timer(app.settings.heartbeat());
+        let expiry = Box::pin(tokio::time::sleep(opened.token_ttl()));
+        SseWriter {
+            app,
+            opened,
+            cursor,
+            first,
+            last_event_id,
+            phase: Phase::Preamble,
+            owed_done: None,
+            heartbeat,
+            expiry,
+            ended: None,
         }
-        if let Some((done, _)) = &update.done {
+    }
+
+    fn end(&mut self, reason: &'static str) {
+        self.ended = Some(reason);
+        self.phase = Phase::Ended;
+    }
+
+    /// A progress event for `update`; a terminal one owes its `done` next.
+    fn progress(&mut self, update: Arc<Update>) -> Bytes {
+        delivered(&update, Transport::Sse);
+        let bytes = update.sse.clone();
+        if update.done.is_some() {
+            self.owed_done = Some(update);
+            self.end("done");
+        }
+        bytes
+    }
+
+    /// The next chunk to write, or `None` to end the response.
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if let Some(update) = self.owed_done.take() {
             // `done` promises the end state is durable (PROTOCOL §5): bounded wait.
             update.durable.wait(event::DURABLE_WAIT).await;
-            send(done.clone()).await;
-            return "done";
+            return update.done.as_ref().map(|(sse, _)| sse.clone());
         }
-    }
-    let mut heartbeat = heartbeat_timer(s.heartbeat());
-    let expiry = tokio::time::sleep(opened.token_ttl());
-    tokio::pin!(expiry);
-    loop {
+        match self.phase {
+            Phase::Ended => return None,
+            Phase::Preamble => {
+                self.phase = Phase::First;
+                let s = &self.app.settings;
+                return Some(event::sse_preamble(
+                    &self.opened.job,
+                    s.sse_retry_ms,
+                    s.sse_padding,
+                ));
+            }
+            Phase::First => {
+                self.phase = Phase::Live;
+                if let Some(update) = self.first.take() {
+                    if is_news(&update, self.last_event_id.as_deref()) {
+                        return Some(self.progress(update));
+                    }
+                    if let Some((done, _)) = &update.done {
+                        self.end("done");
+                        update.durable.wait(event::DURABLE_WAIT).await;
+                        return Some(done.clone());
+                    }
+                }
+            }
+            Phase::Live => {}
+        }
         tokio::select! {
-            _ = tx.closed() => return "client_gone",
-            _ = app.shutdown.cancelled() => {
-                // Best effort, bounded: a stalled client must not hold the drain.
-                let _ = tokio::time::timeout(Duration::from_millis(200), tx.send(event::sse_retry(s.sse_retry_ms))).await;
-                return "shutdown";
+            _ = self.app.shutdown.cancelled() => {
+                self.end("shutdown");
+                Some(event::sse_retry(self.app.settings.sse_retry_ms))
             }
-            _ = &mut expiry => {
-                let _ = tokio::time::timeout(Duration::from_secs(1), tx.send(event::sse_error("token_expired"))).await;
-                return "token_expired";
+            _ = &mut self.expiry => {
+                self.end("token_expired");
+                Some(event::sse_error("token_expired"))
             }
-            _ = heartbeat.tick() => {
-                if !send(Bytes::from_static(event::SSE_PING)).await {
-                    return "client_gone";
+            _ = self.heartbeat.tick() => Some(Bytes::from_static(event::SSE_PING)),
+            next = self.cursor.next() => match next {
+                Some(update) => Some(self.progress(update)),
+                None => {
+                    self.end("feed_closed");
+                    None
                 }
-            }
-            next = cursor.next() => {
-                let Some(update) = next else { return "feed_closed" };
-                if !send(update.sse.clone()).await {
-                    return "client_gone";
-                }
-                delivered(&update, Transport::Sse);
-                if let Some((done, _)) = &update.done {
-                    update.durable.wait(event::DURABLE_WAIT).await;
-                    send(done.clone()).await;
-                    return "done";
-                }
-            }
+            },
         }
     }
 }
