@@ -12,6 +12,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use sync_wrapper::SyncStream;
 use tokio::time::{Interval, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 
@@ -91,6 +92,8 @@ struct SseWriter {
     owed_done: Option<Arc<Update>>,
     heartbeat: Interval,
     expiry: Pin<Box<Sleep>>,
+    /// Registered once with the shutdown token, not on every poll.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Why the stream ended (the closed-connections metric); unset = client gone.
     ended: Option<&'static str>,
 }
@@ -108,6 +111,7 @@ impl SseWriter {
         let (cursor, first) = FeedCursor::start(&opened);
         let heartbeat = heartbeat_timer(app.settings.heartbeat());
         let expiry = Box::pin(tokio::time::sleep(opened.token_ttl()));
+        let shutdown = Box::pin(app.shutdown.clone().cancelled_owned());
         SseWriter {
             app,
             opened,
@@ -118,6 +122,7 @@ impl SseWriter {
             owed_done: None,
             heartbeat,
             expiry,
+            shutdown,
             ended: None,
         }
     }
@@ -172,7 +177,7 @@ impl SseWriter {
             Phase::Live => {}
         }
         tokio::select! {
-            _ = self.app.shutdown.cancelled() => {
+            _ = &mut self.shutdown => {
                 self.end("shutdown");
                 Some(event::sse_retry(self.app.settings.sse_retry_ms))
             }

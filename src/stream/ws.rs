@@ -155,9 +155,12 @@ async fn serve(
     let mut missed_pongs = 0u32;
     let expiry = tokio::time::sleep(opened.token_ttl());
     tokio::pin!(expiry);
+    // Registered once with the shutdown token, not on every loop.
+    let shutdown = app.shutdown.cancelled();
+    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = app.shutdown.cancelled() => {
+            _ = &mut shutdown => {
                 let _ = tokio::time::timeout(Duration::from_millis(500),
                     tx.send(close(CloseCode::Restart, "gateway restarting; reconnect"))).await;
                 return "shutdown";

@@ -336,3 +336,28 @@ async fn sigterm_drains_a_hundred_streams_politely_in_time_and_persists_the_last
         "the last state is in Postgres"
     );
 }
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_request_head_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = crate::app::spawn_app().await;
+    let mut conn = tokio::net::TcpStream::connect(app.addr).await.unwrap();
+    // Slow-loris: half a request head, then silence.
+    conn.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(20), conn.read(&mut buf))
+        .await
+        .expect("the server cuts the connection within the header read timeout");
+    let waited = started.elapsed();
+    assert!(
+        matches!(read, Ok(0) | Err(_)) || String::from_utf8_lossy(&buf).contains("408"),
+        "connection closed (or 408), got {read:?}"
+    );
+    assert!(
+        waited >= Duration::from_secs(5),
+        "not cut before the timeout: {waited:?}"
+    );
+}
