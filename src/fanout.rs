@@ -136,8 +136,8 @@ impl Feed {
     pub async fn wait_ready(&self, bound: std::time::Duration) -> FeedState {
         let mut rx = self.subscribe();
         let _ = tokio::time::timeout(bound, rx.wait_for(|s| s.ready)).await;
-        let s = rx.borrow().clone();
-        s
+
+        rx.borrow().clone()
     }
 
     /// Asks for a read of the state key. Returns true when the caller must start

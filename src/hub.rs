@@ -239,11 +239,11 @@ impl Hub {
             Ok(Some(stored)) => {
                 out.row = true;
                 out.stored_owner = Some(stored.owner_id);
-                if out.doc.is_none() {
-                    if let Some(doc) = stored.doc {
-                        metrics::counter!("jobcast_postgres_fallbacks_total").increment(1);
-                        out.doc = Some((doc, Source::Postgres));
-                    }
+                if out.doc.is_none()
+                    && let Some(doc) = stored.doc
+                {
+                    metrics::counter!("jobcast_postgres_fallbacks_total").increment(1);
+                    out.doc = Some((doc, Source::Postgres));
                 }
             }
             Ok(None) => {}

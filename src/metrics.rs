@@ -30,12 +30,14 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             // gateway nobody scrapes would grow by 8 bytes per delivery. A plain
             // thread, because the recorder outlives any one tokio runtime.
             let upkeep = handle.clone();
-            let _ = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
-                loop {
-                    std::thread::sleep(UPKEEP_INTERVAL);
-                    upkeep.run_upkeep();
-                }
-            });
+            let _ = std::thread::Builder::new()
+                .name("metrics-upkeep".into())
+                .spawn(move || {
+                    loop {
+                        std::thread::sleep(UPKEEP_INTERVAL);
+                        upkeep.run_upkeep();
+                    }
+                });
             Some(handle)
         })
         .as_ref()

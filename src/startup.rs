@@ -66,10 +66,10 @@ impl App {
             Some(url) => {
                 let store =
                     Store::connect_lazy(url.expose(), rules.clone()).context("DATABASE_URL")?;
-                if settings.migrate {
-                    if let Err(e) = store.migrate().await {
-                        warn!(error = %e, "could not apply migrations (Postgres down?); carrying on, fallback reads will fail until it is up");
-                    }
+                if settings.migrate
+                    && let Err(e) = store.migrate().await
+                {
+                    warn!(error = %e, "could not apply migrations (Postgres down?); carrying on, fallback reads will fail until it is up");
                 }
                 Some(store)
             }

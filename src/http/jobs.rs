@@ -55,10 +55,10 @@ async fn get(job: String, app: SharedState, creds: Credentials) -> Result<Respon
         "x-jobcast-source",
         HeaderValue::from_static(source.store_name()),
     );
-    if let Some(seq) = doc.seq {
-        if let Ok(v) = HeaderValue::from_str(&seq.to_string()) {
-            h.insert("x-jobcast-event-id", v);
-        }
+    if let Some(seq) = doc.seq
+        && let Ok(v) = HeaderValue::from_str(&seq.to_string())
+    {
+        h.insert("x-jobcast-event-id", v);
     }
     Ok(res)
 }

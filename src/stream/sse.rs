@@ -37,14 +37,14 @@ pub async fn handle(
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty());
     // An ended job whose end the client has seen: 204 stops EventSource for good.
-    if let Some(update) = &opened.state.latest {
-        if update.done.is_some() && !is_news(update, last_event_id.as_deref()) {
-            closed(Transport::Sse, "already_done");
-            return Ok(
-                warp::reply::with_status(warp::reply::reply(), StatusCode::NO_CONTENT)
-                    .into_response(),
-            );
-        }
+    if let Some(update) = &opened.state.latest
+        && update.done.is_some()
+        && !is_news(update, last_event_id.as_deref())
+    {
+        closed(Transport::Sse, "already_done");
+        return Ok(
+            warp::reply::with_status(warp::reply::reply(), StatusCode::NO_CONTENT).into_response(),
+        );
     }
     let writer = SseWriter::new(app, opened, last_event_id);
     let body = futures::stream::unfold(writer, |mut w| async move {

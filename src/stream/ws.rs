@@ -59,14 +59,14 @@ pub async fn handle(
 ) -> Result<Response, Infallible> {
     // Cross-site WebSocket hijacking: a browser sends cookies with any upgrade, so
     // a cookie-borne token is only honoured from our own or an allowed origin.
-    if let (Some((_, TokenSource::Cookie)), Some(origin)) = (&creds.token, &creds.origin) {
-        if !app.origin_allowed(origin, creds.host.as_deref()) {
-            metrics::counter!("jobcast_auth_failures_total", "reason" => "origin").increment(1);
-            return Ok(ApiError::Forbidden(format!(
-                "origin {origin} may not use the cookie token"
-            ))
-            .into_response());
-        }
+    if let (Some((_, TokenSource::Cookie)), Some(origin)) = (&creds.token, &creds.origin)
+        && !app.origin_allowed(origin, creds.host.as_deref())
+    {
+        metrics::counter!("jobcast_auth_failures_total", "reason" => "origin").increment(1);
+        return Ok(
+            ApiError::Forbidden(format!("origin {origin} may not use the cookie token"))
+                .into_response(),
+        );
     }
     let Some(on_upgrade) = handshake.slot.as_ref().and_then(|s| s.take()) else {
         return Ok(

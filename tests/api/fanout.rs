@@ -196,7 +196,9 @@ async fn slow_watcher_gets_latest_state_not_backlog() {
     }
     let after = rss_kib(pid);
     fast_task.abort();
-    eprintln!("gateway RSS before {before} KiB, after 10,000 x 2 KB states with a stalled watcher {after} KiB");
+    eprintln!(
+        "gateway RSS before {before} KiB, after 10,000 x 2 KB states with a stalled watcher {after} KiB"
+    );
     // 10,000 × 2 KB = 20 MB of backlog; conflation keeps the gateway's growth far below it.
     assert!(
         after < before + 8 * 1024,
