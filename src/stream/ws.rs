@@ -24,7 +24,7 @@ use warp::reply::{Reply, Response};
 use crate::auth::credentials::WS_PROTOCOL;
 use crate::auth::{Credentials, TokenSource};
 use crate::error::ApiError;
-use crate::event;
+use crate::event::{self, Update};
 use crate::http::upgrade::WsHandshake;
 use crate::limits::Transport;
 use crate::state::SharedState;
@@ -143,12 +143,8 @@ async fn serve(
             send!(text(&update.ws));
             delivered(&update, Transport::Ws);
         }
-        if let Some((_, done)) = &update.done {
-            // `done` promises the end state is durable (PROTOCOL §5): bounded wait.
-            update.durable.wait(event::DURABLE_WAIT).await;
-            send!(text(done));
-            let _ = tx.send(close(CloseCode::Normal, "done")).await;
-            return "done";
+        if update.done.is_some() {
+            return send_done(&mut tx, &update).await;
         }
     }
     let mut heartbeat = heartbeat_timer(app.settings.heartbeat());
@@ -188,15 +184,31 @@ async fn serve(
                 let Some(update) = next else { return "feed_closed" };
                 send!(text(&update.ws));
                 delivered(&update, Transport::Ws);
-                if let Some((_, done)) = &update.done {
-                    update.durable.wait(event::DURABLE_WAIT).await;
-                    send!(text(done));
-                    let _ = tx.send(close(CloseCode::Normal, "done")).await;
-                    return "done";
+                if update.done.is_some() {
+                    return send_done(&mut tx, &update).await;
                 }
             }
         }
     }
+}
+
+/// Writes `done` once the terminal state is durable — `done` promises that
+/// (PROTOCOL §5); the wait is bounded — then closes with 1000.
+async fn send_done<S>(tx: &mut S, update: &Update) -> &'static str
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    update.durable.wait(event::DURABLE_WAIT).await;
+    if let Some((_, done)) = &update.done
+        && !matches!(
+            tokio::time::timeout(WS_SEND_TIMEOUT, tx.send(text(done))).await,
+            Ok(Ok(()))
+        )
+    {
+        return "client_gone";
+    }
+    let _ = tx.send(close(CloseCode::Normal, "done")).await;
+    "done"
 }
 
 /// A text frame over the job's shared encoding: no copy per watcher. The bytes
