@@ -221,3 +221,95 @@ async fn page_reload_mid_job_resumes_without_duplicate_or_backwards_step() {
     );
     page.wait_text("overall-pct", "100%", PAGE_TIMEOUT).await;
 }
+
+/// Issue 6: a stream ends at its token's `exp`; the browser client asks its
+/// `getToken` callback for a fresh token and resumes, on SSE and on WebSocket,
+/// without a duplicate or a step backwards.
+#[tokio::test]
+async fn client_renews_an_expired_token_through_get_token_and_resumes() {
+    for transport in ["sse", "ws"] {
+        let app = spawn_app().await;
+        let job = format!("renew-{transport}");
+        app.set(&job, &doc(1, 6)).await;
+        let mut short = crate::app::claims("alice");
+        short.exp = jobcast::auth::claims::now_secs() + 3;
+        let short = crate::app::sign(&short);
+        let fresh = app.token("alice");
+
+        let browser = Chromium::launch().await;
+        let page = browser.new_page().await;
+        // Any page of the gateway's origin will do: the test drives the module.
+        page.goto(&app.url("/healthz")).await;
+        wait_for(PAGE_TIMEOUT, "the origin page loads", || async {
+            page.eval("document.readyState")
+                .await
+                .ok()
+                .filter(|v| v == "complete")
+                .map(|_| ())
+        })
+        .await;
+        let script = format!(
+            r#"(async () => {{
+                const m = await import('/static/jobcast.js');
+                window.__seen = []; window.__renewals = 0; window.__done = false; window.__errors = [];
+                window.__h = m.watch({job:?}, {{
+                    token: {short:?},
+                    transports: [{transport:?}],
+                    resume: false,
+                    getToken: async () => {{ window.__renewals += 1; return {fresh:?}; }},
+                    onProgress: (doc) => window.__seen.push(doc.seq),
+                    onDone: () => {{ window.__done = true; }},
+                    onError: (e) => window.__errors.push(String(e && e.code)),
+                }});
+                return true;
+            }})()"#
+        );
+        page.eval(&script).await.expect("watch() starts");
+        page.wait_js(
+            "window.__seen.includes(1)",
+            "the first state arrives",
+            PAGE_TIMEOUT,
+        )
+        .await;
+
+        // Past the short token's exp, the gateway ends the stream with token_expired.
+        page.wait_js(
+            "window.__renewals >= 1",
+            "getToken is asked for a fresh token",
+            PAGE_TIMEOUT,
+        )
+        .await;
+        for seq in 2..=6 {
+            app.set(&job, &doc(seq, 6)).await;
+            tokio::time::sleep(STEP_INTERVAL).await;
+        }
+        page.wait_js(
+            "window.__done === true",
+            "the job is followed to done",
+            PAGE_TIMEOUT,
+        )
+        .await;
+        let seen = page.eval("window.__seen").await.expect("seen");
+        let seen: Vec<i64> = seen
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(Value::as_i64)
+            .collect();
+        assert!(
+            seen.windows(2).all(|w| w[0] < w[1]),
+            "{transport}: strictly increasing, got {seen:?}"
+        );
+        assert_eq!(
+            seen.last(),
+            Some(&6),
+            "{transport}: reached the terminal state, got {seen:?}"
+        );
+        let errors = page.eval("window.__errors").await.expect("errors");
+        assert_eq!(
+            errors,
+            serde_json::json!([]),
+            "{transport}: no error surfaced to the app"
+        );
+    }
+}
