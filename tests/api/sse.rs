@@ -92,19 +92,20 @@ async fn sse_stream_carries_every_kind_of_worker_write_until_done() {
 }
 
 #[tokio::test]
-async fn connected_comes_first_and_job_without_state_yet_streams_for_claim_holder() {
+async fn connected_comes_first_for_a_claim_holder_watching_anothers_job() {
     let app = spawn_app().await;
     let mut c = crate::app::claims("bob");
-    c.jobs = vec!["later".into()];
-    app.set("later", r#"{"seq":1,"owner_id":"alice"}"#).await;
+    c.jobs = vec!["theirs".into()];
+    app.set("theirs", r#"{"seq":1,"owner_id":"alice"}"#).await;
     let mut s = Sse::connect(
-        &app.url("/jobs/later/events"),
+        &app.url("/jobs/theirs/events"),
         &[("authorization", &format!("Bearer {}", crate::app::sign(&c)))],
     )
     .await;
     assert_eq!(s.status, 200);
-    s.expect("connected").await;
-    s.expect("progress").await;
+    // `expect` skips only comments and the bare `retry:`: connected is first.
+    assert_eq!(s.expect("connected").await.json()["job_id"], "theirs");
+    assert_eq!(s.expect("progress").await.id.as_deref(), Some("1"));
 }
 
 #[tokio::test]
