@@ -180,15 +180,9 @@ pub fn ws_error(code: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::DocRules;
 
     fn doc(raw: &str) -> ProgressDoc {
-        let rules = DocRules {
-            max_bytes: 4096,
-            owner_field: "owner_id".into(),
-            terminal_statuses: vec!["completed".into()],
-        };
-        ProgressDoc::parse(raw.as_bytes(), &rules).unwrap()
+        ProgressDoc::for_tests(raw)
     }
 
     #[test]

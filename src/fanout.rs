@@ -186,17 +186,9 @@ impl Feed {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::job::DocRules;
 
-    fn rules() -> DocRules {
-        DocRules {
-            max_bytes: 4096,
-            owner_field: "owner_id".into(),
-            terminal_statuses: vec!["completed".into()],
-        }
-    }
     fn doc(raw: &str) -> ProgressDoc {
-        ProgressDoc::parse(raw.as_bytes(), &rules()).unwrap()
+        ProgressDoc::for_tests(raw)
     }
     fn feed() -> Feed {
         Feed::new(JobId::parse("j").unwrap())

@@ -129,8 +129,7 @@ impl Hub {
 
     /// The feed of a job that has watchers here.
     pub fn feed(&self, job: &str) -> Option<Arc<Feed>> {
-        let job = JobId::parse(job).ok()?;
-        self.lock().get(&job).map(|e| e.feed.clone())
+        self.lock().get(job).map(|e| e.feed.clone())
     }
 
     /// Every feed with watchers (the listener re-subscribes these after a reconnect).

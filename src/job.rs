@@ -39,6 +39,14 @@ impl JobId {
     }
 }
 
+/// Lets the hub look a job up by the `&str` cut from a Redis channel name
+/// without allocating a `JobId` per message (`Arc<str>` hashes as `str`).
+impl std::borrow::Borrow<str> for JobId {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for JobId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -77,6 +85,26 @@ impl DocRules {
         self.terminal_statuses
             .iter()
             .any(|t| t.eq_ignore_ascii_case(status))
+    }
+}
+
+#[cfg(test)]
+impl DocRules {
+    /// The defaults' rules with a 4 KiB limit, for unit tests across modules.
+    pub(crate) fn for_tests() -> Self {
+        DocRules {
+            max_bytes: 4096,
+            owner_field: "owner_id".into(),
+            terminal_statuses: vec!["completed".into(), "failed".into(), "cancelled".into()],
+        }
+    }
+}
+
+#[cfg(test)]
+impl ProgressDoc {
+    /// Parses a document a unit test knows to be valid.
+    pub(crate) fn for_tests(raw: &str) -> Self {
+        ProgressDoc::parse(raw.as_bytes(), &DocRules::for_tests()).expect("a valid test document")
     }
 }
 
@@ -195,11 +223,7 @@ mod tests {
     use super::*;
 
     fn rules() -> DocRules {
-        DocRules {
-            max_bytes: 1024,
-            owner_field: "owner_id".into(),
-            terminal_statuses: vec!["completed".into(), "failed".into(), "cancelled".into()],
-        }
+        DocRules::for_tests()
     }
 
     #[test]
@@ -250,7 +274,7 @@ mod tests {
             ProgressDoc::parse(b"[1]", &rules()).unwrap_err(),
             DocError::NotObject
         );
-        let big = format!("{{\"p\":\"{}\"}}", "x".repeat(2000));
+        let big = format!("{{\"p\":\"{}\"}}", "x".repeat(5000));
         assert_eq!(
             ProgressDoc::parse(big.as_bytes(), &rules()).unwrap_err(),
             DocError::TooLarge

@@ -449,11 +449,7 @@ mod tests {
     use crate::job::{DocRules, ProgressDoc};
 
     fn rules() -> DocRules {
-        DocRules {
-            max_bytes: 4096,
-            owner_field: "owner_id".into(),
-            terminal_statuses: vec!["completed".into()],
-        }
+        DocRules::for_tests()
     }
 
     fn update(job: &JobId, raw: &str) -> Arc<Update> {

@@ -19,8 +19,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::event::Source;
-use crate::fanout::Feed;
 use crate::hub::{Hub, UpstreamCmd};
+use crate::job::JobId;
 use crate::upstream::backoff::Backoff;
 use crate::upstream::redis_setup;
 
@@ -62,10 +62,11 @@ impl RedisListener {
         })
     }
 
-    fn channels(&self, feed: &Feed) -> [String; 2] {
+    /// A job's two channels: its key's keyspace channel and its job channel.
+    fn channels(&self, job: &JobId) -> [String; 2] {
         [
-            format!("{}{}", self.keyspace_prefix, feed.job.as_str()),
-            format!("{}{}", self.prefix, feed.job.as_str()),
+            format!("{}{}", self.keyspace_prefix, job.as_str()),
+            format!("{}{}", self.prefix, job.as_str()),
         ]
     }
 
@@ -152,7 +153,7 @@ impl RedisListener {
         // update written while we were away arrives through that read.
         let feeds = self.hub.feeds();
         for chunk in feeds.chunks(RESUBSCRIBE_BATCH) {
-            let channels: Vec<String> = chunk.iter().flat_map(|f| self.channels(f)).collect();
+            let channels: Vec<String> = chunk.iter().flat_map(|f| self.channels(&f.job)).collect();
             if let Err(e) = bounded(sink.subscribe(&channels)).await {
                 return Ended::Lost(e);
             }
@@ -166,7 +167,7 @@ impl RedisListener {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
                 cmd = cmds.recv() => match cmd {
                     Some(UpstreamCmd::Subscribe(feed)) => {
-                        let channels = self.channels(&feed);
+                        let channels = self.channels(&feed.job);
                         let result = bounded(sink.subscribe(&channels)).await;
                         // Subscribed (or not): either way the first read runs now,
                         // after the subscription, so nothing between is lost.
@@ -180,11 +181,7 @@ impl RedisListener {
                         if self.hub.is_watched(&job) {
                             continue; // re-joined meanwhile; its Subscribe follows
                         }
-                        let channels = [
-                            format!("{}{}", self.keyspace_prefix, job.as_str()),
-                            format!("{}{}", self.prefix, job.as_str()),
-                        ];
-                        if let Err(e) = bounded(sink.unsubscribe(&channels)).await {
+                        if let Err(e) = bounded(sink.unsubscribe(&self.channels(&job))).await {
                             return Ended::Lost(e);
                         }
                     }

@@ -88,45 +88,15 @@ async fn set_and_publish_of_the_same_seq_deliver_once_and_lower_seq_never_follow
     assert_eq!(ids, ["2", "3", "4"]);
 }
 
-/// RSS of this process in KiB (the gateway runs in-process).
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_watcher_gets_latest_state_not_backlog() {
     // A separate gateway process, so its memory is measured alone.
     let redis = crate::support::RedisServer::start().await;
-    let port = crate::support::free_port();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobcast"))
-        .env("REDIS_URL", redis.url())
-        .env("JWT_SECRET", crate::app::SECRET)
-        .env("JOBCAST_LISTEN", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .env_remove("DATABASE_URL")
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn jobcast");
-    let pid = child.id().expect("pid");
+    let child = crate::child::ChildApp::spawn(&redis.url(), &[]).await;
+    let port = child.port;
     let mut r = redis.connection().await;
     let key = "progress:job:slow";
-    let _: () = redis::cmd("SET")
-        .arg(key)
-        .arg(r#"{"seq":0,"owner_id":"alice"}"#)
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    wait_until(Duration::from_secs(10), "jobcast listens", || async move {
-        tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-    })
-    .await;
+    redis.set(key, r#"{"seq":0,"owner_id":"alice"}"#).await;
 
     // A raw client with a small receive buffer that stops reading.
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
@@ -169,7 +139,7 @@ async fn slow_watcher_gets_latest_state_not_backlog() {
         })
     };
 
-    let before = rss_kib(pid);
+    let before = child.rss_kib();
     let pad = "x".repeat(2000);
     for batch in 0..20 {
         let mut pipe = redis::pipe();
@@ -194,7 +164,7 @@ async fn slow_watcher_gets_latest_state_not_backlog() {
         )
         .await;
     }
-    let after = rss_kib(pid);
+    let after = child.rss_kib();
     fast_task.abort();
     eprintln!(
         "gateway RSS before {before} KiB, after 10,000 x 2 KB states with a stalled watcher {after} KiB"
@@ -222,5 +192,4 @@ async fn slow_watcher_gets_latest_state_not_backlog() {
         delivered < 5_000,
         "a stalled watcher received {delivered} of 10000 states; expected conflation"
     );
-    child.kill().await.ok();
 }

@@ -12,13 +12,9 @@ use crate::support::{RedisServer, wait_until};
 async fn metrics_move_as_a_scripted_scenario_plays() {
     let redis = RedisServer::start().await;
     let app = ChildApp::spawn(&redis.url(), &[]).await;
-    let mut r = redis.connection().await;
-    let _: () = redis::cmd("SET")
-        .arg("progress:job:m")
-        .arg(r#"{"seq":1,"owner_id":"alice"}"#)
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    redis
+        .set("progress:job:m", r#"{"seq":1,"owner_id":"alice"}"#)
+        .await;
     let auth = format!("Bearer {}", sign(&claims("alice")));
 
     let before = reqwest::get(app.url("/metrics"))
@@ -53,30 +49,16 @@ async fn metrics_move_as_a_scripted_scenario_plays() {
     assert_eq!(app.metric("jobcast_watchers", "").await, 2.0);
     assert_eq!(app.metric("jobcast_redis_up", "").await, 1.0);
 
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg("progress:job:m")
-        .arg(r#"{"seq":2,"owner_id":"alice"}"#)
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg("progress:job:m")
-        .arg(r#"{"seq":2,"owner_id":"alice"}"#)
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let _: i64 = redis::cmd("PUBLISH")
-        .arg("progress:job:m")
-        .arg("garbage")
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("SET")
-        .arg("progress:job:m")
-        .arg(r#"{"seq":3,"owner_id":"alice"}"#)
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    redis
+        .publish("progress:job:m", r#"{"seq":2,"owner_id":"alice"}"#)
+        .await;
+    redis
+        .publish("progress:job:m", r#"{"seq":2,"owner_id":"alice"}"#)
+        .await;
+    redis.publish("progress:job:m", "garbage").await;
+    redis
+        .set("progress:job:m", r#"{"seq":3,"owner_id":"alice"}"#)
+        .await;
     assert_eq!(sse.expect("progress").await.id.as_deref(), Some("2"));
     assert_eq!(sse.expect("progress").await.id.as_deref(), Some("3"));
     ws.expect("progress").await;
@@ -147,13 +129,12 @@ async fn json_logs_parse_and_never_hold_a_token() {
         ],
     )
     .await;
-    let mut r = redis.connection().await;
-    let _: () = redis::cmd("SET")
-        .arg("progress:job:l")
-        .arg(r#"{"seq":1,"owner_id":"alice","status":"completed"}"#)
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    redis
+        .set(
+            "progress:job:l",
+            r#"{"seq":1,"owner_id":"alice","status":"completed"}"#,
+        )
+        .await;
     let token = sign(&claims("alice"));
     let wrong = sign(&claims("mallory"));
     let client = reqwest::Client::new();
@@ -266,13 +247,9 @@ async fn sigterm_drains_a_hundred_streams_politely_in_time_and_persists_the_last
         ],
     )
     .await;
-    let mut r = redis.connection().await;
-    let _: () = redis::cmd("SET")
-        .arg("progress:job:d")
-        .arg(r#"{"seq":1,"owner_id":"alice"}"#)
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    redis
+        .set("progress:job:d", r#"{"seq":1,"owner_id":"alice"}"#)
+        .await;
     let auth = format!("Bearer {}", sign(&claims("alice")));
     let mut sses = Vec::new();
     let mut wss = Vec::new();
@@ -290,12 +267,12 @@ async fn sigterm_drains_a_hundred_streams_politely_in_time_and_persists_the_last
     }
     // A newer state, delivered to everyone; the write-behind (at most once a
     // second per job) may not have written it yet when the signal comes.
-    let _: () = redis::cmd("SET")
-        .arg("progress:job:d")
-        .arg(r#"{"seq":2,"owner_id":"alice","stage":"last"}"#)
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    redis
+        .set(
+            "progress:job:d",
+            r#"{"seq":2,"owner_id":"alice","stage":"last"}"#,
+        )
+        .await;
     for s in sses.iter_mut() {
         assert_eq!(s.expect("progress").await.id.as_deref(), Some("2"));
     }

@@ -137,6 +137,26 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("connect to test redis on port {}: {e}", self.port))
     }
 
+    /// `SET key value`, as a worker writes a state key.
+    pub async fn set(&self, key: &str, value: &str) {
+        let _: () = redis::cmd("SET")
+            .arg(key)
+            .arg(value)
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap_or_else(|e| panic!("SET {key}: {e}"));
+    }
+
+    /// `PUBLISH channel message`, as a worker announces a state.
+    pub async fn publish(&self, channel: &str, message: &str) {
+        let _: i64 = redis::cmd("PUBLISH")
+            .arg(channel)
+            .arg(message)
+            .query_async(&mut self.connection().await)
+            .await
+            .unwrap_or_else(|e| panic!("PUBLISH {channel}: {e}"));
+    }
+
     /// The process id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
