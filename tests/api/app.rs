@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::support::{RedisServer, TestDb};
 
-pub const SECRET: &str = "integration-test-secret";
+pub const SECRET: &str = "integration-test-secret-of-32-bytes-or-more";
 
 pub struct TestApp {
     pub addr: SocketAddr,
