@@ -57,12 +57,23 @@ pub fn token(
     let now = now_secs();
     let claims = Claims {
         sub,
-        exp: now + ttl,
+        exp: now.saturating_add(ttl),
         nbf: None,
         iat: Some(now),
         jobs: split_list(jobs),
         roles: split_list(roles),
     };
+    if claims.has_role("publisher") {
+        if claims.jobs.is_empty() {
+            eprintln!(
+                "warning: a publisher token without --job publishes nowhere; name its jobs with --job"
+            );
+        } else if claims.jobs.iter().any(|j| j == "*") {
+            eprintln!(
+                "warning: this publisher token may publish to EVERY job (--job '*'); give it only to trusted services"
+            );
+        }
+    }
     #[derive(serde::Serialize)]
     struct Minted<'a> {
         #[serde(flatten)]

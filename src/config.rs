@@ -117,7 +117,8 @@ pub struct Settings {
         long,
         env = "REDIS_URL",
         default_value = "redis://127.0.0.1:6379",
-        global = true
+        global = true,
+        hide_env_values = true
     )]
     pub redis_url: String,
 
@@ -199,6 +200,14 @@ pub struct Settings {
     )]
     pub sse_retry_ms: u64,
 
+    /// Seconds an SSE client may leave its socket full (not reading) before it is cut.
+    #[arg(
+        long,
+        env = "JOBCAST_SSE_STALL_SECS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub sse_stall_secs: u64,
     /// Largest accepted progress document, in bytes.
     #[arg(
         long,
@@ -271,6 +280,14 @@ pub struct Settings {
     pub dev: bool,
 }
 
+/// Shortest accepted `JWT_SECRET`: an HS256 key shorter than its 32-byte
+/// output can be brute-forced from one token.
+pub const MIN_JWT_SECRET_BYTES: usize = 32;
+
+/// Upper bound of every interval setting, in seconds (a day): larger values are
+/// mistakes, and would overflow the timers built from them.
+pub const MAX_INTERVAL_SECS: u64 = 86_400;
+
 /// Long-poll wait when the request names none.
 pub const POLL_DEFAULT_TIMEOUT_SECS: u64 = 25;
 /// Longest long-poll wait a client may ask for (below common 60 s proxy timeouts).
@@ -324,13 +341,86 @@ impl Settings {
             return Err("JOBCAST_KEY_PREFIX must not be empty".into());
         }
         if redis::parse_redis_url(&self.redis_url).is_none() {
-            return Err(format!("REDIS_URL is not a Redis URL: {}", self.redis_url));
+            // Never the URL itself: it may carry a password.
+            return Err(
+                "REDIS_URL is not a Redis URL (redis://[user:password@]host:port[/db])".into(),
+            );
         }
         if self.jwt_secret.is_none() && self.jwt_public_key_file.is_none() && !self.dev {
             return Err(
                 "no token key: set JWT_SECRET (HS256) or JWT_PUBLIC_KEY_FILE \
                         (RS256/ES256 PEM), or run with --dev for a random secret"
                     .into(),
+            );
+        }
+        if let Some(secret) = &self.jwt_secret
+            && !self.dev
+            && secret.expose().len() < MIN_JWT_SECRET_BYTES
+        {
+            return Err(format!(
+                "JWT_SECRET is {} bytes; HS256 needs at least {MIN_JWT_SECRET_BYTES} \
+                 (an empty value often means an unset variable in a compose file); \
+                 generate one with `openssl rand -base64 48`",
+                secret.expose().len()
+            ));
+        }
+        if self.allowed_origins.iter().any(|o| o.trim() == "*") {
+            return Err(
+                "JOBCAST_ALLOWED_ORIGINS=* is refused: credentials (cookies, tokens) must not \
+                 be readable by every site; list the origins, e.g. https://app.example.com"
+                    .into(),
+            );
+        }
+        if let Some(bad) = self
+            .allowed_origins
+            .iter()
+            .map(|o| o.trim())
+            .find(|o| !o.is_empty() && crate::http::origin::Origin::parse(o).is_none())
+        {
+            return Err(format!(
+                "JOBCAST_ALLOWED_ORIGINS: {bad:?} is not an origin (scheme://host[:port])"
+            ));
+        }
+        for (name, value, max) in [
+            (
+                "JOBCAST_HEARTBEAT_SECS",
+                self.heartbeat_secs,
+                MAX_INTERVAL_SECS,
+            ),
+            (
+                "JOBCAST_SHUTDOWN_SECS",
+                self.shutdown_secs,
+                MAX_INTERVAL_SECS,
+            ),
+            (
+                "JOBCAST_SSE_RETRY_MS",
+                self.sse_retry_ms,
+                MAX_INTERVAL_SECS * 1000,
+            ),
+            (
+                "JOBCAST_SSE_STALL_SECS",
+                self.sse_stall_secs,
+                MAX_INTERVAL_SECS,
+            ),
+            (
+                "JOBCAST_RETENTION_DAYS",
+                u64::from(self.retention_days),
+                36_500,
+            ),
+            ("JOBCAST_SSE_PADDING", self.sse_padding as u64, 64 * 1024),
+            (
+                "JOBCAST_MAX_DOCUMENT_BYTES",
+                self.max_document_bytes as u64,
+                16 << 20,
+            ),
+        ] {
+            if value > max {
+                return Err(format!("{name}={value} is out of range (at most {max})"));
+            }
+        }
+        if self.heartbeat_secs == 0 || self.sse_stall_secs == 0 {
+            return Err(
+                "JOBCAST_HEARTBEAT_SECS and JOBCAST_SSE_STALL_SECS must be at least 1".into(),
             );
         }
         if self.terminal_statuses.iter().all(|s| s.trim().is_empty()) {

@@ -45,8 +45,9 @@ impl Source {
 /// One accepted state of a job, already in every wire form it will be sent in.
 #[derive(Debug)]
 pub struct Update {
-    /// Event id: the document's `seq`, or jobcast's own counter when it has none.
-    pub id: i64,
+    /// Event id: the document's `seq` in decimal, or — for a document without
+    /// one — `h` and 16 hex digits of a digest of its bytes (see [`event_id`]).
+    pub id: Box<str>,
     pub doc: ProgressDoc,
     pub source: Source,
     /// When jobcast received it (for the source → write latency histogram).
@@ -99,18 +100,41 @@ impl Durable {
     }
 }
 
+/// The event id of a document. With `seq`, the `seq` itself (what workers and
+/// clients expect). Without, a digest of the document's bytes rather than a
+/// counter: a counter would restart whenever a feed is rebuilt (last watcher
+/// gone, restart, another instance) and a client's old id could then name a
+/// different state and suppress it. A digest names one content everywhere, so
+/// an id the client holds suppresses only the state it has already seen.
+pub fn event_id(doc: &ProgressDoc) -> Box<str> {
+    use sha2::{Digest, Sha256};
+    match doc.seq {
+        Some(seq) => seq.to_string().into_boxed_str(),
+        None => {
+            let digest = Sha256::digest(&doc.json);
+            let mut id = String::with_capacity(17);
+            id.push('h');
+            for b in &digest[..8] {
+                id.push_str(&format!("{b:02x}"));
+            }
+            id.into_boxed_str()
+        }
+    }
+}
+
 impl Update {
-    pub fn encode(job: &JobId, id: i64, doc: ProgressDoc, source: Source) -> Update {
+    pub fn encode(job: &JobId, doc: ProgressDoc, source: Source) -> Update {
+        let id = event_id(&doc);
         let mut sse = BytesMut::with_capacity(doc.json.len() + 48);
         sse.put_slice(b"id: ");
-        sse.put_slice(id.to_string().as_bytes());
+        sse.put_slice(id.as_bytes());
         sse.put_slice(b"\nevent: progress\ndata: ");
         sse.put_slice(&doc.json);
         sse.put_slice(b"\n\n");
 
         let mut ws = BytesMut::with_capacity(doc.json.len() + 48);
         ws.put_slice(b"{\"event\":\"progress\",\"id\":\"");
-        ws.put_slice(id.to_string().as_bytes());
+        ws.put_slice(id.as_bytes());
         ws.put_slice(b"\",\"data\":");
         ws.put_slice(&doc.json);
         ws.put_slice(b"}");
@@ -134,10 +158,6 @@ impl Update {
             done,
             durable: Durable::default(),
         }
-    }
-
-    pub fn id_string(&self) -> String {
-        self.id.to_string()
     }
 }
 
@@ -188,7 +208,7 @@ mod tests {
     #[test]
     fn progress_is_encoded_for_both_transports() {
         let job = JobId::parse("j1").unwrap();
-        let u = Update::encode(&job, 42, doc(r#"{"seq":42}"#), Source::RedisKey);
+        let u = Update::encode(&job, doc(r#"{"seq":42}"#), Source::RedisKey);
         assert_eq!(
             &u.sse[..],
             b"id: 42\nevent: progress\ndata: {\"seq\":42}\n\n"
@@ -201,7 +221,7 @@ mod tests {
     #[test]
     fn terminal_documents_carry_done() {
         let job = JobId::parse("j1").unwrap();
-        let u = Update::encode(&job, 1, doc(r#"{"status":"completed"}"#), Source::RedisKey);
+        let u = Update::encode(&job, doc(r#"{"status":"completed"}"#), Source::RedisKey);
         let (sse, ws) = u.done.unwrap();
         assert_eq!(
             &sse[..],
@@ -216,7 +236,6 @@ mod tests {
         let job = JobId::parse("j1").unwrap();
         let u = std::sync::Arc::new(Update::encode(
             &job,
-            1,
             doc(r#"{"status":"completed"}"#),
             Source::RedisKey,
         ));
@@ -232,6 +251,15 @@ mod tests {
         u.durable.settle();
         assert!(waiter.await.unwrap());
         assert!(u.durable.wait(Duration::ZERO).await, "settled: at once");
+    }
+
+    #[test]
+    fn ids_without_seq_name_the_content_not_a_counter() {
+        let a = event_id(&doc(r#"{"p":1}"#));
+        assert_eq!(a, event_id(&doc(r#"{"p":1}"#)), "same bytes, same id");
+        assert_ne!(a, event_id(&doc(r#"{"p":2}"#)));
+        assert!(a.starts_with('h') && a.len() == 17);
+        assert_eq!(&*event_id(&doc(r#"{"seq":7}"#)), "7");
     }
 
     #[test]

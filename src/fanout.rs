@@ -3,8 +3,11 @@
 //! that channel, so a slow watcher skips to the newest state (latest-value
 //! conflation) and the memory of a job is one update however many watchers it has.
 //!
-//! Invariant: ids delivered through a feed strictly increase. The gate and the
-//! `send` happen under one lock, so two sources racing cannot reorder them.
+//! Invariants: the `seq` of delivered documents strictly increases (documents
+//! without `seq` pass between them without moving the gate); a job's owner is
+//! fixed by the first state known (the Postgres row, else the first document)
+//! and a document naming another owner is dropped. The gate and the `send`
+//! happen under one lock, so two sources racing cannot reorder them.
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -23,8 +26,9 @@ pub struct FeedState {
     pub latest: Option<Arc<Update>>,
     /// True once the first load (subscribe, then read) has finished, found or not.
     pub ready: bool,
-    /// The owner named by the job's Postgres row, for jobs whose document has none.
-    pub stored_owner: Option<Arc<str>>,
+    /// The job's owner, fixed by the first state known: the Postgres row's
+    /// `owner_id`, else the owner field of the first document seen.
+    pub owner: Option<Arc<str>>,
     /// True where some source knows the job (a document or a row).
     pub known: bool,
     /// True when the last load could ask no source (Redis and Postgres down).
@@ -32,12 +36,8 @@ pub struct FeedState {
 }
 
 impl FeedState {
-    /// The job's owner: the document's owner field, else the Postgres row's.
     pub fn owner(&self) -> Option<&str> {
-        self.latest
-            .as_ref()
-            .and_then(|u| u.doc.owner.as_deref())
-            .or(self.stored_owner.as_deref())
+        self.owner.as_deref()
     }
 }
 
@@ -49,12 +49,18 @@ pub enum Offer {
     Stale,
     /// No `seq`, and byte-identical to the last document.
     Duplicate,
+    /// Names an owner other than the job's.
+    OwnerChanged,
 }
 
 #[derive(Default)]
 struct Gate {
-    last_id: Option<i64>,
+    /// The last delivered document `seq`; documents without one leave it be, so
+    /// `seq:1`, a seq-less state, then `seq:2` delivers all three.
+    last_seq: Option<i64>,
     last_json: Option<Bytes>,
+    /// Mirrors `FeedState::owner`, under the gate's lock.
+    owner: Option<Arc<str>>,
 }
 
 const READ_IDLE: u8 = 0;
@@ -95,38 +101,56 @@ impl Feed {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        let id = match doc.seq {
-            Some(seq) => {
-                if gate.last_id.is_some_and(|last| seq <= last) {
-                    return Offer::Stale;
-                }
-                seq
-            }
-            None => {
-                if gate.last_json.as_ref() == Some(&doc.json) {
-                    return Offer::Duplicate;
-                }
-                gate.last_id.map_or(1, |last| last + 1)
-            }
+        match (doc.seq, gate.last_seq) {
+            (Some(seq), Some(last)) if seq <= last => return Offer::Stale,
+            (None, _) if gate.last_json.as_ref() == Some(&doc.json) => return Offer::Duplicate,
+            _ => {}
+        }
+        let new_owner = match (&gate.owner, doc.owner.as_deref()) {
+            (Some(owner), Some(named)) if &**owner != named => return Offer::OwnerChanged,
+            (None, Some(named)) => Some(Arc::<str>::from(named)),
+            _ => None,
         };
-        gate.last_id = Some(id);
+        if doc.seq.is_some() {
+            gate.last_seq = doc.seq;
+        }
         gate.last_json = Some(doc.json.clone());
-        let update = Arc::new(Update::encode(&self.job, id, doc, source));
+        if new_owner.is_some() {
+            gate.owner.clone_from(&new_owner);
+        }
+        let update = Arc::new(Update::encode(&self.job, doc, source));
         self.state.send_modify(|s| {
             s.latest = Some(update.clone());
             s.known = true;
+            if new_owner.is_some() {
+                s.owner = new_owner;
+            }
         });
         Offer::Accepted(update)
     }
 
+    /// Fixes the owner from the job's Postgres row, which outranks a document
+    /// seen before the first load finished; later rows never move it.
+    pub fn set_stored_owner(&self, owner: &str) {
+        let mut gate = match self.gate.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match &gate.owner {
+            Some(fixed) if &**fixed == owner => return,
+            Some(_) if self.state.borrow().ready => return,
+            _ => {}
+        }
+        let owner = Arc::<str>::from(owner);
+        gate.owner = Some(owner.clone());
+        self.state.send_modify(|s| s.owner = Some(owner));
+    }
+
     /// Records what the first load found besides a document, and wakes the
     /// watchers waiting for it.
-    pub fn mark_ready(&self, stored_owner: Option<String>, row_exists: bool, unavailable: bool) {
+    pub fn mark_ready(&self, row_exists: bool, unavailable: bool) {
         self.state.send_modify(|s| {
             s.unavailable = unavailable && !s.known && !row_exists;
-            if let Some(owner) = stored_owner {
-                s.stored_owner = Some(Arc::from(owner));
-            }
             s.known |= row_exists;
             s.ready = true;
         });
@@ -215,11 +239,11 @@ mod tests {
             f.offer(doc(r#"{"seq":3}"#), Source::RedisKey),
             Offer::Stale
         ));
-        assert_eq!(f.snapshot().latest.unwrap().id, 9);
+        assert_eq!(&*f.snapshot().latest.unwrap().id, "9");
     }
 
     #[test]
-    fn without_seq_identical_repeat_is_dropped_and_ids_count_up() {
+    fn without_seq_identical_repeat_is_dropped() {
         let f = feed();
         let Offer::Accepted(a) = f.offer(doc(r#"{"p":1}"#), Source::RedisKey) else {
             panic!()
@@ -231,7 +255,40 @@ mod tests {
         let Offer::Accepted(b) = f.offer(doc(r#"{"p":2}"#), Source::RedisKey) else {
             panic!()
         };
-        assert_eq!((a.id, b.id), (1, 2));
+        assert_ne!(a.id, b.id);
+    }
+
+    #[test]
+    fn seq_less_documents_do_not_move_the_seq_gate() {
+        let f = feed();
+        f.offer(doc(r#"{"seq":1}"#), Source::RedisKey);
+        assert!(matches!(
+            f.offer(doc(r#"{"note":"x"}"#), Source::RedisChannel),
+            Offer::Accepted(_)
+        ));
+        let end = f.offer(doc(r#"{"seq":2,"status":"completed"}"#), Source::RedisKey);
+        assert!(
+            matches!(end, Offer::Accepted(_)),
+            "the terminal state is not stale"
+        );
+    }
+
+    #[test]
+    fn a_document_naming_another_owner_is_dropped() {
+        let f = feed();
+        f.offer(doc(r#"{"seq":1,"owner_id":"alice"}"#), Source::RedisKey);
+        assert!(matches!(
+            f.offer(
+                doc(r#"{"seq":2,"owner_id":"mallory"}"#),
+                Source::RedisChannel
+            ),
+            Offer::OwnerChanged
+        ));
+        assert!(matches!(
+            f.offer(doc(r#"{"seq":3}"#), Source::RedisKey),
+            Offer::Accepted(_)
+        ));
+        assert_eq!(f.snapshot().owner(), Some("alice"));
     }
 
     #[test]
@@ -251,7 +308,10 @@ mod tests {
             f.offer(doc(&format!(r#"{{"seq":{i}}}"#)), Source::RedisChannel);
         }
         rx.changed().await.unwrap();
-        assert_eq!(rx.borrow_and_update().latest.as_ref().unwrap().id, 10_000);
+        assert_eq!(
+            &*rx.borrow_and_update().latest.as_ref().unwrap().id,
+            "10000"
+        );
         assert!(
             !rx.has_changed().unwrap(),
             "no backlog behind the latest state"
@@ -273,11 +333,16 @@ mod tests {
     }
 
     #[test]
-    fn owner_comes_from_document_then_row() {
+    fn the_row_owner_outranks_documents() {
         let f = feed();
-        f.mark_ready(Some("row-owner".into()), true, false);
+        f.set_stored_owner("row-owner");
+        f.mark_ready(true, false);
         assert_eq!(f.snapshot().owner(), Some("row-owner"));
-        f.offer(doc(r#"{"owner_id":"doc-owner"}"#), Source::RedisKey);
-        assert_eq!(f.snapshot().owner(), Some("doc-owner"));
+        assert!(matches!(
+            f.offer(doc(r#"{"owner_id":"doc-owner"}"#), Source::RedisKey),
+            Offer::OwnerChanged
+        ));
+        f.set_stored_owner("later-row-owner");
+        assert_eq!(f.snapshot().owner(), Some("row-owner"), "fixed once ready");
     }
 }

@@ -33,8 +33,34 @@ struct Entry {
     watchers: usize,
 }
 
+/// Owners of jobs whose feeds are gone, remembered so that a feed rebuilt for
+/// the same job (the next watcher) keeps the owner the first one fixed, even
+/// where Redis meanwhile holds a document naming another. Bounded: the oldest
+/// are forgotten first (Postgres rows, where there are any, outrank this).
+const REMEMBERED_OWNERS: usize = 65_536;
+
+#[derive(Default)]
+struct OwnerMemory {
+    owners: HashMap<JobId, Arc<str>>,
+    order: std::collections::VecDeque<JobId>,
+}
+
+impl OwnerMemory {
+    fn remember(&mut self, job: JobId, owner: Arc<str>) {
+        if self.owners.insert(job.clone(), owner).is_none() {
+            self.order.push_back(job);
+        }
+        while self.order.len() > REMEMBERED_OWNERS {
+            if let Some(old) = self.order.pop_front() {
+                self.owners.remove(&old);
+            }
+        }
+    }
+}
+
 pub struct Hub {
     feeds: Mutex<HashMap<JobId, Entry>>,
+    remembered: Mutex<OwnerMemory>,
     upstream: mpsc::UnboundedSender<UpstreamCmd>,
     reader: RedisReader,
     store: Option<Store>,
@@ -64,6 +90,7 @@ impl Hub {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Hub {
             feeds: Mutex::new(HashMap::new()),
+            remembered: Mutex::new(OwnerMemory::default()),
             upstream: tx,
             reader,
             store,
@@ -75,6 +102,13 @@ impl Hub {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Entry>> {
         match self.feeds.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    fn memory(&self) -> std::sync::MutexGuard<'_, OwnerMemory> {
+        match self.remembered.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         }
@@ -98,6 +132,9 @@ impl Hub {
         let mut feeds = self.lock();
         let entry = feeds.entry(job.clone()).or_insert_with(|| {
             let feed = Arc::new(Feed::new(job.clone()));
+            if let Some(owner) = self.memory().owners.get(job.as_str()) {
+                feed.set_stored_owner(owner);
+            }
             let _ = self.upstream.send(UpstreamCmd::Subscribe(feed.clone()));
             metrics::gauge!("jobcast_active_jobs").increment(1.0);
             Entry { feed, watchers: 0 }
@@ -119,6 +156,9 @@ impl Hub {
         };
         entry.watchers -= 1;
         if entry.watchers == 0 {
+            if let Some(owner) = entry.feed.snapshot().owner {
+                self.memory().remember(job.clone(), owner);
+            }
             feeds.remove(job);
             let _ = self.upstream.send(UpstreamCmd::Unsubscribe(job.clone()));
             metrics::gauge!("jobcast_active_jobs").decrement(1.0);
@@ -165,6 +205,12 @@ impl Hub {
                 metrics::counter!("jobcast_documents_dropped_total", "reason" => "duplicate")
                     .increment(1);
             }
+            Offer::OwnerChanged => {
+                warn!(job = %feed.job, source = source.as_str(), owner = ?feed.snapshot().owner(),
+                    "document names another owner than the job's; dropped (a job's owner never changes)");
+                metrics::counter!("jobcast_documents_dropped_total", "reason" => "owner_changed")
+                    .increment(1);
+            }
         }
         offer
     }
@@ -201,14 +247,18 @@ impl Hub {
     async fn load(&self, feed: &Feed) {
         let first_load = !feed.snapshot().ready;
         let fetched = self.fetch(&feed.job, first_load).await;
+        if let Some(owner) = &fetched.stored_owner {
+            feed.set_stored_owner(owner);
+        }
         if let Some((doc, source)) = fetched.doc {
             self.offer(feed, doc, source);
         }
-        feed.mark_ready(fetched.stored_owner, fetched.row, fetched.unavailable);
+        feed.mark_ready(fetched.row, fetched.unavailable);
     }
 
     /// Reads what the sources hold of `job`. With `fallback`, Postgres is asked
-    /// where Redis has no document, fails, or has one without an owner.
+    /// too: its row fixes the job's owner, and its snapshot stands in where Redis
+    /// has no document, fails, or has one naming another owner.
     pub async fn fetch(&self, job: &JobId, fallback: bool) -> Fetched {
         let mut out = Fetched::default();
         metrics::counter!("jobcast_redis_reads_total").increment(1);
@@ -226,8 +276,12 @@ impl Hub {
                 out.redis_failed = true;
             }
         }
-        let owner_known = out.doc.as_ref().is_some_and(|(d, _)| d.owner.is_some());
-        if !fallback || owner_known {
+        let remembered = self.memory().owners.get(job.as_str()).cloned();
+        if let Some(owner) = remembered {
+            drop_if_foreign(job, &mut out.doc, &owner);
+            out.stored_owner = Some(owner.to_string());
+        }
+        if !fallback {
             return out;
         }
         let Some(store) = &self.store else {
@@ -237,6 +291,7 @@ impl Hub {
         match store.load(job).await {
             Ok(Some(stored)) => {
                 out.row = true;
+                drop_if_foreign(job, &mut out.doc, &stored.owner_id);
                 out.stored_owner = Some(stored.owner_id);
                 if out.doc.is_none()
                     && let Some(doc) = stored.doc
@@ -274,11 +329,24 @@ impl Fetched {
     pub fn known(&self) -> bool {
         self.doc.is_some() || self.row
     }
+    /// The job's owner: the Postgres row's, else the document's.
     pub fn owner(&self) -> Option<&str> {
-        self.doc
-            .as_ref()
-            .and_then(|(d, _)| d.owner.as_deref())
-            .or(self.stored_owner.as_deref())
+        self.stored_owner
+            .as_deref()
+            .or_else(|| self.doc.as_ref().and_then(|(d, _)| d.owner.as_deref()))
+    }
+}
+
+/// Drops a read document that names another owner than the job's.
+fn drop_if_foreign(job: &JobId, doc: &mut Option<(ProgressDoc, Source)>, owner: &str) {
+    if doc
+        .as_ref()
+        .is_some_and(|(d, _)| d.owner.as_deref().is_some_and(|o| o != owner))
+    {
+        warn!(job = %job, "state key names another owner than the job's; dropped");
+        metrics::counter!("jobcast_documents_dropped_total", "reason" => "owner_changed")
+            .increment(1);
+        *doc = None;
     }
 }
 

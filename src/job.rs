@@ -117,6 +117,8 @@ pub enum DocError {
     NotJson,
     #[error("document is not a JSON object")]
     NotObject,
+    #[error("seq must be an integer from 0 to 2^53-1")]
+    BadSeq,
 }
 
 impl DocError {
@@ -125,6 +127,7 @@ impl DocError {
             DocError::TooLarge => "too_large",
             DocError::NotJson => "invalid",
             DocError::NotObject => "not_object",
+            DocError::BadSeq => "invalid",
         }
     }
 }
@@ -156,7 +159,7 @@ impl ProgressDoc {
         } else {
             Bytes::copy_from_slice(raw)
         };
-        Ok(Self::from_parts(json, &map, rules))
+        Self::from_parts(json, &map, rules)
     }
 
     /// Builds a document from an already-parsed object (hash keys, Postgres rows).
@@ -165,11 +168,18 @@ impl ProgressDoc {
         if json.len() > rules.max_bytes {
             return Err(DocError::TooLarge);
         }
-        Ok(Self::from_parts(Bytes::from(json), map, rules))
+        Self::from_parts(Bytes::from(json), map, rules)
     }
 
-    fn from_parts(json: Bytes, map: &Map<String, Value>, rules: &DocRules) -> Self {
-        let seq = map.get("seq").and_then(parse_seq);
+    fn from_parts(
+        json: Bytes,
+        map: &Map<String, Value>,
+        rules: &DocRules,
+    ) -> Result<Self, DocError> {
+        let seq = match map.get("seq") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(parse_seq(v).ok_or(DocError::BadSeq)?),
+        };
         let status = map.get("status").and_then(Value::as_str).map(str::to_owned);
         let owner = map.get(&rules.owner_field).and_then(|v| match v {
             Value::String(s) if !s.is_empty() => Some(s.clone()),
@@ -177,13 +187,13 @@ impl ProgressDoc {
             _ => None,
         });
         let terminal = status.as_deref().is_some_and(|s| rules.is_terminal(s));
-        ProgressDoc {
+        Ok(ProgressDoc {
             json,
             seq,
             status,
             owner,
             terminal,
-        }
+        })
     }
 
     /// A Redis hash as a document: each field whose value parses as JSON is embedded
@@ -205,17 +215,23 @@ impl ProgressDoc {
     }
 }
 
-/// `seq` as an integer: a JSON integer, an integral float, or a string of digits.
+/// Largest accepted `seq`: 2^53 − 1, the largest integer a browser's `Number`
+/// holds exactly, so every client compares ids the way jobcast does.
+pub const MAX_SEQ: i64 = (1 << 53) - 1;
+
+/// `seq` as an integer in 0..=[`MAX_SEQ`]: a JSON integer, an integral float, or
+/// a string of digits. Anything else (negative, larger, fractional) is `None`.
 fn parse_seq(v: &Value) -> Option<i64> {
-    match v {
+    let seq = match v {
         Value::Number(n) => n.as_i64().or_else(|| {
             n.as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() < 9.0e15)
+                .filter(|f| f.fract() == 0.0 && (0.0..=MAX_SEQ as f64).contains(f))
                 .map(|f| f as i64)
         }),
         Value::String(s) => s.trim().parse().ok(),
         _ => None,
-    }
+    }?;
+    (0..=MAX_SEQ).contains(&seq).then_some(seq)
 }
 
 #[cfg(test)]
@@ -306,5 +322,102 @@ mod tests {
         assert_eq!(parse_seq(&serde_json::json!("12")), Some(12));
         assert_eq!(parse_seq(&serde_json::json!(3.5)), None);
         assert_eq!(parse_seq(&serde_json::json!(null)), None);
+        assert_eq!(parse_seq(&serde_json::json!(MAX_SEQ)), Some(MAX_SEQ));
+        assert_eq!(parse_seq(&serde_json::json!(MAX_SEQ + 1)), None);
+        assert_eq!(parse_seq(&serde_json::json!(-1)), None);
+        assert_eq!(parse_seq(&serde_json::json!(u64::MAX)), None);
+        assert_eq!(parse_seq(&serde_json::json!("-3")), None);
+    }
+
+    #[test]
+    fn out_of_range_seq_rejects_the_document() {
+        for bad in [
+            r#"{"seq":-1}"#,
+            r#"{"seq":9007199254740992}"#,
+            r#"{"seq":1.5}"#,
+            r#"{"seq":true}"#,
+        ] {
+            assert_eq!(
+                ProgressDoc::parse(bad.as_bytes(), &rules()).unwrap_err(),
+                DocError::BadSeq,
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            ProgressDoc::parse(br#"{"seq":null}"#, &rules())
+                .unwrap()
+                .seq,
+            None
+        );
+    }
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn allowed(c: char) -> bool {
+        c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-')
+    }
+
+    proptest! {
+        #[test]
+        fn job_ids_are_exactly_the_documented_alphabet_and_length(s in "\\PC{0,210}|[A-Za-z0-9._:-]{0,210}") {
+            let valid = !s.is_empty() && s.len() <= MAX_JOB_ID_LEN && s.chars().all(allowed);
+            match JobId::parse(&s) {
+                Ok(id) => { prop_assert!(valid); prop_assert_eq!(id.as_str(), s.as_str()); }
+                Err(e) => { prop_assert!(!valid); prop_assert_eq!(e, InvalidJobId); }
+            }
+        }
+
+        #[test]
+        fn any_bytes_parse_to_a_document_or_a_documented_error(raw in proptest::collection::vec(any::<u8>(), 0..300)) {
+            let rules = DocRules::for_tests();
+            match ProgressDoc::parse(&raw, &rules) {
+                Ok(doc) => {
+                    let v: Value = serde_json::from_slice(&doc.json).expect("forwarded bytes are JSON");
+                    prop_assert!(v.is_object());
+                    prop_assert!(!doc.json.contains(&b'\n'), "one SSE data line");
+                    prop_assert!(doc.seq.is_none_or(|s| (0..=MAX_SEQ).contains(&s)));
+                }
+                Err(DocError::NotJson) => prop_assert!(serde_json::from_slice::<Value>(&raw).is_err()),
+                Err(DocError::NotObject) => prop_assert!(!serde_json::from_slice::<Value>(&raw).unwrap().is_object()),
+                Err(DocError::TooLarge) => prop_assert!(raw.len() > rules.max_bytes),
+                Err(DocError::BadSeq) => prop_assert!(serde_json::from_slice::<Value>(&raw).unwrap().get("seq").is_some()),
+            }
+        }
+
+        #[test]
+        fn json_objects_with_any_seq_keep_it_only_in_range(seq in any::<i64>(), status in "[a-zA-Z]{0,12}", owner in ".{0,20}") {
+            let raw = serde_json::json!({"seq": seq, "status": status, "owner_id": owner}).to_string();
+            let parsed = ProgressDoc::parse(raw.as_bytes(), &DocRules::for_tests());
+            if (0..=MAX_SEQ).contains(&seq) {
+                let doc = parsed.expect("in range");
+                prop_assert_eq!(doc.seq, Some(seq));
+                prop_assert_eq!(doc.terminal, ["completed", "failed", "cancelled"].iter().any(|t| t.eq_ignore_ascii_case(&status)));
+                prop_assert_eq!(doc.owner, (!owner.is_empty()).then_some(owner));
+            } else {
+                prop_assert_eq!(parsed.unwrap_err(), DocError::BadSeq);
+            }
+        }
+
+        #[test]
+        fn any_hash_parses_to_an_object_of_its_fields_or_a_documented_error(
+            fields in proptest::collection::vec((proptest::collection::vec(any::<u8>(), 0..12), proptest::collection::vec(any::<u8>(), 0..40)), 0..12)
+        ) {
+            let rules = DocRules::for_tests();
+            let keys: Vec<Vec<u8>> = fields.iter().map(|(k, _)| k.clone()).collect();
+            match ProgressDoc::from_hash(fields, &rules) {
+                Ok(doc) => {
+                    let v: Value = serde_json::from_slice(&doc.json).unwrap();
+                    let obj = v.as_object().expect("an object");
+                    for k in keys {
+                        prop_assert!(obj.contains_key(std::str::from_utf8(&k).unwrap()));
+                    }
+                }
+                Err(e) => prop_assert!(matches!(e, DocError::NotJson | DocError::TooLarge | DocError::BadSeq)),
+            }
+        }
     }
 }

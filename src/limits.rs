@@ -15,6 +15,9 @@ pub enum Transport {
     Sse,
     Ws,
     Poll,
+    /// `GET /jobs/{id}`: held while the snapshot is read, so a client that
+    /// fires snapshots in a loop meets the same per-user limit as streams.
+    Snapshot,
 }
 
 impl Transport {
@@ -23,6 +26,7 @@ impl Transport {
             Transport::Sse => "sse",
             Transport::Ws => "ws",
             Transport::Poll => "poll",
+            Transport::Snapshot => "snapshot",
         }
     }
 }

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
+use std::time::Duration;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -12,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::auth::{Claims, Verifier};
 use crate::config::{Secret, Settings};
+use crate::http::origin::Origin;
 use crate::hub::Hub;
 use crate::job::DocRules;
 use crate::limits::Limits;
@@ -52,6 +54,12 @@ impl App {
             && settings.jwt_public_key_file.is_none())
         .then(|| Secret::new(random_hex(32)));
         let verifier = Verifier::from_settings(&settings, dev_secret.as_ref())?;
+        if settings.jwt_public_key_file.is_some() && settings.jwt_audience.is_none() {
+            warn!(
+                "JWT_PUBLIC_KEY_FILE is set but JWT_AUDIENCE is not: tokens this issuer signed for \
+                 ANY audience (other services) are accepted; set JWT_AUDIENCE to this gateway's"
+            );
+        }
         let rules = DocRules::from_settings(&settings);
 
         let reader = RedisReader::new(&settings.redis_url, &settings.key_prefix, rules.clone())
@@ -108,8 +116,7 @@ impl App {
         let allowed_origins = settings
             .allowed_origins
             .iter()
-            .map(|o| o.trim().trim_end_matches('/').to_owned())
-            .filter(|o| !o.is_empty())
+            .filter_map(|o| Origin::parse(o.trim().trim_end_matches('/')))
             .collect();
         let state = Arc::new(AppState {
             limits: Limits::new(max_connections, settings.max_connections_per_user),
@@ -146,23 +153,51 @@ impl App {
         self.state.verifier.mint(claims)
     }
 
-    /// Serves until the shutdown token is cancelled, then waits for open
-    /// connections to finish (streams end themselves on the same token).
+    /// Serves until the shutdown token is cancelled, then drains within
+    /// `JOBCAST_SHUTDOWN_SECS`. The write-behind flush starts the moment the
+    /// drain does, alongside it, not after it: a client that never finishes its
+    /// request head or stops reading can hold the HTTP drain past the deadline
+    /// (where `main` exits), and must not cost the last states their write.
     pub async fn run(self) {
         let shutdown = self.state.shutdown.clone();
+        let deadline = Duration::from_secs(self.state.settings.shutdown_secs);
         let routes = crate::http::routes(self.state.clone());
         info!(addr = %self.addr, "jobcast listening");
-        crate::http::server::serve(self.listener, routes, shutdown).await;
+        let stall_after = Duration::from_secs(self.state.settings.sse_stall_secs);
+        let serve =
+            crate::http::server::serve(self.listener, routes, stall_after, shutdown.clone());
+        let drain_bound = async {
+            shutdown.cancelled().await;
+            tokio::time::sleep(deadline.mul_f64(DRAIN_SHARE)).await;
+        };
+        let http = async {
+            tokio::select! {
+                _ = serve => {}
+                _ = drain_bound => warn!("connections still open at the drain deadline; leaving them"),
+            }
+        };
+        let flush = async {
+            shutdown.cancelled().await;
+            if let Some(wb) = &self.write_behind {
+                wb.flush(deadline.mul_f64(DRAIN_SHARE)).await;
+            }
+        };
+        tokio::join!(http, flush);
         if let Some(wb) = &self.write_behind {
-            // Within the drain deadline (main cuts the whole shutdown at it).
-            let deadline = std::time::Duration::from_secs(self.state.settings.shutdown_secs);
-            wb.flush(deadline).await;
+            // States that arrived while streams drained.
+            wb.flush(deadline.mul_f64(FINAL_FLUSH_SHARE)).await;
         }
         for t in self.tasks {
             t.abort();
         }
     }
 }
+
+/// Share of `JOBCAST_SHUTDOWN_SECS` given to the HTTP drain and, at the same
+/// time, the first write-behind flush; then [`FINAL_FLUSH_SHARE`] for states
+/// that arrived meanwhile. Together below 1, so both end before `main` exits.
+const DRAIN_SHARE: f64 = 0.7;
+const FINAL_FLUSH_SHARE: f64 = 0.25;
 
 fn random_hex(bytes: usize) -> String {
     (0..bytes)

@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Verifier;
 use crate::config::Settings;
+use crate::http::origin::Origin;
 use crate::hub::Hub;
 use crate::limits::Limits;
 
@@ -20,20 +21,23 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// True while the Redis pub/sub connection is up.
     pub redis_up: Arc<AtomicBool>,
-    /// Pre-parsed `JOBCAST_ALLOWED_ORIGINS`.
-    pub allowed_origins: Vec<String>,
+    /// Pre-parsed `JOBCAST_ALLOWED_ORIGINS` (never `*`: refused at start).
+    pub allowed_origins: Vec<Origin>,
 }
 
 pub type SharedState = Arc<AppState>;
 
 impl AppState {
-    /// Is `origin` the gateway's own (same host as the request) or allowed?
+    /// Is `origin` listed in `JOBCAST_ALLOWED_ORIGINS`? (`null` and junk never are.)
+    pub fn origin_listed(&self, origin: &str) -> bool {
+        Origin::parse(origin).is_some_and(|o| self.allowed_origins.contains(&o))
+    }
+
+    /// Is `origin` the gateway's own (same host and port as the request) or listed?
     pub fn origin_allowed(&self, origin: &str, host: Option<&str>) -> bool {
-        let origin_host = origin.split_once("://").map(|(_, h)| h).unwrap_or(origin);
-        host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host))
-            || self
-                .allowed_origins
-                .iter()
-                .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+        let Some(parsed) = Origin::parse(origin) else {
+            return false;
+        };
+        host.is_some_and(|h| parsed.is_host(h)) || self.allowed_origins.contains(&parsed)
     }
 }

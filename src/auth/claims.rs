@@ -1,8 +1,10 @@
 //! Token verification with `jsonwebtoken`: HS256 with `JWT_SECRET`, or RS256 /
 //! ES256 with the PEM in `JWT_PUBLIC_KEY_FILE`; `aud` and `iss` checked where
-//! configured; `sub` and `exp` required; no leeway (a token past `exp` is
-//! refused, and the stream opened with it ends at `exp`). `alg: none` and any
-//! algorithm other than the key's are refused by construction.
+//! configured; `sub` and `exp` required. No leeway on `exp` (a token past `exp`
+//! is refused, and the stream opened with it ends at `exp`), [`NBF_LEEWAY_SECS`]
+//! on `nbf` (an issuer whose clock runs a little ahead must not see its fresh
+//! tokens refused). `alg: none` and any algorithm other than the key's are
+//! refused by construction.
 
 use std::collections::HashSet;
 
@@ -76,6 +78,10 @@ pub enum AuthError {
     WrongAudience,
     #[error("token is malformed or lacks required claims (sub, exp)")]
     Malformed,
+    #[error(
+        "this route takes its token from the Authorization: Bearer header only, never a cookie or query parameter"
+    )]
+    NotInHeader,
 }
 
 impl AuthError {
@@ -87,9 +93,13 @@ impl AuthError {
             AuthError::BadSignature => "bad_signature",
             AuthError::WrongAudience => "wrong_audience",
             AuthError::Malformed => "malformed",
+            AuthError::NotInHeader => "not_in_header",
         }
     }
 }
+
+/// Clock skew tolerated on `nbf`, in seconds; `exp` gets none.
+pub const NBF_LEEWAY_SECS: u64 = 30;
 
 pub struct Verifier {
     key: DecodingKey,
@@ -128,7 +138,8 @@ impl Verifier {
         let mut validation = Validation::new(algorithms[0]);
         validation.algorithms = algorithms;
         validation.leeway = 0;
-        validation.validate_nbf = true;
+        // jsonwebtoken has one leeway for both; `nbf` is checked in `verify`.
+        validation.validate_nbf = false;
         validation.required_spec_claims = HashSet::from(["exp".to_owned(), "sub".to_owned()]);
         match &s.jwt_audience {
             Some(aud) => validation.set_audience(&[aud]),
@@ -146,7 +157,7 @@ impl Verifier {
 
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         use jsonwebtoken::errors::ErrorKind as K;
-        decode::<Claims>(token, &self.key, &self.validation)
+        let claims = decode::<Claims>(token, &self.key, &self.validation)
             .map(|d| d.claims)
             .map_err(|e| match e.kind() {
                 K::ExpiredSignature => AuthError::Expired,
@@ -157,7 +168,14 @@ impl Verifier {
                 | K::MissingAlgorithm => AuthError::BadSignature,
                 K::InvalidAudience | K::InvalidIssuer => AuthError::WrongAudience,
                 _ => AuthError::Malformed,
-            })
+            })?;
+        if claims
+            .nbf
+            .is_some_and(|nbf| nbf > now_secs().saturating_add(NBF_LEEWAY_SECS))
+        {
+            return Err(AuthError::NotYetValid);
+        }
+        Ok(claims)
     }
 
     /// Mints an HS256 token (only with a shared secret).
@@ -228,6 +246,24 @@ mod tests {
         let body = b64.encode(serde_json::to_vec(&claims(60)).unwrap());
         let token = format!("{header}.{body}.");
         assert!(verifier("s3cret").verify(&token).is_err());
+    }
+
+    #[test]
+    fn nbf_gets_thirty_seconds_of_leeway_and_exp_none() {
+        let v = verifier("s3cret");
+        let mut soon = claims(120);
+        soon.nbf = Some(now_secs() + 20);
+        assert!(v.verify(&v.mint(&soon).unwrap()).is_ok());
+        let mut later = claims(120);
+        later.nbf = Some(now_secs() + 90);
+        assert_eq!(
+            v.verify(&v.mint(&later).unwrap()),
+            Err(AuthError::NotYetValid)
+        );
+        assert_eq!(
+            v.verify(&v.mint(&claims(-1)).unwrap()),
+            Err(AuthError::Expired)
+        );
     }
 
     #[test]

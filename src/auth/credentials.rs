@@ -169,3 +169,69 @@ mod tests {
         assert_eq!(query_param("a", "a").as_deref(), Some(""));
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use proptest::prelude::*;
+    use warp::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            if let Ok(v) = HeaderValue::from_str(v) {
+                h.append(*k, v);
+            }
+        }
+        h
+    }
+
+    proptest! {
+        #[test]
+        fn any_request_parts_yield_credentials_without_panicking(
+            auth in "\\PC{0,60}", proto in "\\PC{0,60}", cookie in "\\PC{0,60}", query in "\\PC{0,60}"
+        ) {
+            let c = Credentials::from_parts(
+                &headers(&[("authorization", &auth), ("sec-websocket-protocol", &proto), ("cookie", &cookie)]),
+                &query,
+            );
+            if let Some((token, _)) = &c.token {
+                prop_assert!(!token.expose().is_empty());
+            }
+        }
+
+        #[test]
+        fn a_bearer_header_wins_over_every_other_source(token in "[A-Za-z0-9._-]{1,60}", other in "[A-Za-z0-9._-]{1,60}") {
+            let c = Credentials::from_parts(
+                &headers(&[
+                    ("authorization", &format!("Bearer {token}")),
+                    ("sec-websocket-protocol", &format!("jobcast.v1, jobcast.bearer.{other}")),
+                    ("cookie", &format!("jobcast_token={other}")),
+                ]),
+                &format!("access_token={other}"),
+            );
+            let (found, source) = c.token.expect("a token");
+            prop_assert_eq!(found.expose(), token.as_str());
+            prop_assert_eq!(source, TokenSource::Header);
+        }
+
+        #[test]
+        fn each_source_is_found_alone(token in "[A-Za-z0-9._-]{1,60}") {
+            let cases = [
+                (headers(&[("sec-websocket-protocol", &format!("jobcast.v1, jobcast.bearer.{token}"))]), String::new(), TokenSource::Subprotocol),
+                (headers(&[("cookie", &format!("a=b; jobcast_token={token}"))]), String::new(), TokenSource::Cookie),
+                (HeaderMap::new(), format!("x=1&access_token={token}"), TokenSource::Query),
+            ];
+            for (h, q, want) in cases {
+                let (found, source) = Credentials::from_parts(&h, &q).token.expect("a token");
+                prop_assert_eq!(found.expose(), token.as_str());
+                prop_assert_eq!(source, want);
+            }
+        }
+
+        #[test]
+        fn query_params_decode_any_input(query in "\\PC{0,80}", name in "[a-z_]{1,8}") {
+            let _ = query_param(&query, &name);
+        }
+    }
+}

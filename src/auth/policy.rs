@@ -2,6 +2,8 @@
 //! the job (or `*`), its `roles` include `admin`, or its `sub` is the job's owner
 //! (the document's owner field, else Postgres `jobs.owner_id`). A job whose owner
 //! is unknown is refused; an unknown job is `404` for a caller allowed by claim.
+//! Every other refusal is the same `403` with the same words, whether the job
+//! exists or not, so a token cannot probe which job ids exist.
 
 use crate::auth::Claims;
 use crate::error::ApiError;
@@ -26,13 +28,38 @@ pub fn authorize(claims: &Claims, job: &JobId, facts: JobFacts<'_>) -> Result<()
     }
     match facts.owner {
         Some(owner) if owner == claims.sub => Ok(()),
-        Some(_) => Err(ApiError::Forbidden(format!(
-            "job {job} belongs to another user"
-        ))),
-        None => Err(ApiError::Forbidden(format!(
-            "job {job} has no known owner; only tokens naming it may watch it"
-        ))),
+        _ => Err(denied(job)),
     }
+}
+
+/// The one answer for a job the caller may not see (another's, ownerless, or
+/// unknown alike).
+pub fn denied(job: &JobId) -> ApiError {
+    ApiError::Forbidden(format!(
+        "this token may not watch job {job}: it is neither the owner nor named in the jobs claim"
+    ))
+}
+
+/// May these claims publish to `job`? Role `publisher` and a `jobs` claim naming
+/// the job (or `*`); a publisher token without `jobs` publishes nowhere.
+pub fn authorize_publish(claims: &Claims, job: &JobId) -> Result<(), ApiError> {
+    if !claims.has_role("publisher") {
+        return Err(ApiError::Forbidden(
+            "publishing needs a token with the publisher role".into(),
+        ));
+    }
+    if claims.jobs.is_empty() {
+        return Err(ApiError::Forbidden(
+            "a publisher token must name the jobs it may publish to in its jobs claim (\"*\" for all)"
+                .into(),
+        ));
+    }
+    if !claims.names_job(job.as_str()) {
+        return Err(ApiError::Forbidden(format!(
+            "this publisher token may not publish to job {job}"
+        )));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -88,6 +115,21 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code(), "not_found");
+    }
+
+    #[test]
+    fn publishers_are_scoped_by_their_jobs_claim() {
+        let ok = |jobs: &[&str], roles: &[&str]| {
+            authorize_publish(&claims("svc", jobs, roles), &job()).is_ok()
+        };
+        assert!(ok(&["j1"], &["publisher"]));
+        assert!(ok(&["*"], &["publisher"]));
+        assert!(!ok(&[], &["publisher"]), "no jobs claim: nowhere");
+        assert!(!ok(&["j2"], &["publisher"]));
+        assert!(
+            !ok(&["j1"], &["admin"]),
+            "watching rights are not publishing rights"
+        );
     }
 
     #[test]

@@ -10,12 +10,6 @@ use warp::{Filter, Reply};
 
 use crate::state::SharedState;
 
-fn allowed(app: &SharedState, origin: &str) -> bool {
-    app.allowed_origins
-        .iter()
-        .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
-}
-
 fn add_headers(res: &mut Response, origin: &str) {
     let h = res.headers_mut();
     if let Ok(v) = HeaderValue::from_str(origin) {
@@ -47,7 +41,7 @@ where
         .and(inner)
         .map(move |origin: Option<String>, reply: R| {
             let mut res = reply.into_response();
-            if let Some(origin) = origin.filter(|o| allowed(&app, o)) {
+            if let Some(origin) = origin.filter(|o| app.origin_listed(o)) {
                 add_headers(&mut res, &origin);
             }
             res
@@ -73,7 +67,7 @@ pub fn preflight(
         .map(move |origin: Option<String>| {
             let mut res =
                 warp::reply::with_status(warp::reply(), StatusCode::NO_CONTENT).into_response();
-            if origin.is_some_and(|o| allowed(&app, &o)) {
+            if origin.is_some_and(|o| app.origin_listed(&o)) {
                 let h = res.headers_mut();
                 h.insert(
                     header::ACCESS_CONTROL_ALLOW_METHODS,

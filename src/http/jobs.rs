@@ -7,10 +7,11 @@ use serde_json::json;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 
-use crate::auth::Credentials;
-use crate::auth::policy::{JobFacts, authorize};
+use crate::auth::policy::{JobFacts, authorize, authorize_publish};
+use crate::auth::{AuthError, Credentials, TokenSource};
 use crate::error::ApiError;
-use crate::job::ProgressDoc;
+use crate::job::{DocError, ProgressDoc};
+use crate::limits::Transport;
 use crate::state::SharedState;
 use crate::stream::{parse_job, verify};
 
@@ -27,6 +28,7 @@ pub async fn snapshot(job: String, app: SharedState, creds: Credentials) -> Resp
 async fn get(job: String, app: SharedState, creds: Credentials) -> Result<Response, ApiError> {
     let job = parse_job(&job)?;
     let claims = verify(&app, &creds)?;
+    let _slot = app.limits.acquire(&claims.sub, Transport::Snapshot)?;
     let fetched = app.hub.fetch(&job, true).await;
     if fetched.unavailable {
         return Err(ApiError::Unavailable(
@@ -65,9 +67,11 @@ async fn get(job: String, app: SharedState, creds: Credentials) -> Result<Respon
 
 /// `POST /jobs/{id}`. Checks run cheapest first and the body is read last, only
 /// for an authorised publisher, and never past the size limit: job id (400),
-/// token (401), role (403), size (413, from `Content-Length` at once, else while
-/// reading a chunked body), document (400). Then the same write as every worker:
-/// SET with TTL + PUBLISH, atomically.
+/// token from the Authorization header only (401: a cookie or query token
+/// would let any site a user visits publish in their name), role and `jobs`
+/// claim (403), size (413, from `Content-Length` at once, else while reading a
+/// chunked body), document (400), owner (409: a job's owner never changes).
+/// Then the same write as every worker: SET with TTL + PUBLISH, atomically.
 pub async fn publish<S, B>(
     job: String,
     app: SharedState,
@@ -97,18 +101,35 @@ where
     B: Buf,
 {
     let job = parse_job(&job)?;
-    let claims = verify(&app, &creds)?;
-    if !claims.has_role("publisher") {
-        return Err(ApiError::Forbidden(
-            "publishing needs a token with the publisher role".into(),
-        ));
+    if creds
+        .token
+        .as_ref()
+        .is_some_and(|(_, source)| *source != TokenSource::Header)
+    {
+        metrics::counter!("jobcast_auth_failures_total", "reason" => AuthError::NotInHeader.reason())
+            .increment(1);
+        return Err(ApiError::Unauthorized(AuthError::NotInHeader));
     }
+    let claims = verify(&app, &creds)?;
+    authorize_publish(&claims, &job)?;
     let rules = app.hub.rules();
     let body = read_bounded(declared_len, body, rules.max_bytes).await?;
     let doc = ProgressDoc::parse(&body, rules).map_err(|e| match e {
-        crate::job::DocError::TooLarge => too_large(rules.max_bytes),
+        DocError::TooLarge => too_large(rules.max_bytes),
+        DocError::BadSeq => ApiError::BadRequest(e.to_string()),
         _ => ApiError::BadRequest(format!("{e}: the body must be a JSON object")),
     })?;
+    if let Some(named) = &doc.owner {
+        let owner = match app.hub.feed(job.as_str()) {
+            Some(feed) if feed.snapshot().ready => feed.snapshot().owner.map(|o| o.to_string()),
+            _ => app.hub.fetch(&job, true).await.owner().map(str::to_owned),
+        };
+        if owner.is_some_and(|o| o != *named) {
+            return Err(ApiError::Conflict(format!(
+                "job {job} belongs to another owner than the document names; a job's owner never changes"
+            )));
+        }
+    }
     app.hub
         .reader()
         .write(&job, &doc.json, PUBLISH_TTL_SECS)

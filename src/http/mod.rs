@@ -4,7 +4,9 @@
 pub mod cors;
 pub mod jobs;
 pub mod ops;
+pub mod origin;
 pub mod server;
+pub mod stall;
 pub mod upgrade;
 
 use std::convert::Infallible;
@@ -13,6 +15,7 @@ use warp::{Filter, Reply};
 
 use crate::auth::credentials::{credentials, query_param};
 use crate::error;
+use crate::http::stall::StallFlag;
 use crate::state::SharedState;
 use crate::stream;
 
@@ -49,7 +52,8 @@ pub fn routes(
         .and(state.clone())
         .and(credentials())
         .and(last_event_id())
-        .then(|job, app, creds, last| stream::sse::handle(app, job, creds, last))
+        .and(warp::ext::optional::<StallFlag>())
+        .then(|job, app, creds, last, stall| stream::sse::handle(app, job, creds, last, stall))
         .map(unwrap_infallible);
 
     let ws = warp::path!("jobs" / String / "ws")

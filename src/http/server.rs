@@ -1,5 +1,6 @@
 //! The accept loop: warp's filters served by hyper with the settings warp's own
-//! `serve` does not expose: a header read timeout (slow-loris protection) and an
+//! `serve` does not expose: a header read timeout (slow-loris protection), a
+//! write-stall bound (`stall`), and an
 //! ordered graceful stop (stop accepting, then wait for open connections, whose
 //! streams end themselves on the same shutdown token).
 
@@ -14,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::{Filter, Reply};
 
+use crate::http::stall::StallGuard;
 use crate::http::upgrade::WithUpgradeSlot;
 
 /// A client must send its request head within this time, or it is disconnected.
@@ -25,8 +27,12 @@ pub const MAX_REQUEST_HEAD_BYTES: usize = 8 * 1024;
 /// Pause after a failed accept (e.g. out of file descriptors) before the next try.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
-pub async fn serve<F, R>(listener: TcpListener, routes: F, shutdown: CancellationToken)
-where
+pub async fn serve<F, R>(
+    listener: TcpListener,
+    routes: F,
+    stall_after: Duration,
+    shutdown: CancellationToken,
+) where
     F: Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
     R: Reply,
 {
@@ -50,9 +56,13 @@ where
             },
         };
         let _ = stream.set_nodelay(true);
-        let service = WithUpgradeSlot(TowerToHyperService::new(warp::service(routes.clone())));
+        let io = StallGuard::new(stream, stall_after);
+        let service = WithUpgradeSlot(
+            TowerToHyperService::new(warp::service(routes.clone())),
+            io.flag(),
+        );
         let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+            .serve_connection_with_upgrades(TokioIo::new(io), service)
             .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {

@@ -11,6 +11,8 @@ use hyper::upgrade::OnUpgrade;
 use warp::Filter;
 use warp::http::HeaderMap;
 
+use crate::http::stall::StallFlag;
+
 /// The pending upgrade of one request (hyper's handle is not `Clone`, warp's
 /// extension filter needs `Clone`).
 #[derive(Clone)]
@@ -65,12 +67,13 @@ pub fn handshake() -> impl Filter<Extract = (WsHandshake,), Error = warp::Reject
 }
 
 /// Wraps the service the accept loop runs: moves hyper's upgrade handle into
-/// an [`UpgradeSlot`] where warp's filters can reach it, and boxes the route
+/// an [`UpgradeSlot`] where warp's filters can reach it, hands every request
+/// its connection's [`StallFlag`], and boxes the route
 /// future. The box matters for memory: hyper reserves room for one in-flight
 /// service future per connection for the connection's whole life, and the
 /// routes' future is ~14 KiB; boxed, an open stream keeps a pointer instead.
 #[derive(Clone)]
-pub struct WithUpgradeSlot<S>(pub S);
+pub struct WithUpgradeSlot<S>(pub S, pub StallFlag);
 
 impl<S, B> hyper::service::Service<hyper::Request<B>> for WithUpgradeSlot<S>
 where
@@ -86,6 +89,7 @@ where
         if let Some(on) = req.extensions_mut().remove::<OnUpgrade>() {
             req.extensions_mut().insert(UpgradeSlot::new(on));
         }
+        req.extensions_mut().insert(self.1.clone());
         Box::pin(self.0.call(req))
     }
 }

@@ -454,12 +454,7 @@ mod tests {
 
     fn update(job: &JobId, raw: &str) -> Arc<Update> {
         let doc = ProgressDoc::parse(raw.as_bytes(), &rules()).unwrap();
-        Arc::new(Update::encode(
-            job,
-            doc.seq.unwrap_or(1),
-            doc,
-            Source::RedisKey,
-        ))
+        Arc::new(Update::encode(job, doc, Source::RedisKey))
     }
 
     /// A write-behind whose store never connects (these tests do not write).
@@ -483,7 +478,7 @@ mod tests {
         );
         let (rows, _) = wb.take_due(Instant::now(), false);
         assert_eq!(rows.len(), 1);
-        assert_eq!(rows[0].slot.update.id, 3);
+        assert_eq!(&*rows[0].slot.update.id, "3");
     }
 
     #[tokio::test]

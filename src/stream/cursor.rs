@@ -14,7 +14,9 @@ use crate::stream::Opened;
 
 pub struct FeedCursor {
     rx: watch::Receiver<FeedState>,
-    last: Option<i64>,
+    /// The state handed out last, compared by identity: every accepted state is
+    /// a new `Arc`, so this needs no id arithmetic.
+    last: Option<Arc<Update>>,
 }
 
 impl FeedCursor {
@@ -26,7 +28,7 @@ impl FeedCursor {
             .latest
             .clone()
             .or_else(|| opened.state.latest.clone());
-        let last = first.as_ref().map(|u| u.id);
+        let last = first.clone();
         (FeedCursor { rx, last }, first)
     }
 
@@ -37,18 +39,34 @@ impl FeedCursor {
         loop {
             self.rx.changed().await.ok()?;
             let latest = self.rx.borrow_and_update().latest.clone();
-            if let Some(update) = latest.filter(|u| Some(u.id) != self.last) {
-                self.last = Some(update.id);
+            if let Some(update) =
+                latest.filter(|u| !self.last.as_ref().is_some_and(|l| Arc::ptr_eq(l, u)))
+            {
+                self.last = Some(update.clone());
                 return Some(update);
             }
         }
     }
 }
 
+/// The id a client says it has seen (`Last-Event-ID`, `last_event_id`,
+/// `after`), trimmed; blank means none. Ids jobcast hands out are short, so
+/// anything longer than [`MAX_CLIENT_ID_LEN`] cannot be one and is ignored
+/// (the client then gets the current state, never less).
+pub fn seen_id(raw: Option<&str>) -> Option<String> {
+    raw.map(str::trim)
+        .filter(|s| !s.is_empty() && s.len() <= MAX_CLIENT_ID_LEN)
+        .map(str::to_owned)
+}
+
+/// Longest id a client may hand back, in bytes.
+pub const MAX_CLIENT_ID_LEN: usize = 64;
+
 /// True unless the client says it already has this state (`Last-Event-ID`,
-/// `last_event_id`, or long-poll's `after`).
+/// `last_event_id`, or long-poll's `after`). Only the very id suppresses: an
+/// older, newer-looking or foreign id never hides the current state.
 pub fn is_news(update: &Update, client_has: Option<&str>) -> bool {
-    client_has != Some(update.id_string().as_str())
+    client_has != Some(&*update.id)
 }
 
 /// Counts a state written to a client, and how long it took since it arrived.
@@ -57,4 +75,33 @@ pub fn delivered(update: &Update, transport: Transport) {
         .increment(1);
     metrics::histogram!("jobcast_delivery_latency_seconds")
         .record(update.received.elapsed().as_secs_f64());
+}
+
+#[cfg(test)]
+mod properties {
+    use super::*;
+    use crate::event::Source;
+    use crate::job::{JobId, ProgressDoc};
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn seen_id_is_trimmed_bounded_or_none(raw in ".{0,100}") {
+            match seen_id(Some(&raw)) {
+                Some(id) => {
+                    prop_assert_eq!(id.as_str(), raw.trim());
+                    prop_assert!(!id.is_empty() && id.len() <= MAX_CLIENT_ID_LEN);
+                }
+                None => prop_assert!(raw.trim().is_empty() || raw.trim().len() > MAX_CLIENT_ID_LEN),
+            }
+        }
+
+        #[test]
+        fn only_the_exact_id_suppresses_a_state(seq in 0i64..1_000_000, raw in ".{0,40}") {
+            let job = JobId::parse("j").unwrap();
+            let update = Update::encode(&job, ProgressDoc::for_tests(&format!(r#"{{"seq":{seq}}}"#)), Source::RedisKey);
+            let seen = seen_id(Some(&raw));
+            prop_assert_eq!(is_news(&update, seen.as_deref()), seen.as_deref() != Some(&*update.id));
+        }
+    }
 }

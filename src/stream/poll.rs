@@ -16,7 +16,7 @@ use crate::error::ApiError;
 use crate::event::Update;
 use crate::limits::Transport;
 use crate::state::SharedState;
-use crate::stream::cursor::{FeedCursor, delivered, is_news};
+use crate::stream::cursor::{FeedCursor, delivered, is_news, seen_id};
 use crate::stream::{closed, open};
 
 pub async fn handle(
@@ -49,7 +49,7 @@ async fn poll(
     query: String,
 ) -> Result<Response, ApiError> {
     let timeout = parse_timeout(&query)?;
-    let after = query_param(&query, "after").filter(|a| !a.is_empty());
+    let after = seen_id(query_param(&query, "after").as_deref());
     let opened = open(&app, &job, &creds, Transport::Poll).await?;
     let (mut cursor, current) = FeedCursor::start(&opened);
     if let Some(update) = current {
@@ -100,7 +100,7 @@ fn document(update: &Update) -> Response {
         HeaderValue::from_static("application/json"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    if let Ok(v) = HeaderValue::from_str(&update.id_string()) {
+    if let Ok(v) = HeaderValue::from_str(&update.id) {
         h.insert("x-jobcast-event-id", v);
     }
     if update.done.is_some() {

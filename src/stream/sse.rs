@@ -18,9 +18,10 @@ use warp::reply::{Reply, Response};
 
 use crate::auth::Credentials;
 use crate::event::{self, Update};
+use crate::http::stall::StallFlag;
 use crate::limits::Transport;
 use crate::state::SharedState;
-use crate::stream::cursor::{FeedCursor, delivered, is_news};
+use crate::stream::cursor::{FeedCursor, delivered, is_news, seen_id};
 use crate::stream::{Opened, closed, heartbeat_timer, open};
 
 pub async fn handle(
@@ -28,14 +29,13 @@ pub async fn handle(
     job: String,
     creds: Credentials,
     last_event_id: Option<String>,
+    stall: Option<StallFlag>,
 ) -> Result<Response, Infallible> {
     let opened = match open(&app, &job, &creds, Transport::Sse).await {
         Ok(o) => o,
         Err(e) => return Ok(e.into_response()),
     };
-    let last_event_id = last_event_id
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty());
+    let last_event_id = seen_id(last_event_id.as_deref());
     // An ended job whose end the client has seen: 204 stops EventSource for good.
     if let Some(update) = &opened.state.latest
         && update.done.is_some()
@@ -46,7 +46,7 @@ pub async fn handle(
             warp::reply::with_status(warp::reply::reply(), StatusCode::NO_CONTENT).into_response(),
         );
     }
-    let writer = SseWriter::new(app, opened, last_event_id);
+    let writer = SseWriter::new(app, opened, last_event_id, stall);
     let body = futures::stream::unfold(writer, |mut w| async move {
         let chunk = w.next_chunk().await?;
         Some((Ok::<Bytes, Infallible>(chunk), w))
@@ -96,18 +96,30 @@ struct SseWriter {
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Why the stream ended (the closed-connections metric); unset = client gone.
     ended: Option<&'static str>,
+    /// Set by the connection when it was cut for not reading.
+    stall: Option<StallFlag>,
 }
 
 impl Drop for SseWriter {
     fn drop(&mut self) {
-        let reason = self.ended.unwrap_or("client_gone");
+        let stalled = self.stall.as_ref().is_some_and(StallFlag::is_set);
+        let reason = match self.ended {
+            Some(reason) => reason,
+            None if stalled => "write_stalled",
+            None => "client_gone",
+        };
         closed(Transport::Sse, reason);
         tracing::debug!(parent: &self.opened.span, reason, "sse stream ended");
     }
 }
 
 impl SseWriter {
-    fn new(app: SharedState, opened: Opened, last_event_id: Option<String>) -> Self {
+    fn new(
+        app: SharedState,
+        opened: Opened,
+        last_event_id: Option<String>,
+        stall: Option<StallFlag>,
+    ) -> Self {
         let (cursor, first) = FeedCursor::start(&opened);
         let heartbeat = heartbeat_timer(app.settings.heartbeat());
         let expiry = Box::pin(tokio::time::sleep(opened.token_ttl()));
@@ -124,6 +136,7 @@ impl SseWriter {
             expiry,
             shutdown,
             ended: None,
+            stall,
         }
     }
 

@@ -28,7 +28,7 @@ use crate::event::{self, Update};
 use crate::http::upgrade::WsHandshake;
 use crate::limits::Transport;
 use crate::state::SharedState;
-use crate::stream::cursor::{FeedCursor, delivered, is_news};
+use crate::stream::cursor::{FeedCursor, delivered, is_news, seen_id};
 use crate::stream::{Opened, closed, heartbeat_timer, open};
 
 /// Pings a client may leave unanswered before the connection is closed.
@@ -139,7 +139,7 @@ async fn serve(
     send!(Message::text(event::ws_connected(&opened.job)));
     let (mut cursor, first) = FeedCursor::start(opened);
     if let Some(update) = first {
-        if is_news(&update, last_event_id.as_deref()) {
+        if is_news(&update, seen_id(last_event_id.as_deref()).as_deref()) {
             send!(text(&update.ws));
             delivered(&update, Transport::Ws);
         }

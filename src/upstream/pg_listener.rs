@@ -159,7 +159,12 @@ impl PgListener {
     async fn refresh(&self, feed: &Feed) {
         let job = &feed.job;
         match self.store.load(job).await {
-            Ok(Some(StoredJob { doc: Some(doc), .. })) => {
+            Ok(Some(StoredJob {
+                doc: Some(doc),
+                owner_id,
+            })) => {
+                // A row that appears for a job with no owner yet fixes it.
+                feed.set_stored_owner(&owner_id);
                 if self.is_echo(feed, &doc) {
                     debug!(job = %job, "row without seq matches what Redis gave; ignored");
                     return;

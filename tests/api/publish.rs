@@ -182,9 +182,11 @@ async fn small_limit_app() -> TestApp {
     .await
 }
 
+/// A publisher token for every job (`jobs: ["*"]`), as a trusted service holds.
 fn publisher_token(sub: &str) -> String {
     let mut c = claims(sub);
     c.roles = vec!["publisher".into()];
+    c.jobs = vec!["*".into()];
     sign(&c)
 }
 
@@ -418,7 +420,15 @@ async fn cli_token_then_publish_reaches_a_watcher() {
     .to_owned();
     let service = run_ok(jobcast(
         &app,
-        &["token", "--sub", "svc", "--role", "publisher"],
+        &[
+            "token",
+            "--sub",
+            "svc",
+            "--role",
+            "publisher",
+            "--job",
+            "cli-1",
+        ],
     ))
     .await
     .trim()
