@@ -252,7 +252,7 @@ start_nchan() {
     log "nginx+Nchan master pid $NCHAN_PID on 127.0.0.1:$NCHAN_PORT"
 }
 
-JWT_SECRET_BENCH="bench-secret-$RANDOM$RANDOM$RANDOM"
+JWT_SECRET_BENCH="bench-secret-$(od -An -N24 -tx1 /dev/urandom | tr -d " \n")"  # 32+ bytes, as the gateway requires
 start_jobcast() {
     free_port JOBCAST_PORT
     mkdir -p "$WORK/jobcast"

@@ -1,5 +1,5 @@
 //! The one error type of the HTTP edge: each variant is a status code and a JSON
-//! body `{"error":"<code>","message":"<text>"}` (PROTOCOL.md §2). Caller faults
+//! body `{"error":"<code>","message":"<text>"}`. Caller faults
 //! are logged at debug; ours (`Internal`) with their cause at error. `recover`
 //! maps warp's own rejections (unknown route, wrong method...) the same way.
 

@@ -1,4 +1,4 @@
-//! Connection limits (PROTOCOL.md §4): `JOBCAST_MAX_CONNECTIONS` open streams
+//! Connection limits: `JOBCAST_MAX_CONNECTIONS` open streams
 //! overall and `JOBCAST_MAX_CONNECTIONS_PER_USER` per `sub`. A stream holds a
 //! [`ConnGuard`] for its whole life; dropping it gives the slot back and keeps
 //! the open-connections gauge true.

@@ -1,4 +1,4 @@
-//! Finding the token in a request, first found wins (PROTOCOL.md §3):
+//! Finding the token in a request, first found wins:
 //! `Authorization: Bearer`, the `jobcast.bearer.<jwt>` WebSocket subprotocol,
 //! the `jobcast_token` cookie, the `access_token` query parameter.
 

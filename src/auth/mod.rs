@@ -1,4 +1,4 @@
-//! Who may watch what (PROTOCOL.md §3): [`credentials`] finds the token in a
+//! Who may watch what: [`credentials`] finds the token in a
 //! request, [`claims`] verifies it into [`Claims`], [`policy`] decides whether
 //! those claims may see a given job.
 

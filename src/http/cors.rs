@@ -1,4 +1,4 @@
-//! Browsers on other origins (PROTOCOL.md §3): for an `Origin` listed in
+//! Browsers on other origins: for an `Origin` listed in
 //! `JOBCAST_ALLOWED_ORIGINS`, every response carries the allow headers and
 //! preflights are answered. Same-origin requests need none of this.
 

@@ -1,4 +1,4 @@
-//! The HTTP surface (PROTOCOL.md §2): small filters composed into [`routes`],
+//! The HTTP surface: small filters composed into [`routes`],
 //! handlers as plain async fns, state through [`with_state`], one `recover`.
 
 pub mod cors;

@@ -1,7 +1,7 @@
 //! [`ProgressTracker`]: one job's progress as a Rust worker reports it. The
 //! worker names weighted stages once, then says where it is (`start_stage`,
 //! `update_stage_progress(done, total)`, `complete_stage`, `mark_*`); every call
-//! writes the whole document (PROTOCOL.md §1) with ONE atomic Redis round trip
+//! writes the whole document with ONE atomic Redis round trip
 //! (`Publisher::write`: SET with TTL, then PUBLISH, in one Lua script).
 //!
 //! The maths lives in [`JobProgress`] (stage mapping, clamping, `seq`) and
@@ -459,7 +459,7 @@ impl JobProgress {
         };
     }
 
-    /// The progress document (PROTOCOL.md §1) as a JSON value.
+    /// The progress document as a JSON value.
     pub fn document(&self) -> Value {
         serde_json::to_value(self.wire()).expect("the document always serialises")
     }

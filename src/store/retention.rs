@@ -1,4 +1,4 @@
-//! Retention (PROTOCOL.md §5): rows of jobs that ended more than
+//! Retention: rows of jobs that ended more than
 //! `JOBCAST_RETENTION_DAYS` ago are deleted. [`Store::sweep`] does one sweep
 //! (`jobcast cleanup` calls it for cron users); [`run`] repeats it every
 //! [`SWEEP_INTERVAL`] inside `serve`. Every gateway of a fleet runs the task; a

@@ -1,4 +1,4 @@
-//! Write-behind of the states jobcast sees in Redis into `jobs` (PROTOCOL.md §5),
+//! Write-behind of the states jobcast sees in Redis into `jobs`,
 //! so the last state of a job survives a Redis crash, eviction or expiry.
 //!
 //! The hub calls [`WriteBehind::push`] for every accepted state that did not come

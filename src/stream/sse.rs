@@ -159,7 +159,7 @@ impl SseWriter {
     /// The next chunk to write, or `None` to end the response.
     async fn next_chunk(&mut self) -> Option<Bytes> {
         if let Some(update) = self.owed_done.take() {
-            // `done` promises the end state is durable (PROTOCOL §5): bounded wait.
+            // `done` promises the end state is durable: bounded wait.
             update.durable.wait(event::DURABLE_WAIT).await;
             return update.done.as_ref().map(|(sse, _)| sse.clone());
         }

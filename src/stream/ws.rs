@@ -192,8 +192,8 @@ async fn serve(
     }
 }
 
-/// Writes `done` once the terminal state is durable — `done` promises that
-/// (PROTOCOL §5); the wait is bounded — then closes with 1000.
+/// Writes `done` once the terminal state is durable (`done` promises that);
+/// the wait is bounded — then closes with 1000.
 async fn send_done<S>(tx: &mut S, update: &Update) -> &'static str
 where
     S: futures::Sink<Message> + Unpin,

@@ -1,4 +1,4 @@
-//! `LISTEN jobcast_jobs`: Postgres as a push source (PROTOCOL.md §1, §5). The
+//! `LISTEN jobcast_jobs`: Postgres as a push source. The
 //! trigger of `migrations/` NOTIFYs the job id whenever a row's snapshot
 //! changes; for a job with watchers here the listener reads the row and offers
 //! its snapshot to the hub, exactly as a Redis event would be. So a worker that
