@@ -14,7 +14,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # The one place to tweak how the suite runs.
-CARGO_TEST=(cargo test --all-targets -- --test-threads 2)
+CARGO_TEST=(cargo test --workspace --all-targets -- --test-threads 2)
 
 step() { printf '==> %s\n' "$*"; }
 

@@ -8,10 +8,9 @@ use crate::auth::Claims;
 use crate::auth::claims::now_secs;
 use crate::config::Settings;
 use crate::job::{DocRules, JobId, ProgressDoc};
-use crate::publish::Publisher;
 use crate::startup::App;
 use crate::store::Store;
-use crate::upstream::redis_reader::RedisReader;
+use jobcast_publish::Publisher;
 
 fn store(s: &Settings) -> anyhow::Result<Store> {
     let url = s
@@ -131,8 +130,7 @@ pub async fn publish(s: &Settings, job: &str, document: &str, ttl: u64) -> anyho
             rules.max_bytes
         )
     })?;
-    let reader = RedisReader::new(&s.redis_url, &s.key_prefix, rules)?;
-    let publisher = Publisher::from_reader(reader).with_ttl(ttl);
+    let publisher = Publisher::connect_with_prefix(&s.redis_url, &s.key_prefix)?.with_ttl(ttl);
     let receivers = publisher
         .write(&job, &doc.json)
         .await
@@ -151,12 +149,12 @@ pub async fn demo(
     once: bool,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let reader = RedisReader::new(&s.redis_url, &s.key_prefix, DocRules::from_settings(s))?;
+    let publisher = Publisher::connect_with_prefix(&s.redis_url, &s.key_prefix)?;
     let mut runs = Vec::new();
     for i in 1..=jobs.max(1) {
         let job = JobId::parse(&format!("demo-{i}"))?;
-        runs.push(tokio::spawn(crate::publish::demo::run(
-            reader.clone(),
+        runs.push(tokio::spawn(crate::demo::run(
+            publisher.clone(),
             job,
             owner.clone(),
             once,
@@ -177,15 +175,17 @@ pub fn dev_banner(app: &App) -> anyhow::Result<()> {
         exp: now + 24 * 3600,
         nbf: None,
         iat: Some(now),
-        jobs: vec![],
+        jobs: vec!["demo-1".into()],
         roles: vec!["publisher".into()],
     };
     let token = app.mint(&claims)?;
     let addr = app.addr();
     let state = app.state();
     let job = JobId::parse("demo-1")?;
-    tokio::spawn(crate::publish::demo::run(
-        state.hub.reader().clone(),
+    let publisher =
+        Publisher::connect_with_prefix(&state.settings.redis_url, &state.settings.key_prefix)?;
+    tokio::spawn(crate::demo::run(
+        publisher,
         job,
         "demo-user".into(),
         false,

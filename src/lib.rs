@@ -19,11 +19,13 @@
 //!
 //! Around it: `config` (settings), `startup` (App::build/run, shared with tests),
 //! `http` (routes), `auth` (tokens and ownership), `error` (JSON errors),
-//! `limits`, `metrics`, `store` (Postgres), `publish` (worker side), `shutdown`.
+//! `limits`, `metrics`, `store` (Postgres), `demo` (simulated jobs), `shutdown`.
+//! The worker side (Publisher, ProgressTracker) is the `jobcast-publish` crate.
 
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod event;
 pub mod fanout;
@@ -32,7 +34,6 @@ pub mod hub;
 pub mod job;
 pub mod limits;
 pub mod metrics;
-pub mod publish;
 pub mod shutdown;
 pub mod startup;
 pub mod state;

@@ -16,7 +16,7 @@ use crate::state::SharedState;
 use crate::stream::{parse_job, verify};
 
 /// TTL given to state keys written through `POST /jobs/{id}`, in seconds.
-pub const PUBLISH_TTL_SECS: u64 = crate::publish::DEFAULT_TTL_SECS;
+pub const PUBLISH_TTL_SECS: u64 = jobcast_publish::DEFAULT_TTL_SECS;
 
 pub async fn snapshot(job: String, app: SharedState, creds: Credentials) -> Response {
     match get(job, app, creds).await {

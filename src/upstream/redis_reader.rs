@@ -23,15 +23,6 @@ if t == 'hash' then return {t, redis.call('HGETALL', KEYS[1])} end
 return {t}
 ";
 
-const WRITE_SCRIPT: &str = r"
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-return redis.call('PUBLISH', KEYS[1], ARGV[1])
-";
-
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
     #[error("redis pool: {0}")]
@@ -82,7 +73,7 @@ impl RedisReader {
             prefix: prefix.to_owned(),
             rules,
             read: redis::Script::new(READ_SCRIPT),
-            write: redis::Script::new(WRITE_SCRIPT),
+            write: jobcast_publish::wire::write_script(),
         })
     }
 
@@ -143,13 +134,10 @@ impl RedisReader {
         let key = self.key(job);
         bounded(async {
             let mut conn = self.pool.get().await?;
-            Ok(self
-                .write
-                .key(&key)
-                .arg(json)
-                .arg(ttl_secs)
-                .invoke_async(&mut *conn)
-                .await?)
+            Ok(
+                jobcast_publish::wire::write_state(&self.write, &mut *conn, &key, json, ttl_secs)
+                    .await?,
+            )
         })
         .await
     }

@@ -8,7 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use futures::StreamExt;
-use jobcast::publish::{EndpointStatus, ProgressTracker, Publisher};
+use jobcast_publish::{EndpointStatus, ProgressTracker, Publisher};
 use redis::AsyncCommands;
 use serde_json::Value;
 use tokio::process::Command;

@@ -8,9 +8,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::job::JobId;
-use crate::publish::{ProgressTracker, Publisher};
-use crate::upstream::redis_reader::RedisReader;
+use jobcast_publish::{JobId, ProgressTracker, Publisher};
 
 /// (stage, weight in % of the whole job, steps, milliseconds per step)
 const STAGES: &[(&str, f64, u32, u64)] = &[
@@ -27,13 +25,13 @@ pub const DEMO_TTL_SECS: u64 = 7200;
 /// Runs `job` through the stages, then again after a pause, until `stop`
 /// (or once, with `once`).
 pub async fn run(
-    reader: RedisReader,
+    publisher: Publisher,
     job: JobId,
     owner: String,
     once: bool,
     stop: CancellationToken,
 ) {
-    let publisher = Publisher::from_reader(reader).with_ttl(DEMO_TTL_SECS);
+    let publisher = publisher.with_ttl(DEMO_TTL_SECS);
     // Each run is a new tracker; its seqs start above the last run's.
     let mut last_seq = 0;
     loop {

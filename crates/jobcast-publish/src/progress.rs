@@ -1,34 +1,22 @@
-//! [`ProgressTracker`]: one job's progress as a Rust worker reports it. The
-//! worker names weighted stages once, then says where it is (`start_stage`,
-//! `update_stage_progress(done, total)`, `complete_stage`, `mark_*`); every call
-//! writes the whole document with ONE atomic Redis round trip
-//! (`Publisher::write`: SET with TTL, then PUBLISH, in one Lua script).
+//! One job's progress as a document: weighted stages, the overall percentage,
+//! `seq`, status and per-endpoint states ([`JobProgress`]), and the wire form
+//! written to Redis. Pure: every change takes `now`, nothing here does I/O, so
+//! the maths is unit-tested beside it.
 //!
-//! The maths lives in [`JobProgress`] (stage mapping, clamping, `seq`) and
-//! [`EtaEstimator`] (moving-average ETA), which take their timestamps as
-//! arguments and do no I/O, so they are unit-tested beside this file. The
-//! tracker only adds a clock and the Redis write.
-//!
-//! Invariant: `seq` strictly increases across every document a tracker writes,
-//! and also across trackers of the same job id run one after another (it never
-//! falls below the wall clock in milliseconds), so the gateway's seq gate never
-//! drops a fresh update as stale.
+//! Invariant: `seq` strictly increases across every document a job writes, and
+//! also across runs of the same job id one after another (it never falls below
+//! the wall clock in milliseconds), so the gateway's seq gate never drops a
+//! fresh update as stale.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::Arc;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::job::{InvalidJobId, JobId};
-use crate::publish::Publisher;
-use crate::upstream::redis_reader::RedisError;
+use crate::eta::EtaEstimator;
 
-/// Points the ETA's moving average spans: enough to ride out one slow step,
-/// few enough that a change of pace (a slower stage) shows within ten updates.
-pub const ETA_WINDOW_POINTS: usize = 10;
 /// How far the stage weights may be from 100 (float sums of 33.33 + ...).
 pub const WEIGHT_SUM_TOLERANCE: f64 = 0.01;
 
@@ -110,19 +98,6 @@ pub enum ProgressError {
     Finished(Status),
 }
 
-/// Why a tracker call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum TrackerError {
-    #[error(transparent)]
-    Progress(#[from] ProgressError),
-    #[error(transparent)]
-    JobId(#[from] InvalidJobId),
-    #[error("progress document is {size} bytes, over the {max}-byte limit the gateway accepts")]
-    TooLarge { size: usize, max: usize },
-    #[error("writing progress to Redis: {0}")]
-    Redis(#[from] RedisError),
-}
-
 /// Checks and builds the stage list: names unique and non-empty, weights finite
 /// and not negative, summing to 100 (± [`WEIGHT_SUM_TOLERANCE`]).
 pub fn validate_stages(stages: &[(&str, f64)]) -> Result<Vec<Stage>, ProgressError> {
@@ -177,57 +152,6 @@ pub fn overall_pct(stages: &[Stage], index: usize, stage_pct: f64) -> f64 {
     let before: f64 = stages[..index].iter().map(|s| s.weight).sum();
     let share = stages[index].weight * stage_pct.clamp(0.0, 100.0) / 100.0;
     before + share
-}
-
-/// ETA from the average rate over the last [`ETA_WINDOW_POINTS`] (time,
-/// progress) points, time-weighted (the window's slope, so an uneven update
-/// cadence does not skew it). Where the window says nothing (fewer than two
-/// points, no time passed, or no progress across it, as in a long stall) it
-/// falls back to `elapsed × remaining / done`.
-#[derive(Debug, Clone, Default)]
-pub struct EtaEstimator {
-    /// (seconds since the job started, overall %), oldest first.
-    window: VecDeque<(f64, f64)>,
-}
-
-impl EtaEstimator {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Records the overall progress at `t` seconds since the start. A point
-    /// older than the newest one (a clock step back) is ignored.
-    pub fn observe(&mut self, t: f64, progress: f64) {
-        if !t.is_finite() || !progress.is_finite() {
-            return;
-        }
-        if self.window.back().is_some_and(|&(last_t, _)| t < last_t) {
-            return;
-        }
-        if self.window.len() == ETA_WINDOW_POINTS {
-            self.window.pop_front();
-        }
-        self.window.push_back((t, progress));
-    }
-
-    /// Seconds left at `elapsed` seconds with `progress` % done; `None` while
-    /// nothing is known (no progress yet).
-    pub fn estimate(&self, elapsed: f64, progress: f64) -> Option<f64> {
-        if progress >= 100.0 {
-            return Some(0.0);
-        }
-        let remaining = 100.0 - progress.max(0.0);
-        if let (Some(&(t0, p0)), Some(&(t1, p1))) = (self.window.front(), self.window.back()) {
-            let (dt, dp) = (t1 - t0, p1 - p0);
-            if dt > 0.0 && dp > 0.0 {
-                return Some(remaining * dt / dp);
-            }
-        }
-        if progress > 0.0 && elapsed > 0.0 {
-            return Some(elapsed * remaining / progress);
-        }
-        None
-    }
 }
 
 /// The whole state of one job's progress, and the document it becomes. Pure:
@@ -520,170 +444,6 @@ fn secs_between(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
 
 fn rfc3339(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
-}
-
-/// Where the tracker reads the time; tests inject their own.
-pub trait Clock: Send + Sync {
-    fn now(&self) -> DateTime<Utc>;
-}
-
-/// The wall clock.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct SystemClock;
-
-impl Clock for SystemClock {
-    fn now(&self) -> DateTime<Utc> {
-        Utc::now()
-    }
-}
-
-/// Reports one job's progress to Redis. Every method that changes the state
-/// writes it at once (one atomic round trip) and returns only after Redis
-/// answered; a write that fails leaves the state changed, so the next call (or
-/// [`ProgressTracker::publish`]) sends it.
-///
-/// ```no_run
-/// # async fn worker() -> Result<(), Box<dyn std::error::Error>> {
-/// use jobcast::publish::{Publisher, ProgressTracker};
-/// let redis = Publisher::connect("redis://127.0.0.1:6379")?;
-/// let mut job = ProgressTracker::new(redis, "8ae7f267", "user-42", &[("loading", 10.0), ("solving", 90.0)])?;
-/// job.start_stage("loading").await?;
-/// job.update_stage_progress(3, 10).await?;
-/// job.mark_completed().await?;
-/// # Ok(()) }
-/// ```
-pub struct ProgressTracker {
-    publisher: Publisher,
-    job: JobId,
-    progress: JobProgress,
-    clock: Arc<dyn Clock>,
-}
-
-impl ProgressTracker {
-    /// A tracker for `job` owned by `owner` (the `sub` of the users who may
-    /// watch it). Checks the job id and the stages; writes nothing yet.
-    pub fn new(
-        publisher: Publisher,
-        job: &str,
-        owner: &str,
-        stages: &[(&str, f64)],
-    ) -> Result<Self, TrackerError> {
-        Self::with_clock(publisher, job, owner, stages, Arc::new(SystemClock))
-    }
-
-    pub fn with_clock(
-        publisher: Publisher,
-        job: &str,
-        owner: &str,
-        stages: &[(&str, f64)],
-        clock: Arc<dyn Clock>,
-    ) -> Result<Self, TrackerError> {
-        let job = JobId::parse(job)?;
-        let progress = JobProgress::new(job.as_str(), owner, stages, clock.now())?;
-        Ok(ProgressTracker {
-            publisher,
-            job,
-            progress,
-            clock,
-        })
-    }
-
-    pub fn job(&self) -> &JobId {
-        &self.job
-    }
-
-    /// The state as last changed (what the last write sent, or tried to).
-    pub fn progress(&self) -> &JobProgress {
-        &self.progress
-    }
-
-    pub fn resume_after_seq(&mut self, floor: i64) {
-        self.progress.resume_after_seq(floor);
-    }
-
-    pub async fn start_stage(&mut self, name: &str) -> Result<(), TrackerError> {
-        let now = self.clock.now();
-        self.progress.start_stage(name, now)?;
-        self.write().await
-    }
-
-    pub async fn update_stage_progress(
-        &mut self,
-        done: u64,
-        total: u64,
-    ) -> Result<(), TrackerError> {
-        let now = self.clock.now();
-        self.progress.update_stage_progress(done, total, now)?;
-        self.write().await
-    }
-
-    pub async fn set_stage_progress(&mut self, pct: f64) -> Result<(), TrackerError> {
-        let now = self.clock.now();
-        self.progress.set_stage_progress(pct, now)?;
-        self.write().await
-    }
-
-    pub async fn complete_stage(&mut self) -> Result<(), TrackerError> {
-        let now = self.clock.now();
-        self.progress.complete_stage(now)?;
-        self.write().await
-    }
-
-    pub async fn set_endpoint(
-        &mut self,
-        name: &str,
-        status: EndpointStatus,
-    ) -> Result<(), TrackerError> {
-        let now = self.clock.now();
-        self.progress.set_endpoint(name, status, now)?;
-        self.write().await
-    }
-
-    pub async fn set_message(&mut self, message: Option<String>) -> Result<(), TrackerError> {
-        let now = self.clock.now();
-        self.progress.set_message(message, now)?;
-        self.write().await
-    }
-
-    /// Writes the current state again with a new `seq` (renews the TTL; use it
-    /// as a heartbeat during a long step, or to retry after a failed write).
-    pub async fn publish(&mut self) -> Result<(), TrackerError> {
-        let now = self.clock.now();
-        self.progress.touch(now)?;
-        self.write().await
-    }
-
-    pub async fn mark_completed(&mut self) -> Result<(), TrackerError> {
-        let now = self.clock.now();
-        self.progress.mark_completed(now)?;
-        self.write().await
-    }
-
-    pub async fn mark_failed(&mut self, message: &str) -> Result<(), TrackerError> {
-        let now = self.clock.now();
-        self.progress.mark_failed(message, now)?;
-        self.write().await
-    }
-
-    pub async fn mark_cancelled(&mut self) -> Result<(), TrackerError> {
-        let now = self.clock.now();
-        self.progress.mark_cancelled(now)?;
-        self.write().await
-    }
-
-    async fn write(&self) -> Result<(), TrackerError> {
-        let bytes =
-            serde_json::to_vec(&self.progress.document()).expect("a JSON value always serialises");
-        let max = self.publisher.max_document_bytes();
-        if bytes.len() > max {
-            return Err(TrackerError::TooLarge {
-                size: bytes.len(),
-                max,
-            });
-        }
-        self.publisher.write(&self.job, &bytes).await?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]

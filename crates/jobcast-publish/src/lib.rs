@@ -1,0 +1,27 @@
+//! # jobcast-publish — report a job's progress to jobcast from a Rust worker
+//!
+//! A worker depends on this crate alone (Redis and serde, no web stack):
+//!
+//! ```text
+//! ProgressTracker ── one change ──▶ progress::JobProgress (stages, %, seq, ETA via eta)
+//!        │                                   │ to_json: the document
+//!        ▼                                   ▼
+//!    Publisher ───────────────────────▶ wire: SET state key + PUBLISH, one script
+//! ```
+//!
+//! `job_id` is the id rule shared with the gateway. The document's fields are
+//! described in the gateway's docs/protocol.md.
+
+pub mod eta;
+pub mod job_id;
+pub mod progress;
+pub mod publisher;
+pub mod tracker;
+pub mod wire;
+
+pub use eta::EtaEstimator;
+pub use job_id::{InvalidJobId, JobId, MAX_JOB_ID_LEN};
+pub use progress::{EndpointStatus, JobProgress, ProgressError, Stage, Status};
+pub use publisher::{PublishError, Publisher};
+pub use tracker::{Clock, ProgressTracker, SystemClock, TrackerError};
+pub use wire::{DEFAULT_KEY_PREFIX, DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_TTL_SECS};

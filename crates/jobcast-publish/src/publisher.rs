@@ -1,0 +1,93 @@
+//! [`Publisher`]: a handle that writes progress documents for jobs through
+//! [`crate::wire`], over one multiplexed connection that reconnects by itself.
+//! Cheap to clone; connects on first use.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::OnceCell;
+
+use crate::job_id::JobId;
+use crate::wire::{
+    DEFAULT_KEY_PREFIX, DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_TTL_SECS, write_script, write_state,
+};
+
+/// Bound on one write, so a hung Redis fails a worker's call instead of
+/// holding it forever.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("redis did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+#[derive(Clone)]
+pub struct Publisher {
+    client: redis::Client,
+    conn: Arc<OnceCell<ConnectionManager>>,
+    script: Arc<redis::Script>,
+    prefix: String,
+    ttl_secs: u64,
+    max_document_bytes: usize,
+}
+
+impl Publisher {
+    /// A publisher with the default prefix, TTL and size limit. Connects lazily.
+    pub fn connect(redis_url: &str) -> Result<Self, PublishError> {
+        Self::connect_with_prefix(redis_url, DEFAULT_KEY_PREFIX)
+    }
+
+    pub fn connect_with_prefix(redis_url: &str, key_prefix: &str) -> Result<Self, PublishError> {
+        Ok(Publisher {
+            client: redis::Client::open(redis_url)?,
+            conn: Arc::new(OnceCell::new()),
+            script: Arc::new(write_script()),
+            prefix: key_prefix.to_owned(),
+            ttl_secs: DEFAULT_TTL_SECS,
+            max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
+        })
+    }
+
+    /// TTL of the state key in seconds; 0 keeps the key forever.
+    pub fn with_ttl(mut self, ttl_secs: u64) -> Self {
+        self.ttl_secs = ttl_secs;
+        self
+    }
+
+    /// The gateway's `JOBCAST_MAX_DOCUMENT_BYTES`, where it is not the default.
+    pub fn with_max_document_bytes(mut self, max: usize) -> Self {
+        self.max_document_bytes = max;
+        self
+    }
+
+    pub fn max_document_bytes(&self) -> usize {
+        self.max_document_bytes
+    }
+
+    /// The state key (and channel) of `job`.
+    pub fn key(&self, job: &JobId) -> String {
+        format!("{}{}", self.prefix, job.as_str())
+    }
+
+    /// SET + PUBLISH of `json` (a JSON object; not checked here) in one atomic
+    /// script. Returns how many channel subscribers received it.
+    pub async fn write(&self, job: &JobId, json: &[u8]) -> Result<i64, PublishError> {
+        let key = self.key(job);
+        let write = async {
+            let conn = self
+                .conn
+                .get_or_try_init(|| ConnectionManager::new(self.client.clone()))
+                .await?;
+            let mut conn = conn.clone();
+            write_state(&self.script, &mut conn, &key, json, self.ttl_secs).await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, write).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(PublishError::Timeout(WRITE_TIMEOUT)),
+        }
+    }
+}

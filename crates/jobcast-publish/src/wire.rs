@@ -1,0 +1,48 @@
+//! How a state reaches Redis: SET the job's state key (with a TTL) and PUBLISH
+//! the same bytes on the job's channel, in ONE atomic script, so a subscriber
+//! never sees a message before the key holds its state. The gateway's
+//! `POST /jobs/{id}` writes through this same script.
+
+use redis::aio::ConnectionLike;
+
+/// TTL of a state key, in seconds, unless the worker says otherwise: long enough
+/// for a watcher to come back after a lunch break, short enough that abandoned
+/// jobs leave Redis on their own.
+pub const DEFAULT_TTL_SECS: u64 = 7200;
+/// The gateway's default `JOBCAST_MAX_DOCUMENT_BYTES`; a larger document would be
+/// dropped by the gateway, so the tracker refuses to write it.
+pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 65536;
+/// The gateway's default `JOBCAST_KEY_PREFIX`: state key and channel of job `J`
+/// are both `progress:job:J`.
+pub const DEFAULT_KEY_PREFIX: &str = "progress:job:";
+
+const WRITE_SCRIPT: &str = r"
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return redis.call('PUBLISH', KEYS[1], ARGV[1])
+";
+
+/// The write script (its SHA is computed once; EVALSHA with a fallback to EVAL).
+pub fn write_script() -> redis::Script {
+    redis::Script::new(WRITE_SCRIPT)
+}
+
+/// SET `key` to `json` (TTL `ttl_secs`, 0 = none) and PUBLISH it on the channel
+/// of the same name, atomically. Returns how many subscribers received it.
+pub async fn write_state<C: ConnectionLike + Send>(
+    script: &redis::Script,
+    conn: &mut C,
+    key: &str,
+    json: &[u8],
+    ttl_secs: u64,
+) -> redis::RedisResult<i64> {
+    script
+        .key(key)
+        .arg(json)
+        .arg(ttl_secs)
+        .invoke_async(conn)
+        .await
+}
