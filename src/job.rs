@@ -166,9 +166,7 @@ impl ProgressDoc {
     }
 }
 
-/// Largest accepted `seq`: 2^53 − 1, the largest integer a browser's `Number`
-/// holds exactly, so every client compares ids the way jobcast does.
-pub const MAX_SEQ: i64 = (1 << 53) - 1;
+pub use jobcast_publish::wire::MAX_SEQ;
 
 /// `seq` as an integer in 0..=[`MAX_SEQ`]: a JSON integer, an integral float, or
 /// a string of digits. Anything else (negative, larger, fractional) is `None`.

@@ -16,6 +16,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::eta::EtaEstimator;
+use crate::wire::MAX_SEQ;
 
 /// How far the stage weights may be from 100 (float sums of 33.33 + ...).
 pub const WEIGHT_SUM_TOLERANCE: f64 = 0.01;
@@ -370,7 +371,12 @@ impl JobProgress {
 
     /// Every change ends here: next `seq`, `last_updated`, ETA point.
     fn stamp(&mut self, now: DateTime<Utc>) {
-        self.seq = (self.seq + 1).max(now.timestamp_millis());
+        // Saturating: a `floor` from outside (`resume_after_seq`) can be anything.
+        self.seq = self
+            .seq
+            .saturating_add(1)
+            .max(now.timestamp_millis())
+            .min(MAX_SEQ);
         self.last_updated = now;
         let elapsed = secs_between(self.started_at, now);
         self.eta_seconds = match self.status {
@@ -602,6 +608,14 @@ mod tests {
             text.starts_with(r#"{"job_id":"j1","seq":"#),
             "fields in reading order: {text}"
         );
+    }
+
+    #[test]
+    fn seq_never_overflows_and_stays_within_what_the_gateway_accepts() {
+        let mut j = job();
+        j.resume_after_seq(i64::MAX);
+        j.start_stage("loading", t(1.0)).unwrap();
+        assert_eq!(j.seq(), MAX_SEQ);
     }
 
     #[test]

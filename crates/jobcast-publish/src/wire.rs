@@ -16,6 +16,10 @@ pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 65536;
 /// are both `progress:job:J`.
 pub const DEFAULT_KEY_PREFIX: &str = "progress:job:";
 
+/// Largest `seq` the gateway accepts: 2^53 − 1, the largest integer a
+/// browser's `Number` holds exactly, so every client compares ids as jobcast does.
+pub const MAX_SEQ: i64 = (1 << 53) - 1;
+
 const WRITE_SCRIPT: &str = r"
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
