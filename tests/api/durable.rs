@@ -1,4 +1,4 @@
-//! Durable state (PROTOCOL.md §4–§5): Postgres snapshots when Redis has none,
+//! Durable state: Postgres snapshots when Redis has none,
 //! Postgres as a push source (LISTEN/NOTIFY), streams that survive a Redis
 //! crash, the write-behind and its seq guard, the retention sweep, and a
 //! Postgres that goes away mid-stream. Every test has its own database.
