@@ -18,6 +18,7 @@ mod operate;
 mod poll_snapshot;
 mod proxy;
 mod publish;
+mod python_client;
 mod security;
 mod sse;
 mod ws;
