@@ -14,6 +14,7 @@ mod durable;
 mod fanout;
 mod final_state;
 mod keyspace;
+mod openapi;
 mod operate;
 mod poll_snapshot;
 mod proxy;
