@@ -10,6 +10,7 @@ mod clients;
 
 mod auth;
 mod browser;
+mod deploy;
 mod durable;
 mod fanout;
 mod final_state;
