@@ -14,6 +14,7 @@ mod deploy;
 mod durable;
 mod fanout;
 mod final_state;
+mod js_client;
 mod keyspace;
 mod openapi;
 mod operate;

@@ -104,6 +104,8 @@ async fn schemathesis_finds_no_5xx_and_no_undocumented_answer() {
             "--seed",
             "20261201",
         ])
+        // schemathesis and hypothesis keep caches in the working directory.
+        .current_dir(std::env::temp_dir())
         .stdin(Stdio::null())
         .kill_on_drop(true)
         .output();
