@@ -4,7 +4,8 @@
 //! watcher sees each one; the asyncio flavour and the context manager end jobs
 //! as promised; `mint_token` makes HS256, ES256 and RS256 tokens the gateway
 //! accepts; `watch()` follows a job across a gateway restart without a gap or
-//! a duplicate. The driver scripts are in `tests/api/python/`.
+//! a duplicate; the FastAPI and Celery examples (examples/python) create a job
+//! whose token watches it to done. The driver scripts are in `tests/api/python/`.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -517,4 +518,75 @@ async fn python_watch_raises_on_a_job_it_may_not_see() {
         stderr.contains("WatchError") && stderr.contains("403"),
         "{stderr}"
     );
+}
+
+// ---------------------------------------------------------------- examples
+
+#[tokio::test]
+async fn fastapi_and_celery_examples_create_a_job_whose_token_watches_it_to_done() {
+    let py = python();
+    let has_frameworks = std::process::Command::new(&py)
+        .args(["-c", "import fastapi, httpx, celery"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        has_frameworks,
+        "{py} lacks fastapi/httpx/celery for the examples: run scripts/test.sh \
+         (it installs them into .jobcast/venv)"
+    );
+    let app = spawn_app().await;
+    let out = tokio::time::timeout(
+        LINE_TIMEOUT,
+        Command::new(&py)
+            .args([
+                &script("run_examples.py"),
+                &format!("{REPO}/examples/python"),
+            ])
+            .env("REDIS_URL", app.redis.url())
+            .env("JWT_SECRET", SECRET)
+            .env("DEMO_USER", "erin")
+            .env("JOBCAST_URL", app.url(""))
+            .current_dir(std::env::temp_dir())
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the examples ran in time")
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    assert_eq!(
+        result["other_status"], 404,
+        "no token for someone else's job"
+    );
+    let job = result["job"]["job_id"].as_str().unwrap();
+    assert_eq!(
+        result["job"]["events_url"],
+        app.url(&format!("/jobs/{job}/events")).as_str()
+    );
+
+    // The token the endpoint handed out watches the job the task ran.
+    for token in [&result["job"]["token"], &result["renewed"]] {
+        let mut s = Sse::connect(
+            &app.url(&format!("/jobs/{job}/events")),
+            &[(
+                "authorization",
+                &format!("Bearer {}", token.as_str().unwrap()),
+            )],
+        )
+        .await;
+        assert_eq!(s.status, 200);
+        s.expect("connected").await;
+        let last = s.expect("progress").await.json();
+        assert_eq!(last["status"], "completed");
+        assert_eq!(last["owner_id"], "erin");
+        assert_eq!(last["stage"], "exporting");
+        assert_eq!(last["message"], "report ready");
+        s.expect("done").await;
+    }
 }
