@@ -590,3 +590,39 @@ async fn fastapi_and_celery_examples_create_a_job_whose_token_watches_it_to_done
         s.expect("done").await;
     }
 }
+
+#[tokio::test]
+async fn python_watch_renews_an_expired_token_through_its_callable() {
+    let app = spawn_app().await;
+    write(&app.redis, "renew-1", 1, "running").await;
+    let mut child = Command::new(python())
+        .args([
+            &script("watch_job.py"),
+            &app.url(""),
+            "renew-1",
+            "--mint",
+            SECRET,
+            "bob",
+            "2",
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(next_line(&mut lines, "the first token").await, "TOKEN 1");
+    expect_seq(&mut lines, 1).await;
+    // The gateway ends the stream at the 2 s token's exp (event: error
+    // token_expired); watch() asks its callable again and reconnects.
+    assert_eq!(next_line(&mut lines, "a renewed token").await, "TOKEN 2");
+    write(&app.redis, "renew-1", 2, "completed").await;
+    expect_seq(&mut lines, 2).await;
+    assert_eq!(next_line(&mut lines, "END after done").await, "END");
+    let status = tokio::time::timeout(LINE_TIMEOUT, child.wait())
+        .await
+        .expect("watch() returned at done")
+        .unwrap();
+    assert!(status.success());
+}
