@@ -3,7 +3,9 @@
 //! `npm install <repo>/static` installs; `tsc --noEmit` type-checks the
 //! declarations against the React hook example and a file of deliberate misuse
 //! (examples/react, installed by scripts/test.sh); and in a real Chromium a page
-//! with only a classic `<script src=jobcast.global.js>` follows a job to done.
+//! with only a classic `<script src=jobcast.global.js>` follows a job to done,
+//! and a component using the React hook (compiled by tsc, React from npm)
+//! renders a job to done.
 
 use std::path::Path;
 use std::process::Command;
@@ -173,6 +175,104 @@ async fn a_plain_script_tag_loads_the_client_and_follows_a_job_to_done() {
     assert_eq!(
         page.eval("window.__seen").await,
         Ok(serde_json::json!([1, 2, 3]))
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Maps the hook's bare `react` import onto the UMD global React.
+const REACT_SHIM: &str = "export const { useEffect, useRef, useState } = window.React;\n";
+
+/// A page that renders a component using the compiled useJobProgress hook.
+const HOOK_PAGE: &str = r#"<!doctype html>
+<meta charset="utf-8">
+<title>useJobProgress</title>
+<script src="/static/react.development.js"></script>
+<script src="/static/react-dom.development.js"></script>
+<script type="importmap">
+  {"imports": {"react": "/static/react-shim.js", "jobcast": "/static/jobcast.js"}}
+</script>
+<div id="root"></div>
+<script type="module">
+  import { useJobProgress } from '/static/useJobProgress.js';
+  const p = new URLSearchParams(location.search);
+  window.__tokens = 0;
+  function App() {
+    const getToken = async () => { window.__tokens += 1; return p.get('token'); };
+    const { doc, percent, done, error } = useJobProgress(p.get('job'), { getToken });
+    const text = [percent, doc ? doc.seq : '-', done, error ? error.code : ''].join('|');
+    return React.createElement('p', { id: 'out' }, text);
+  }
+  ReactDOM.createRoot(document.getElementById('root')).render(React.createElement(App));
+</script>
+"#;
+
+#[tokio::test]
+async fn the_react_hook_renders_a_job_to_done_in_chromium() {
+    let react = format!("{REPO}/examples/react/node_modules");
+    assert!(
+        Path::new(&format!("{react}/react/umd/react.development.js")).exists(),
+        "no React in examples/react/node_modules: run npm install --prefix examples/react (scripts/test.sh does)"
+    );
+    let dir = std::env::temp_dir().join(format!("jobcast-react-{:016x}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The hook, compiled by tsc exactly as an app's build would.
+    let out = output(
+        Command::new(format!("{react}/.bin/tsc")).args([
+            "-p",
+            &format!("{REPO}/examples/react"),
+            "--noEmit",
+            "false",
+            "--outDir",
+            dir.to_str().unwrap(),
+        ]),
+        "tsc",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(dir.join("useJobProgress.js").exists());
+    std::fs::copy(format!("{REPO}/static/jobcast.js"), dir.join("jobcast.js")).unwrap();
+    std::fs::copy(
+        format!("{react}/react/umd/react.development.js"),
+        dir.join("react.development.js"),
+    )
+    .unwrap();
+    std::fs::copy(
+        format!("{react}/react-dom/umd/react-dom.development.js"),
+        dir.join("react-dom.development.js"),
+    )
+    .unwrap();
+    std::fs::write(dir.join("react-shim.js"), REACT_SHIM).unwrap();
+    std::fs::write(dir.join("hook.html"), HOOK_PAGE).unwrap();
+    let static_dir = dir.clone();
+    let app = spawn_app_with(Options {
+        tweak: Box::new(move |s| s.static_dir = static_dir),
+        ..Default::default()
+    })
+    .await;
+    let doc = |seq: u32, pct: f64, status: &str| {
+        format!(
+            r#"{{"seq":{seq},"owner_id":"alice","status":"{status}","overall_progress":{pct}}}"#
+        )
+    };
+    app.set("hook-1", &doc(1, 40.0, "running")).await;
+
+    let browser = Chromium::launch().await;
+    let page = browser.new_page().await;
+    page.goto(&app.url(&format!(
+        "/static/hook.html?job=hook-1&token={}",
+        app.token("alice")
+    )))
+    .await;
+    page.wait_text("out", "40|1|false|", PAGE_TIMEOUT).await;
+    app.set("hook-1", &doc(2, 100.0, "completed")).await;
+    page.wait_text("out", "100|2|true|", PAGE_TIMEOUT).await;
+    assert_eq!(
+        page.eval("window.__tokens").await,
+        Ok(Value::from(1)),
+        "getToken gave the token once"
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
