@@ -102,6 +102,8 @@ command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
 if ((${#pkgs[@]} > 0)); then
     jobcast_apt_install "${pkgs[@]}"
 fi
+# node may have been installed just now: the Node publisher example needs ioredis too.
+[[ -d examples/node/node_modules ]] || npm install --prefix examples/node --no-audit --no-fund --silent
 if [[ ! -x examples/react/node_modules/.bin/tsc || ! -e examples/react/node_modules/jobcast ||
       examples/react/package.json -nt examples/react/node_modules/.package-lock.json ]]; then
     npm install --prefix examples/react --no-audit --no-fund --silent
