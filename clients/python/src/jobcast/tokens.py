@@ -25,7 +25,7 @@ def _names(value, what):
 
 
 def mint_token(
-    key,
+    secret,
     sub,
     jobs=None,
     groups=None,
@@ -41,9 +41,9 @@ def mint_token(
 ):
     """A signed token for user (or service) ``sub``.
 
-    ``key`` is the shared ``JWT_SECRET`` (str or bytes, at least 32 bytes) for
-    HS256, or a PEM private key for ``algorithm="RS256"`` / ``"ES256"`` (needs
-    ``pip install 'jobcast[crypto]'``).
+    ``secret`` is the shared ``JWT_SECRET`` (str or bytes, at least 32 bytes)
+    for HS256, or the PEM private key for ``algorithm="RS256"`` / ``"ES256"``
+    (needs ``pip install 'jobcast[crypto]'``).
 
     Claims: ``sub``, ``iat``, ``exp`` (``ttl`` seconds from now), and where
     given ``jobs`` (job ids the bearer may watch, ``"*"`` for all), ``groups``
@@ -66,15 +66,15 @@ def mint_token(
         raise ValueError('a publisher token must name its jobs (jobs=[job_id] or jobs="*")')
 
     if algorithm == "HS256":
-        secret = key.encode("utf-8") if isinstance(key, str) else bytes(key)
-        if len(secret) < MIN_SECRET_BYTES:
+        raw = secret.encode("utf-8") if isinstance(secret, str) else bytes(secret)
+        if len(raw) < MIN_SECRET_BYTES:
             raise ValueError(
                 "an HS256 secret must be at least %d bytes (the gateway refuses shorter ones)"
                 % MIN_SECRET_BYTES
             )
-        signing_key = secret
+        signing_key = raw
     elif algorithm in ASYMMETRIC:
-        signing_key = key
+        signing_key = secret
     else:
         raise ValueError("algorithm must be HS256, RS256 or ES256, not %r" % (algorithm,))
 
