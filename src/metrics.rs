@@ -64,6 +64,7 @@ fn zero_counters() {
         "not_object",
         "too_large",
         "wrong_type",
+        "owner_changed",
     ] {
         counter!("jobcast_documents_dropped_total", "reason" => reason).increment(0);
     }
