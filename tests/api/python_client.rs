@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, TimeZone, Utc};
-use jobcast::publish::{Clock, ProgressTracker, Publisher};
+use jobcast_publish::{Clock, EndpointStatus, ProgressTracker, Publisher};
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
@@ -133,8 +133,7 @@ async fn rust_step(t: &mut ProgressTracker, op: &str, args: &Value) {
         "complete_stage" => t.complete_stage().await,
         "set_endpoint" => {
             assert_eq!(s(1), "processed");
-            t.set_endpoint(s(0), jobcast::publish::EndpointStatus::Processed)
-                .await
+            t.set_endpoint(s(0), EndpointStatus::Processed).await
         }
         "set_message" => t.set_message(Some(s(0).to_owned())).await,
         "publish" => t.publish().await,
@@ -227,6 +226,12 @@ async fn same_documents_as_rust(ending: &str) {
         assert_eq!(
             seen, want,
             "step {i} ({op} at +{at} ms): python (left) and rust (right) documents differ"
+        );
+        // Byte for byte, too (field order, number formatting), but for the id.
+        assert_eq!(
+            ev.data.replace(&py_job, &rs_job),
+            stored,
+            "step {i} ({op}): the bytes differ"
         );
     }
     let done = sse.as_mut().unwrap().expect("done").await.json();

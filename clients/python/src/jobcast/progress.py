@@ -3,7 +3,7 @@
 change takes the time as an argument, so the trackers (``tracker.py``) only add
 a clock and the Redis write.
 
-This mirrors the gateway's own Rust tracker (``src/publish/tracker.rs``) number
+This mirrors the gateway's own Rust tracker (``crates/jobcast-publish``) number
 for number: the same steps at the same times give the same document, which the
 test suite checks by running both side by side.
 """
