@@ -10,7 +10,7 @@
 # their own nginx processes with their own configs and their own headless
 # browsers. The Python package and schemathesis go into a venv under .jobcast/;
 # node/npm, promtool (prometheus) and systemd-analyze (systemd) come from
-# Debian when missing, typescript and @types/react from npm (examples/react).
+# Debian when missing, typescript, React and its types from npm (examples/react).
 # Exits with the status of cargo test.
 set -euo pipefail
 
