@@ -8,7 +8,10 @@
 # DATABASE_URL and JOBCAST_TEST_DATABASE_URL). nginx and chromium are installed
 # from Debian if missing but never left running as services: the tests start
 # their own nginx processes with their own configs and their own headless
-# browsers. Exits with the status of cargo test.
+# browsers. The Python package and schemathesis go into a venv under .jobcast/;
+# node/npm, promtool (prometheus) and systemd-analyze (systemd) come from
+# Debian when missing, typescript, React and its types from npm (examples/react).
+# Exits with the status of cargo test.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -65,6 +68,45 @@ if ! python3 -c 'import redis' 2>/dev/null; then
 fi
 if command -v node >/dev/null 2>&1 && [[ ! -d examples/node/node_modules ]]; then
     npm install --prefix examples/node --no-audit --no-fund --silent || echo "test.sh: npm install failed; the Node example test will be skipped"
+fi
+
+step "tools: Python venv (.jobcast/venv): the jobcast package (clients/python), schemathesis, the examples' frameworks"
+venv="$JOBCAST_STATE_DIR/venv"
+mkdir -p "$JOBCAST_STATE_DIR"
+[[ -e "$JOBCAST_STATE_DIR/.gitignore" ]] || printf '*\n' >"$JOBCAST_STATE_DIR/.gitignore"
+if [[ ! -x "$venv/bin/pip" ]]; then
+    command -v python3 >/dev/null 2>&1 || jobcast_apt_install python3
+    # Debian's python3 needs python3-venv for `python3 -m venv` (ensurepip).
+    python3 -m venv "$venv" 2>/dev/null || { rm -rf "$venv"; jobcast_apt_install python3-venv; python3 -m venv "$venv"; }
+fi
+# schemathesis fuzzes docs/openapi.yaml; fastapi, httpx and celery run examples/python.
+"$venv/bin/python" -c 'import schemathesis, fastapi, httpx, celery' 2>/dev/null ||
+    "$venv/bin/pip" install --quiet schemathesis fastapi httpx celery
+# The package is reinstalled (as `pip install ./clients/python` would) whenever its files change.
+py_src_hash="$(find clients/python -type f -not -path '*/build/*' -not -path '*.egg-info*' -not -name '*.pyc' -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -d' ' -f1)"
+if [[ "$(cat "$venv/.jobcast-src" 2>/dev/null)" != "$py_src_hash" ]]; then
+    "$venv/bin/pip" install --quiet './clients/python[crypto]'
+    "$venv/bin/pip" install --quiet --no-deps --force-reinstall ./clients/python
+    printf '%s\n' "$py_src_hash" >"$venv/.jobcast-src"
+fi
+JOBCAST_PYTHON="$venv/bin/python"
+JOBCAST_SCHEMATHESIS="$venv/bin/schemathesis"
+export JOBCAST_PYTHON JOBCAST_SCHEMATHESIS
+
+step "tools: node + typescript for the typed browser client (examples/react), promtool, systemd-analyze"
+pkgs=()
+command -v node >/dev/null 2>&1 || pkgs+=(nodejs)
+command -v npm >/dev/null 2>&1 || pkgs+=(npm)
+command -v promtool >/dev/null 2>&1 || pkgs+=(prometheus)
+command -v systemd-analyze >/dev/null 2>&1 || pkgs+=(systemd)
+if ((${#pkgs[@]} > 0)); then
+    jobcast_apt_install "${pkgs[@]}"
+fi
+# node may have been installed just now: the Node publisher example needs ioredis too.
+[[ -d examples/node/node_modules ]] || npm install --prefix examples/node --no-audit --no-fund --silent
+if [[ ! -x examples/react/node_modules/.bin/tsc || ! -e examples/react/node_modules/jobcast ||
+      examples/react/package.json -nt examples/react/node_modules/.package-lock.json ]]; then
+    npm install --prefix examples/react --no-audit --no-fund --silent
 fi
 
 step "tests: ${CARGO_TEST[*]}${*:+ $*}"

@@ -26,6 +26,7 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             let handle = recorder.handle();
             metrics::set_global_recorder(recorder).ok()?;
             describe();
+            zero_counters();
             // Histogram samples pile up until drained: without this upkeep a
             // gateway nobody scrapes would grow by 8 bytes per delivery. A plain
             // thread, because the recorder outlives any one tokio runtime.
@@ -41,6 +42,51 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
             Some(handle)
         })
         .as_ref()
+}
+
+/// Counters for rare events start at 0 with their known labels, so that they
+/// are served from the first scrape: `increase()` in an alert then sees the
+/// first refusal or failure, instead of a series that appears at 1 and is
+/// never seen to grow, and dashboards show 0 instead of "no data".
+fn zero_counters() {
+    use metrics::counter;
+    for transport in ["sse", "ws", "poll"] {
+        counter!("jobcast_connections_opened_total", "transport" => transport).increment(0);
+        counter!("jobcast_events_delivered_total", "transport" => transport).increment(0);
+    }
+    for reason in ["max_connections", "max_per_user"] {
+        counter!("jobcast_connections_refused_total", "reason" => reason).increment(0);
+    }
+    for reason in [
+        "stale",
+        "duplicate",
+        "invalid",
+        "not_object",
+        "too_large",
+        "wrong_type",
+        "owner_changed",
+    ] {
+        counter!("jobcast_documents_dropped_total", "reason" => reason).increment(0);
+    }
+    for reason in ["unavailable", "rejected"] {
+        counter!("jobcast_postgres_write_errors_total", "reason" => reason).increment(0);
+    }
+    for source in ["keyspace", "channel"] {
+        counter!("jobcast_redis_events_total", "source" => source).increment(0);
+    }
+    for source in ["keyspace", "channel", "postgres"] {
+        counter!("jobcast_updates_total", "source" => source).increment(0);
+    }
+    for name in [
+        "jobcast_redis_reads_total",
+        "jobcast_redis_subscriptions_total",
+        "jobcast_postgres_fallbacks_total",
+        "jobcast_postgres_notifies_total",
+        "jobcast_postgres_writes_total",
+        "jobcast_retention_deleted_total",
+    ] {
+        counter!(name).increment(0);
+    }
 }
 
 fn describe() {

@@ -93,6 +93,9 @@ pub fn routes(
         .and(state.clone())
         .then(ops::readyz);
     let metrics = warp::path!("metrics").and(warp::get()).map(ops::metrics);
+    let openapi = warp::path!("openapi.yaml")
+        .and(warp::get())
+        .map(ops::openapi);
 
     let static_dir = app.settings.static_dir.clone();
     let index = warp::path::end()
@@ -108,6 +111,7 @@ pub fn routes(
         .or(healthz)
         .or(readyz)
         .or(metrics)
+        .or(openapi)
         .or(index)
         .or(files)
         .or(cors::preflight(app.clone()))

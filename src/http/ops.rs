@@ -1,5 +1,5 @@
 //! Operator routes: `/healthz` (the process runs), `/readyz` (which sources are
-//! reachable), `/metrics` (Prometheus text).
+//! reachable), `/metrics` (Prometheus text), `/openapi.yaml` (the HTTP contract).
 
 use serde_json::json;
 use warp::http::{StatusCode, header};
@@ -53,6 +53,19 @@ pub fn metrics() -> Response {
     res.headers_mut().insert(
         header::CONTENT_TYPE,
         header::HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    res
+}
+
+/// docs/openapi.yaml, compiled in so that the binary always serves the
+/// description of the routes it was built with.
+const OPENAPI_YAML: &str = include_str!("../../docs/openapi.yaml");
+
+pub fn openapi() -> Response {
+    let mut res = Response::new(OPENAPI_YAML.into());
+    res.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/yaml"),
     );
     res
 }

@@ -31,7 +31,12 @@ impl ChildApp {
     /// Starts `jobcast serve` against `redis_url` with the test secret and
     /// `envs`, and waits (bounded) until it accepts connections.
     pub async fn spawn(redis_url: &str, envs: &[(&str, String)]) -> ChildApp {
-        let port = free_port();
+        Self::spawn_at(free_port(), redis_url, envs).await
+    }
+
+    /// Like [`ChildApp::spawn`], on a given port (a restart where the last
+    /// process listened, so clients find it again).
+    pub async fn spawn_at(port: u16, redis_url: &str, envs: &[(&str, String)]) -> ChildApp {
         let dir =
             std::env::temp_dir().join(format!("jobcast-child-{:016x}", rand::random::<u64>()));
         std::fs::create_dir_all(&dir).expect("scratch dir");

@@ -10,14 +10,18 @@ mod clients;
 
 mod auth;
 mod browser;
+mod deploy;
 mod durable;
 mod fanout;
 mod final_state;
+mod js_client;
 mod keyspace;
+mod openapi;
 mod operate;
 mod poll_snapshot;
 mod proxy;
 mod publish;
+mod python_client;
 mod security;
 mod sse;
 mod ws;

@@ -1,0 +1,196 @@
+// TypeScript declarations for jobcast.js, the browser client of the jobcast
+// push gateway: every option, callback, state and error code of `watch()`, and
+// the progress-UI helpers. Kept beside jobcast.js so that `npm install
+// <path-to-jobcast>/static` gives typed imports; checked by `tsc --noEmit` in
+// the test suite (examples/react).
+
+/** Why a watch ended with an error; reported once, and the watch is closed. */
+export type JobcastErrorCode =
+  | 'token_expired'
+  | 'unauthorized'
+  | 'forbidden'
+  | 'not_found'
+  | 'bad_request'
+  | 'client_error';
+
+/** The transports, in the default order of preference. */
+export type Transport = 'sse' | 'ws' | 'poll';
+
+/** The life of a watch, as reported to `onState`. */
+export type WatchState = 'connecting' | 'live' | 'reconnecting' | 'done' | 'failed' | 'closed';
+
+/** Per-endpoint statuses in a document's `endpoints` map. */
+export type EndpointStatus = 'pending' | 'processing' | 'processed' | 'error';
+
+/** One declared stage of a job and its share of the whole, in percent. */
+export interface Stage {
+  name: string;
+  weight: number;
+}
+
+/**
+ * A job's state as its worker wrote it (docs/protocol.md). The gateway reads
+ * only `seq`, `status` and `owner_id`; the rest is the convention the trackers
+ * follow, and anything else reaches the page as written.
+ */
+export interface ProgressDocument {
+  seq?: number;
+  /** `pending`, `running`, then `completed`, `failed` or `cancelled` (or the gateway's own terminal statuses). */
+  status?: string;
+  owner_id?: string;
+  job_id?: string;
+  group_id?: string;
+  stage?: string | null;
+  stage_index?: number | null;
+  /** 0–100, the current stage's completion. */
+  stage_progress?: number;
+  /** 0–100, the whole job's completion; never goes back within a run. */
+  overall_progress?: number;
+  /** Whole seconds left, or null while unknown. */
+  eta_seconds?: number | null;
+  stages?: Stage[];
+  /** RFC 3339 UTC. */
+  started_at?: string;
+  last_updated?: string;
+  endpoints?: Record<string, EndpointStatus | string>;
+  message?: string;
+  error?: string;
+  [field: string]: unknown;
+}
+
+/** The `done` payload: the job ended. */
+export interface DonePayload {
+  job_id: string;
+  status?: string;
+  [field: string]: unknown;
+}
+
+/** The second argument of `onProgress`. */
+export interface ProgressMeta {
+  /** The event id of this document (its `seq`), or null where it had none. */
+  id: string | null;
+  /** The transport that delivered it; null for the document replayed from localStorage. */
+  transport: Transport | null;
+  /** True for the document replayed from localStorage at start (before any connection). */
+  cached: boolean;
+}
+
+export interface WatchOptions {
+  /**
+   * The JWT. Sent as `access_token` (SSE), as the `jobcast.bearer.<jwt>`
+   * subprotocol (WebSocket) or `Authorization: Bearer` (long-poll). Without it
+   * the `jobcast_token` cookie is relied on, unless `getToken` supplies one.
+   */
+  token?: string;
+  /**
+   * Called for a fresh token when the server says the token expired (and at
+   * start when `token` is missing). Resolve to a falsy value to give up.
+   */
+  getToken?: () => string | null | undefined | Promise<string | null | undefined>;
+  /** Origin (and path prefix) of the gateway; '' (default) is the page's own. */
+  baseUrl?: string;
+  /** Every new document, in order, never a duplicate or a step back. */
+  onProgress?: (doc: ProgressDocument, meta: ProgressMeta) => void;
+  /** The job ended; `doc` is the last document. Nothing is called afterwards. */
+  onDone?: (doc: ProgressDocument, done: DonePayload) => void;
+  /** A final error (401, 403, 404, a token that could not be renewed); `err.message` is for people. */
+  onError?: (err: JobcastError) => void;
+  /** The live transport changed. */
+  onTransport?: (transport: Transport) => void;
+  /** The watch's state changed. */
+  onState?: (state: WatchState) => void;
+  /** Transports to try, in order (default `['sse', 'ws', 'poll']`); one that has worked is tried first. */
+  transports?: Transport[];
+  /** How long a transport may take to say `connected` before the next is tried (default 4000). */
+  connectTimeoutMs?: number;
+  /** First reconnect delay, doubled per failure (default 500)… */
+  minBackoffMs?: number;
+  /** …up to this (default 15000); jitter spreads each delay over [d/2, d]. */
+  maxBackoffMs?: number;
+  /** Statuses that end the watch on transports without a `done` event (default completed, failed, cancelled). */
+  terminalStatuses?: string[];
+  /** Send cookies to another origin (default false). */
+  withCredentials?: boolean;
+  /** Use and update localStorage (`jobcast.jobs`) to resume after a reload (default true). */
+  resume?: boolean;
+}
+
+/** A running watch. */
+export interface Watch {
+  /** Stops watching; nothing is called afterwards (state becomes `closed`). */
+  close(): void;
+  readonly state: WatchState | null;
+  readonly transport: Transport | null;
+  readonly lastEventId: string | null;
+  readonly document: ProgressDocument | null;
+}
+
+/** Error given to `onError`. Always final: the watch is closed when it is reported. */
+export class JobcastError extends Error {
+  constructor(code: JobcastErrorCode, status?: number, message?: string);
+  readonly name: 'JobcastError';
+  readonly code: JobcastErrorCode;
+  /** The HTTP status, where one was seen. */
+  readonly status: number | undefined;
+}
+
+/**
+ * Watches one job's progress: SSE, then WebSocket, then long-poll; reconnects
+ * with capped exponential backoff and jitter, resumes after the last event id,
+ * renews an expired token through `getToken`.
+ */
+export function watch(jobId: string, options?: WatchOptions): Watch;
+
+/** A remembered job (localStorage). */
+export interface ActiveJob {
+  lastId: string | null;
+  doc: ProgressDocument | null;
+  transport: Transport | null;
+  updatedAt: number;
+}
+
+/** Jobs being watched (or watched before a refresh) in this browser. */
+export function activeJobs(): Record<string, ActiveJob>;
+
+/** Removes a job from the remembered active jobs (done automatically on `done`). */
+export function forget(jobId: string): void;
+
+/** A smoothed percentage; call with each raw value (0–100), show what it returns. */
+export interface SmoothProgress {
+  (raw?: number | null, done?: boolean): number;
+  /** Eases further without new input (call it from an animation frame). */
+  tick(): number;
+  /** Jumps to 100. */
+  done(): number;
+  readonly value: number;
+  readonly target: number;
+}
+
+/** Makes a progress value smoother; it never goes backwards and is exactly 100 once done. */
+export function smoothProgress(options?: { ease?: number }): SmoothProgress;
+
+/** An exponentially smoothed ETA in seconds (null while unknown) that counts down between calls. */
+export interface EtaSmoother {
+  (etaSeconds?: number | null): number | null;
+  reset(): void;
+}
+
+/** Makes an ETA smoother; `alpha` (0–1, default 0.3) is the weight of the newest sample. */
+export function etaSmoother(alpha?: number): EtaSmoother;
+
+/** A red → yellow → green CSS colour (`hsl(…)`) for a percentage. */
+export function progressColor(pct: number): string;
+
+/** `45 s`, `3 min 20 s`, `1 h 05 min`; '' when unknown. */
+export function formatDuration(seconds: number | null | undefined): string;
+
+/**
+ * Set by jobcast.global.js (the plain `<script>` form): the module's exports
+ * once loaded, and a promise of them.
+ */
+declare global {
+  interface Window {
+    jobcast?: typeof import('./jobcast.js');
+    jobcastReady?: Promise<typeof import('./jobcast.js')>;
+  }
+}
