@@ -154,6 +154,10 @@ fn describe() {
         "jobcast_auth_failures_total",
         "Refused tokens and requests by reason"
     );
+    describe_counter!(
+        "jobcast_jwks_refresh_errors_total",
+        "JWK Set fetches that failed (the last good set was kept)"
+    );
     describe_gauge!("jobcast_active_jobs", "Jobs with at least one watcher");
     describe_gauge!("jobcast_watchers", "Watchers over all jobs");
     describe_histogram!(

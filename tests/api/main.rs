@@ -15,6 +15,7 @@ mod durable;
 mod fanout;
 mod final_state;
 mod js_client;
+mod jwks;
 mod keyspace;
 mod openapi;
 mod operate;
