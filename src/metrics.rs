@@ -158,6 +158,10 @@ fn describe() {
         "jobcast_jwks_refresh_errors_total",
         "JWK Set fetches that failed (the last good set was kept)"
     );
+    describe_counter!(
+        "jobcast_selftest_refused_total",
+        "Buffering self-test requests refused by reason (rate_limited, busy)"
+    );
     describe_gauge!("jobcast_active_jobs", "Jobs with at least one watcher");
     describe_gauge!("jobcast_watchers", "Watchers over all jobs");
     describe_histogram!(

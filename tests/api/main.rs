@@ -24,5 +24,6 @@ mod proxy;
 mod publish;
 mod python_client;
 mod security;
+mod selftest;
 mod sse;
 mod ws;
