@@ -3,8 +3,10 @@
 // One dependency-free ES module. `watch()` follows one job over Server-Sent
 // Events, falls back to WebSocket and then to long-polling, reconnects with
 // capped exponential backoff, resumes from the last event id and never hands
-// the application a duplicate or a step backwards. The rest are small helpers
-// for progress UIs.
+// the application a duplicate or a step backwards. `selfTest()` checks
+// whether the network in between delivers events one by one (the buffering
+// self-test of static/buffering.html). The rest are small helpers for
+// progress UIs.
 //
 // Invariants this file keeps (read them before changing anything below):
 //  1. Exactly one transport is open at a time. Every callback a transport

@@ -137,7 +137,8 @@ async fn selftest_routes_are_rate_limited_per_address() {
 }
 
 /// Loads the self-test page through `nginx`, waits for its verdict, leaves a
-/// screenshot named `shot`, and returns `jobcast.selfTest()`'s result.
+/// screenshot named `shot`, checks that `jobcast.selfTest()` called directly
+/// agrees, and returns the page's result and its text.
 async fn page_verdict(nginx: &Nginx, shot: &str) -> (Value, String) {
     let browser = Chromium::launch().await;
     let page = browser.new_page().await;
@@ -157,6 +158,15 @@ async fn page_verdict(nginx: &Nginx, shot: &str) -> (Value, String) {
         .eval("document.querySelector('main').innerText")
         .await
         .expect("page text");
+    // The same check, called as an application would: jobcast.selfTest().
+    let direct = page
+        .eval("import('/static/jobcast.js').then((jobcast) => jobcast.selfTest()).then((r) => r.verdict)")
+        .await
+        .expect("jobcast.selfTest() resolves");
+    assert_eq!(
+        direct, result["verdict"],
+        "jobcast.selfTest() gives the page's verdict"
+    );
     (result, text.as_str().unwrap_or_default().to_owned())
 }
 
