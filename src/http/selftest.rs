@@ -12,7 +12,10 @@
 //!
 //! Every request is rate-limited per client address ([`REQUESTS_PER_MINUTE`]),
 //! and streams open at once are capped ([`MAX_OPEN_PROBES`]): these routes are
-//! public and must not become a cheap way to tie the gateway up.
+//! public and must not become a cheap way to tie the gateway up. The client
+//! address is the peer's, or — when the peer is a proxy on the same machine —
+//! the one that proxy appended last to `X-Forwarded-For` (or `X-Real-IP`), so
+//! users behind the shipped nginx do not share one budget.
 
 use std::net::IpAddr;
 use std::num::NonZeroU32;
@@ -74,14 +77,15 @@ impl Gate {
     }
 
     /// Admits one request from `client`, or says why not (429).
-    fn admit(&self, client: Option<ClientInfo>) -> Result<OwnedSemaphorePermit, ApiError> {
+    fn admit(
+        &self,
+        client: Option<ClientInfo>,
+        headers: &HeaderMap,
+    ) -> Result<OwnedSemaphorePermit, ApiError> {
         if self.limiter.len() > MAX_TRACKED_ADDRESSES {
             self.limiter.retain_recent();
         }
-        // Without a peer (never, under our accept loop) all share one bucket.
-        let ip = client
-            .map(|c| c.peer.ip())
-            .unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        let ip = client_ip(client, headers);
         if self.limiter.check_key(&ip).is_err() {
             metrics::counter!("jobcast_selftest_refused_total", "reason" => "rate_limited")
                 .increment(1);
@@ -98,6 +102,26 @@ impl Gate {
     }
 }
 
+/// The address a request is counted against. A loopback peer is a local proxy
+/// (jobcast listens on 127.0.0.1 behind one): its last `X-Forwarded-For` entry
+/// is the address it saw, which a client cannot forge (a proxy appends to what
+/// the client sent). Any other peer is taken as it is.
+fn client_ip(client: Option<ClientInfo>, headers: &HeaderMap) -> IpAddr {
+    // Without a peer (never, under our accept loop) all share one bucket.
+    let Some(peer) = client.map(|c| c.peer.ip()) else {
+        return IpAddr::from([0, 0, 0, 0]);
+    };
+    if !peer.is_loopback() {
+        return peer;
+    }
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    header("x-forwarded-for")
+        .and_then(|v| v.rsplit(',').next())
+        .or_else(|| header("x-real-ip"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(peer)
+}
+
 /// `/debug/buffering`, `/debug/ws` and `/debug/poll`.
 pub fn routes() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone {
     let gate = Arc::new(Gate::new());
@@ -109,7 +133,7 @@ pub fn routes() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone
         .and(client_info())
         .and(warp::header::headers_cloned())
         .map(
-            |gate: Arc<Gate>, client, headers: HeaderMap| match gate.admit(client) {
+            |gate: Arc<Gate>, client, headers: HeaderMap| match gate.admit(client, &headers) {
                 Ok(permit) => buffering(permit, client, &headers),
                 Err(e) => e.into_response(),
             },
@@ -119,9 +143,12 @@ pub fn routes() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone
         .and(warp::get())
         .and(with_gate.clone())
         .and(client_info())
+        .and(warp::header::headers_cloned())
         .and(handshake())
         .map(
-            |gate: Arc<Gate>, client, hs: WsHandshake| match gate.admit(client) {
+            |gate: Arc<Gate>, client, headers: HeaderMap, hs: WsHandshake| match gate
+                .admit(client, &headers)
+            {
                 Ok(permit) => ws_probe(permit, hs),
                 Err(e) => e.into_response(),
             },
@@ -131,10 +158,13 @@ pub fn routes() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone
         .and(warp::get())
         .and(with_gate)
         .and(client_info())
-        .map(|gate: Arc<Gate>, client| match gate.admit(client) {
-            Ok(_permit) => poll_probe(),
-            Err(e) => e.into_response(),
-        });
+        .and(warp::header::headers_cloned())
+        .map(
+            |gate: Arc<Gate>, client, headers: HeaderMap| match gate.admit(client, &headers) {
+                Ok(_permit) => poll_probe(),
+                Err(e) => e.into_response(),
+            },
+        );
 
     buffering.or(ws).unify().or(poll).unify()
 }
@@ -295,11 +325,51 @@ mod tests {
                 version: warp::http::Version::HTTP_11,
             })
         };
+        let none = HeaderMap::new();
         for _ in 0..REQUESTS_PER_MINUTE {
-            assert!(gate.admit(info([127, 0, 0, 2])).is_ok());
+            assert!(gate.admit(info([127, 0, 0, 2]), &none).is_ok());
         }
-        let refused = gate.admit(info([127, 0, 0, 2])).unwrap_err();
+        let refused = gate.admit(info([127, 0, 0, 2]), &none).unwrap_err();
         assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
-        assert!(gate.admit(info([127, 0, 0, 3])).is_ok(), "another address");
+        assert!(
+            gate.admit(info([127, 0, 0, 3]), &none).is_ok(),
+            "another address"
+        );
+        // Behind a local proxy, each forwarded client has its own budget.
+        let mut forwarded = HeaderMap::new();
+        forwarded.insert("x-forwarded-for", "10.9.9.9, 192.0.2.7".parse().unwrap());
+        assert!(gate.admit(info([127, 0, 0, 2]), &forwarded).is_ok());
+    }
+
+    #[test]
+    fn forwarded_addresses_count_only_from_a_local_proxy() {
+        let info = |ip: [u8; 4]| {
+            Some(ClientInfo {
+                peer: (ip, 1234).into(),
+                version: warp::http::Version::HTTP_11,
+            })
+        };
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", "203.0.113.1, 192.0.2.7".parse().unwrap());
+        assert_eq!(
+            client_ip(info([127, 0, 0, 1]), &h),
+            IpAddr::from([192, 0, 2, 7])
+        );
+        assert_eq!(
+            client_ip(info([198, 51, 100, 4]), &h),
+            IpAddr::from([198, 51, 100, 4]),
+            "a remote peer cannot pick its address"
+        );
+        h.insert("x-forwarded-for", "junk".parse().unwrap());
+        assert_eq!(
+            client_ip(info([127, 0, 0, 1]), &h),
+            IpAddr::from([127, 0, 0, 1])
+        );
+        let mut real = HeaderMap::new();
+        real.insert("x-real-ip", "192.0.2.9".parse().unwrap());
+        assert_eq!(
+            client_ip(info([127, 0, 0, 1]), &real),
+            IpAddr::from([192, 0, 2, 9])
+        );
     }
 }
