@@ -424,6 +424,11 @@ impl Settings {
                 MAX_INTERVAL_SECS,
             ),
             (
+                "JOBCAST_JWKS_REFRESH_SECS",
+                self.jwks_refresh_secs,
+                MAX_INTERVAL_SECS,
+            ),
+            (
                 "JOBCAST_RETENTION_DAYS",
                 u64::from(self.retention_days),
                 36_500,
@@ -443,6 +448,9 @@ impl Settings {
             return Err(
                 "JOBCAST_HEARTBEAT_SECS and JOBCAST_SSE_STALL_SECS must be at least 1".into(),
             );
+        }
+        if self.jwks_refresh_secs == 0 {
+            return Err("JOBCAST_JWKS_REFRESH_SECS must be at least 1".into());
         }
         if self.terminal_statuses.iter().all(|s| s.trim().is_empty()) {
             return Err("JOBCAST_TERMINAL_STATUSES must name at least one status".into());

@@ -15,8 +15,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::{Filter, Reply};
 
-use crate::http::stall::StallGuard;
 use crate::http::client_info::WithClientInfo;
+use crate::http::stall::StallGuard;
 use crate::http::upgrade::WithUpgradeSlot;
 
 /// A client must send its request head within this time, or it is disconnected.
