@@ -90,6 +90,14 @@ impl App {
         let verifier = match &settings.jwt_jwks_url {
             None => verifier,
             Some(url) => {
+                if settings.jwt_audience.is_none() {
+                    // An identity provider signs tokens for every application of
+                    // the tenant with the same keys.
+                    warn!(
+                        "JWT_JWKS_URL is set but JWT_AUDIENCE is not: tokens the provider signed for \
+                         ANY audience (other applications) are accepted; set JWT_AUDIENCE to this gateway's"
+                    );
+                }
                 let jwks = Jwks::new(url, settings.jwks_refresh_secs)?;
                 if let Err(e) = jwks.refresh("start").await {
                     if !verifier.has_static_key() {

@@ -209,6 +209,12 @@ async fn jwks_is_refreshed_on_a_timer_and_a_failed_refresh_keeps_the_last_set() 
         "the failure is logged: {}",
         app.log()
     );
+    assert!(
+        app.log()
+            .contains("JWT_JWKS_URL is set but JWT_AUDIENCE is not"),
+        "a set without an audience check is warned about: {}",
+        app.log()
+    );
 }
 
 #[tokio::test]
