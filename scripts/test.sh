@@ -66,6 +66,12 @@ if ! python3 -c 'import redis' 2>/dev/null; then
         jobcast_apt_install python3-redis
     }
 fi
+step "tools: PyJWT and cryptography, the independent token signer of the JWK Set tests"
+if ! python3 -c 'import jwt, cryptography' 2>/dev/null; then
+    python3 -m pip install --quiet PyJWT cryptography 2>/dev/null ||
+        python3 -m pip install --quiet --break-system-packages PyJWT cryptography 2>/dev/null ||
+        jobcast_apt_install python3-jwt python3-cryptography
+fi
 if command -v node >/dev/null 2>&1 && [[ ! -d examples/node/node_modules ]]; then
     npm install --prefix examples/node --no-audit --no-fund --silent || echo "test.sh: npm install failed; the Node example test will be skipped"
 fi

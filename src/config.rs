@@ -138,6 +138,19 @@ pub struct Settings {
     #[arg(long, env = "JWT_PUBLIC_KEY_FILE", global = true)]
     pub jwt_public_key_file: Option<PathBuf>,
 
+    /// URL of the identity provider's JWK Set (RS256/ES256 keys chosen by `kid`).
+    #[arg(long, env = "JWT_JWKS_URL", global = true)]
+    pub jwt_jwks_url: Option<String>,
+
+    /// Seconds between JWK Set refreshes (a shorter `Cache-Control: max-age` wins).
+    #[arg(
+        long,
+        env = "JOBCAST_JWKS_REFRESH_SECS",
+        default_value_t = 300,
+        global = true
+    )]
+    pub jwks_refresh_secs: u64,
+
     /// Required `aud` claim, when set.
     #[arg(long, env = "JWT_AUDIENCE", global = true)]
     pub jwt_audience: Option<String>,
@@ -346,12 +359,20 @@ impl Settings {
                 "REDIS_URL is not a Redis URL (redis://[user:password@]host:port[/db])".into(),
             );
         }
-        if self.jwt_secret.is_none() && self.jwt_public_key_file.is_none() && !self.dev {
-            return Err(
-                "no token key: set JWT_SECRET (HS256) or JWT_PUBLIC_KEY_FILE \
-                        (RS256/ES256 PEM), or run with --dev for a random secret"
-                    .into(),
-            );
+        if self.jwt_secret.is_none()
+            && self.jwt_public_key_file.is_none()
+            && self.jwt_jwks_url.is_none()
+            && !self.dev
+        {
+            return Err("no token key: set JWT_SECRET (HS256), JWT_PUBLIC_KEY_FILE \
+                        (RS256/ES256 PEM) or JWT_JWKS_URL (the identity provider's \
+                        JWK Set), or run with --dev for a random secret"
+                .into());
+        }
+        if let Some(url) = &self.jwt_jwks_url
+            && !(url.starts_with("https://") || url.starts_with("http://"))
+        {
+            return Err(format!("JWT_JWKS_URL must be an http(s) URL: {url}"));
         }
         if let Some(secret) = &self.jwt_secret
             && !self.dev
@@ -403,6 +424,11 @@ impl Settings {
                 MAX_INTERVAL_SECS,
             ),
             (
+                "JOBCAST_JWKS_REFRESH_SECS",
+                self.jwks_refresh_secs,
+                MAX_INTERVAL_SECS,
+            ),
+            (
                 "JOBCAST_RETENTION_DAYS",
                 u64::from(self.retention_days),
                 36_500,
@@ -422,6 +448,9 @@ impl Settings {
             return Err(
                 "JOBCAST_HEARTBEAT_SECS and JOBCAST_SSE_STALL_SECS must be at least 1".into(),
             );
+        }
+        if self.jwks_refresh_secs == 0 {
+            return Err("JOBCAST_JWKS_REFRESH_SECS must be at least 1".into());
         }
         if self.terminal_statuses.iter().all(|s| s.trim().is_empty()) {
             return Err("JOBCAST_TERMINAL_STATUSES must name at least one status".into());

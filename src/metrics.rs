@@ -77,6 +77,9 @@ fn zero_counters() {
     for source in ["keyspace", "channel", "postgres"] {
         counter!("jobcast_updates_total", "source" => source).increment(0);
     }
+    for reason in ["rate_limited", "busy"] {
+        counter!("jobcast_selftest_refused_total", "reason" => reason).increment(0);
+    }
     for name in [
         "jobcast_redis_reads_total",
         "jobcast_redis_subscriptions_total",
@@ -84,6 +87,7 @@ fn zero_counters() {
         "jobcast_postgres_notifies_total",
         "jobcast_postgres_writes_total",
         "jobcast_retention_deleted_total",
+        "jobcast_jwks_refresh_errors_total",
     ] {
         counter!(name).increment(0);
     }
@@ -153,6 +157,14 @@ fn describe() {
     describe_counter!(
         "jobcast_auth_failures_total",
         "Refused tokens and requests by reason"
+    );
+    describe_counter!(
+        "jobcast_jwks_refresh_errors_total",
+        "JWK Set fetches that failed (the last good set was kept)"
+    );
+    describe_counter!(
+        "jobcast_selftest_refused_total",
+        "Buffering self-test requests refused by reason (rate_limited, busy)"
     );
     describe_gauge!("jobcast_active_jobs", "Jobs with at least one watcher");
     describe_gauge!("jobcast_watchers", "Watchers over all jobs");

@@ -11,6 +11,7 @@ use anyhow::Context;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::auth::jwks::Jwks;
 use crate::auth::{Claims, Verifier};
 use crate::config::{Secret, Settings};
 use crate::http::origin::Origin;
@@ -85,6 +86,31 @@ impl App {
         redis_setup::ensure_keyspace_events(&settings.redis_url, settings.configure_redis).await;
 
         let shutdown = CancellationToken::new();
+        let mut tasks = Vec::new();
+        let verifier = match &settings.jwt_jwks_url {
+            None => verifier,
+            Some(url) => {
+                if settings.jwt_audience.is_none() {
+                    // An identity provider signs tokens for every application of
+                    // the tenant with the same keys.
+                    warn!(
+                        "JWT_JWKS_URL is set but JWT_AUDIENCE is not: tokens the provider signed for \
+                         ANY audience (other applications) are accepted; set JWT_AUDIENCE to this gateway's"
+                    );
+                }
+                let jwks = Jwks::new(url, settings.jwks_refresh_secs)?;
+                if let Err(e) = jwks.refresh("start").await {
+                    if !verifier.has_static_key() {
+                        anyhow::bail!(
+                            "{e}; no other key is configured (JWT_SECRET, JWT_PUBLIC_KEY_FILE), so no token could be verified"
+                        );
+                    }
+                    warn!(error = %e, "starting without the JWK Set: tokens signed with JWT_SECRET or JWT_PUBLIC_KEY_FILE are verified meanwhile; retrying");
+                }
+                tasks.push(tokio::spawn(jwks.clone().run(shutdown.clone())));
+                verifier.with_jwks(jwks)
+            }
+        };
         let redis_up = Arc::new(AtomicBool::new(false));
         let write_behind = store.clone().map(WriteBehind::new);
         let (hub, upstream_cmds) = Hub::new(reader, store.clone(), write_behind.clone(), rules);
@@ -96,7 +122,6 @@ impl App {
             redis_up.clone(),
             settings.configure_redis,
         )?;
-        let mut tasks = Vec::new();
         tasks.push(tokio::spawn(listener.run(upstream_cmds, shutdown.clone())));
         if let (Some(store), Some(wb)) = (store, &write_behind) {
             tasks.push(tokio::spawn(wb.clone().run(shutdown.clone())));

@@ -184,6 +184,60 @@ export function progressColor(pct: number): string;
 /** `45 s`, `3 min 20 s`, `1 h 05 min`; '' when unknown. */
 export function formatDuration(seconds: number | null | undefined): string;
 
+/** One self-test event as it arrived; `arrivedMs` counts from the start of the test. */
+export interface SelfTestTick {
+  n: number;
+  sentAtMs: number;
+  arrivedMs: number;
+}
+
+/** A likely cause of a buffered or blocked stream, and its fix, in plain words. */
+export interface SelfTestCause {
+  id: 'compression' | 'proxy_buffering' | 'http10_upstream' | 'unknown' | 'sse_blocked';
+  text: string;
+  fix: string;
+}
+
+/** What `selfTest()` found. */
+export interface SelfTestResult {
+  /** `passes`: events arrive one by one; `buffered`: in bursts; `blocked`: not at all. */
+  verdict: 'passes' | 'buffered' | 'blocked';
+  /** One or two sentences for people. */
+  summary: string;
+  causes: SelfTestCause[];
+  /** Which transports got through; `null` where not tried (only a blocked stream tries the others). */
+  transports: { sse: boolean; ws: boolean | null; poll: boolean | null };
+  ticks: SelfTestTick[];
+  /** What the page could see of the transport (headers, protocol, gaps between events). */
+  details: {
+    protocol: string | null;
+    contentType: string | null;
+    contentEncoding: string | null;
+    accelBuffering: string | null;
+    server: string | null;
+    upstreamHttpVersion: string | null;
+    proxied: boolean | null;
+    eventsReceived: number;
+    eventsSent: number;
+    gapsMs: number[];
+    bursts: number;
+    error: string | null;
+    ws?: string;
+    poll?: string;
+  };
+}
+
+/**
+ * Checks whether the network between this browser and jobcast delivers events
+ * one by one: opens `/debug/buffering` (no token needed) with EventSource and
+ * times the arrivals; when nothing arrives, tries WebSocket and long-poll.
+ */
+export function selfTest(options?: {
+  /** Where jobcast is ('' = this origin). */
+  baseUrl?: string;
+  onTick?: (tick: SelfTestTick) => void;
+}): Promise<SelfTestResult>;
+
 /**
  * Set by jobcast.global.js (the plain `<script>` form): the module's exports
  * once loaded, and a promise of them.

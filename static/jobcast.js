@@ -3,8 +3,10 @@
 // One dependency-free ES module. `watch()` follows one job over Server-Sent
 // Events, falls back to WebSocket and then to long-polling, reconnects with
 // capped exponential backoff, resumes from the last event id and never hands
-// the application a duplicate or a step backwards. The rest are small helpers
-// for progress UIs.
+// the application a duplicate or a step backwards. `selfTest()` checks
+// whether the network in between delivers events one by one (the buffering
+// self-test of static/buffering.html). The rest are small helpers for
+// progress UIs.
 //
 // Invariants this file keeps (read them before changing anything below):
 //  1. Exactly one transport is open at a time. Every callback a transport
@@ -855,4 +857,287 @@ export function formatDuration(seconds) {
   if (s < 60) return `${s} s`;
   if (s < 3600) return `${Math.floor(s / 60)} min ${String(s % 60).padStart(2, '0')} s`;
   return `${Math.floor(s / 3600)} h ${String(Math.floor((s % 3600) / 60)).padStart(2, '0')} min`;
+}
+
+// ---------------------------------------------------------------------------
+// The buffering self-test (static/buffering.html): is this connection fit for
+// streaming? Uses jobcast's `/debug/` routes, which need no token.
+
+/** Ticks the server sends, and their spacing (src/http/selftest.rs). */
+const SELFTEST_TICKS = 10;
+const SELFTEST_INTERVAL_MS = 200;
+/** Two ticks arriving closer than this came in one burst (they were sent 200 ms apart). */
+const SELFTEST_BURST_GAP_MS = 80;
+/** Bursty gaps tolerated before the stream counts as buffered (a busy tab can merge two). */
+const SELFTEST_BURSTS_TOLERATED = 2;
+/** No tick by then: Server-Sent Events do not get through. */
+const SELFTEST_FIRST_TICK_MS = 6000;
+/** Bound on the whole stream (it takes 2 s; a buffering proxy may hold it all back). */
+const SELFTEST_STREAM_MS = 15000;
+/** Bound on each of the header, WebSocket and long-poll probes. */
+const SELFTEST_PROBE_MS = 5000;
+
+/** Opens the self-test stream with EventSource and times each tick's arrival. */
+function selfTestStream(base, onTick) {
+  return new Promise((resolve) => {
+    const ticks = [];
+    let facts = null;
+    let es;
+    try {
+      es = new EventSource(`${base}/debug/buffering`);
+    } catch (e) {
+      resolve({ ticks, facts, error: `EventSource could not start: ${e.message}` });
+      return;
+    }
+    const t0 = performance.now();
+    let finished = false;
+    let firstTimer = null;
+    let allTimer = null;
+    const finish = (error) => {
+      if (finished) return;
+      finished = true;
+      clearTimeout(firstTimer);
+      clearTimeout(allTimer);
+      es.close();
+      resolve({ ticks, facts, error });
+    };
+    firstTimer = setTimeout(() => {
+      if (!ticks.length) finish(`no event arrived within ${SELFTEST_FIRST_TICK_MS / 1000} s`);
+    }, SELFTEST_FIRST_TICK_MS);
+    allTimer = setTimeout(
+      () => finish(`the stream did not end within ${SELFTEST_STREAM_MS / 1000} s`),
+      SELFTEST_STREAM_MS,
+    );
+    es.addEventListener('tick', (e) => {
+      const d = parseJson(e.data) || {};
+      const tick = { n: d.n, sentAtMs: d.sent_at_ms, arrivedMs: Math.round(performance.now() - t0) };
+      ticks.push(tick);
+      if (onTick) {
+        try {
+          onTick(tick);
+        } catch (err) {
+          console.error('selfTest onTick threw', err);
+        }
+      }
+    });
+    es.addEventListener('verdict', (e) => {
+      facts = parseJson(e.data) || {};
+      finish(null);
+    });
+    es.addEventListener('error', () => {
+      finish(ticks.length ? `the stream broke off after ${ticks.length} events` : 'the connection was refused or failed');
+    });
+  });
+}
+
+/** The response headers of the self-test stream, as this page sees them (same origin only). */
+async function selfTestHeaders(base) {
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), SELFTEST_PROBE_MS);
+  try {
+    const res = await fetch(`${base}/debug/buffering`, { signal: ctl.signal, cache: 'no-store' });
+    const h = (name) => res.headers.get(name);
+    return {
+      status: res.status,
+      contentType: h('content-type'),
+      contentEncoding: h('content-encoding'),
+      accelBuffering: h('x-accel-buffering'),
+      cacheControl: h('cache-control'),
+      via: h('via'),
+      server: h('server'),
+    };
+  } catch {
+    return null;
+  } finally {
+    clearTimeout(timer);
+    ctl.abort(); // only the headers were wanted
+  }
+}
+
+/** Does a WebSocket to `/debug/ws` deliver a frame? */
+function selfTestWs(base) {
+  return new Promise((resolve) => {
+    let ws;
+    try {
+      const url = new URL(`${base}/debug/ws`, globalThis.location ? location.href : undefined);
+      url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+      ws = new WebSocket(url.toString());
+    } catch (e) {
+      resolve({ ok: false, detail: e.message });
+      return;
+    }
+    let settled = false;
+    const done = (ok, detail) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(timer);
+      try {
+        ws.close();
+      } catch {
+        // already closing
+      }
+      resolve({ ok, detail });
+    };
+    const timer = setTimeout(() => done(false, `no frame within ${SELFTEST_PROBE_MS / 1000} s`), SELFTEST_PROBE_MS);
+    ws.onmessage = () => done(true, 'a frame arrived');
+    ws.onclose = (e) => done(false, `closed before any frame (code ${e.code})`);
+  });
+}
+
+/** Does a plain request to `/debug/poll` get its JSON answer? */
+async function selfTestPoll(base) {
+  const ctl = new AbortController();
+  const timer = setTimeout(() => ctl.abort(), SELFTEST_PROBE_MS);
+  try {
+    const res = await fetch(`${base}/debug/poll`, { signal: ctl.signal, cache: 'no-store' });
+    const body = res.ok ? await res.json() : null;
+    return body && body.transport === 'poll'
+      ? { ok: true, detail: 'answered' }
+      : { ok: false, detail: `HTTP ${res.status}` };
+  } catch (e) {
+    return { ok: false, detail: e.name === 'AbortError' ? 'no answer in time' : e.message };
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+/** The transport protocol the browser used for the self-test (`http/1.1`, `h2`…), if it says. */
+function selfTestProtocol() {
+  try {
+    const entries = performance.getEntriesByType('resource').filter((e) => e.name.includes('/debug/buffering'));
+    const last = entries[entries.length - 1];
+    return (last && last.nextHopProtocol) || null;
+  } catch {
+    return null;
+  }
+}
+
+/** Why a stream that got through arrived in bursts, from what the page could see. */
+function bufferingCauses(headers, facts) {
+  const causes = [];
+  const enc = headers && headers.contentEncoding;
+  if (enc && !/^\s*identity\s*$/i.test(enc)) {
+    causes.push({
+      id: 'compression',
+      text: `A proxy compresses the event stream (it arrived with Content-Encoding: ${enc}). A compressor holds bytes back until it has enough to compress.`,
+      fix: 'Exclude text/event-stream from compression: in nginx, leave it out of gzip_types or put "gzip off;" in the location for jobcast; on a CDN, switch compression off for these paths.',
+    });
+  }
+  // jobcast answers without a Server header: one that names nginx comes from
+  // a proxy. nginx never passes X-Accel-Buffering on, so its absence alone
+  // says nothing behind nginx.
+  const server = (headers && headers.server) || '';
+  if (/nginx|openresty/i.test(server)) {
+    causes.push({
+      id: 'proxy_buffering',
+      text: `An nginx on the way (Server: ${server}) buffers the response although jobcast sends "X-Accel-Buffering: no": it is told to ignore that header (proxy_ignore_headers X-Accel-Buffering), or it stands in front of another nginx, which uses the header up and does not pass it on.`,
+      fix: 'Put "proxy_buffering off;" in the location for jobcast\'s streams, on every nginx on the way (see nginx/jobcast.conf).',
+    });
+  } else if (headers && !headers.accelBuffering) {
+    causes.push({
+      id: 'proxy_buffering',
+      text: 'A proxy removed the "X-Accel-Buffering: no" header that jobcast sends, and buffers the response.',
+      fix: 'Turn response buffering off for jobcast\'s streams (nginx "proxy_buffering off;", Apache "flushpackets=on") and let X-Accel-Buffering through.',
+    });
+  }
+  if (facts && facts.http_version === 'HTTP/1.0') {
+    causes.push({
+      id: 'http10_upstream',
+      text: 'The proxy speaks HTTP/1.0 to jobcast. HTTP/1.0 has no chunked responses, and proxies then often collect the whole response first.',
+      fix: 'Make the proxy speak HTTP/1.1 to jobcast: in nginx, "proxy_http_version 1.1;".',
+    });
+  }
+  if (!causes.length) {
+    causes.push({
+      id: 'unknown',
+      text: 'Something between this browser and jobcast collects the stream and passes it on in bursts, while leaving jobcast\'s headers alone: another proxy or CDN, or a virus scanner or company web filter.',
+      fix: 'Turn response buffering off for jobcast on every proxy on the way (nginx "proxy_buffering off;", Apache "flushpackets=on", a CDN\'s streaming setting) and exclude text/event-stream from compression.',
+    });
+  }
+  return causes;
+}
+
+/**
+ * Checks whether this connection to jobcast — through every proxy on the way —
+ * streams events as they happen. Opens `/debug/buffering` with EventSource
+ * (ten 1 KiB events, 200 ms apart) and times their arrival; when nothing
+ * arrives, tries a WebSocket and a long-poll request instead.
+ *
+ * @param {object} [options]
+ * @param {string} [options.baseUrl='']  where jobcast is ('' = this origin).
+ * @param {(tick: {n: number, sentAtMs: number, arrivedMs: number}) => void} [options.onTick]
+ *   called as each event arrives (`arrivedMs` counts from the start).
+ * @returns {Promise<{verdict: 'passes'|'buffered'|'blocked', summary: string,
+ *   causes: {id: string, text: string, fix: string}[],
+ *   transports: {sse: boolean, ws: boolean|null, poll: boolean|null},
+ *   ticks: object[], details: object}>}
+ * @example
+ *   const r = await jobcast.selfTest();
+ *   console.log(r.verdict, r.summary);
+ */
+export async function selfTest({ baseUrl = '', onTick } = {}) {
+  const base = String(baseUrl).replace(/\/+$/, '');
+  const stream = await selfTestStream(base, onTick);
+  const headers = await selfTestHeaders(base);
+  const ticks = stream.ticks;
+  const gaps = ticks.slice(1).map((t, i) => t.arrivedMs - ticks[i].arrivedMs);
+  const bursts = gaps.filter((g) => g < SELFTEST_BURST_GAP_MS).length;
+  const details = {
+    protocol: selfTestProtocol(),
+    contentType: headers ? headers.contentType : null,
+    contentEncoding: headers ? headers.contentEncoding : null,
+    accelBuffering: headers ? headers.accelBuffering : null,
+    server: headers ? headers.server : null,
+    upstreamHttpVersion: stream.facts ? stream.facts.http_version : null,
+    proxied: stream.facts ? Boolean(stream.facts.via || stream.facts.forwarded) : null,
+    eventsReceived: ticks.length,
+    eventsSent: stream.facts ? stream.facts.ticks : SELFTEST_TICKS,
+    gapsMs: gaps,
+    bursts,
+    error: stream.error,
+  };
+  if (!ticks.length) {
+    const [ws, poll] = await Promise.all([selfTestWs(base), selfTestPoll(base)]);
+    const fallback = ws.ok
+      ? 'WebSocket works, so jobcast.js falls back to it by itself and progress still arrives live.'
+      : poll.ok
+        ? 'WebSocket is blocked too; long-polling works, so jobcast.js falls back to it (updates arrive, a little less promptly).'
+        : 'WebSocket and long-polling are blocked too: this browser cannot reach jobcast\'s live routes at all.';
+    return {
+      verdict: 'blocked',
+      summary: `Blocked: no Server-Sent Event got through (${stream.error}). ${fallback}`,
+      causes: [
+        {
+          id: 'sse_blocked',
+          text: 'Something on the way refuses or drops text/event-stream responses: a proxy rule, a company web filter or a load balancer that does not allow long responses.',
+          fix: 'Let jobcast\'s event routes through: /jobs/{id}/events and /debug/buffering, with long read timeouts (see nginx/jobcast.conf).',
+        },
+      ],
+      transports: { sse: false, ws: ws.ok, poll: poll.ok },
+      ticks,
+      details: { ...details, ws: ws.detail, poll: poll.detail },
+    };
+  }
+  const expected = (ticks.length - 1) * SELFTEST_INTERVAL_MS;
+  const spread = ticks[ticks.length - 1].arrivedMs - ticks[0].arrivedMs;
+  const oneByOne = bursts <= SELFTEST_BURSTS_TOLERATED && spread >= expected * 0.6;
+  if (oneByOne) {
+    return {
+      verdict: 'passes',
+      summary: `Passes: events arrive one by one, as they are sent (${ticks.length} events over ${(spread / 1000).toFixed(1)} s). Progress bars move smoothly through this connection.`,
+      causes: [],
+      transports: { sse: true, ws: null, poll: null },
+      ticks,
+      details,
+    };
+  }
+  const causes = bufferingCauses(headers, stream.facts);
+  return {
+    verdict: 'buffered',
+    summary: `Buffered: events arrive in bursts (${bursts} of ${gaps.length} arrived together) instead of one by one, so a progress bar would jump, or sit at 0 and leap to 100 at the end. Likely cause: ${causes.map((c) => c.id.replace(/_/g, ' ')).join(', ')}.`,
+    causes,
+    transports: { sse: true, ws: null, poll: null },
+    ticks,
+    details,
+  };
 }

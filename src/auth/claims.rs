@@ -4,13 +4,20 @@
 //! is refused, and the stream opened with it ends at `exp`), [`NBF_LEEWAY_SECS`]
 //! on `nbf` (an issuer whose clock runs a little ahead must not see its fresh
 //! tokens refused). `alg: none` and any algorithm other than the key's are
-//! refused by construction.
+//! refused by construction. With `JWT_JWKS_URL`, a token whose `kid` names a
+//! key of the provider's set is verified with that key alone (see
+//! [`crate::auth::jwks`]); other tokens with the static key, where one is
+//! configured.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, encode};
+use jsonwebtoken::{
+    Algorithm, DecodingKey, EncodingKey, Header, Validation, decode, decode_header, encode,
+};
 use serde::{Deserialize, Deserializer, Serialize};
 
+use crate::auth::jwks::{self, Jwks};
 use crate::config::{Secret, Settings};
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -102,10 +109,14 @@ impl AuthError {
 pub const NBF_LEEWAY_SECS: u64 = 30;
 
 pub struct Verifier {
-    key: DecodingKey,
+    /// The static key (`JWT_PUBLIC_KEY_FILE` or `JWT_SECRET`); none when the
+    /// provider's JWK Set is the only source of keys.
+    key: Option<DecodingKey>,
     validation: Validation,
     /// Set for HS256 only: lets `jobcast token` and `--dev` mint tokens.
     signer: Option<EncodingKey>,
+    /// The provider's keys, by `kid` (`JWT_JWKS_URL`).
+    jwks: Option<Arc<Jwks>>,
 }
 
 impl Verifier {
@@ -116,9 +127,9 @@ impl Verifier {
             let pem = std::fs::read(path)
                 .map_err(|e| anyhow::anyhow!("JWT_PUBLIC_KEY_FILE {}: {e}", path.display()))?;
             if let Ok(k) = DecodingKey::from_rsa_pem(&pem) {
-                (k, vec![Algorithm::RS256], None)
+                (Some(k), vec![Algorithm::RS256], None)
             } else if let Ok(k) = DecodingKey::from_ec_pem(&pem) {
-                (k, vec![Algorithm::ES256], None)
+                (Some(k), vec![Algorithm::ES256], None)
             } else {
                 anyhow::bail!(
                     "JWT_PUBLIC_KEY_FILE {} is neither an RSA nor an EC public key in PEM",
@@ -128,10 +139,14 @@ impl Verifier {
         } else if let Some(secret) = s.jwt_secret.as_ref().or(dev_secret) {
             let bytes = secret.expose().as_bytes();
             (
-                DecodingKey::from_secret(bytes),
+                Some(DecodingKey::from_secret(bytes)),
                 vec![Algorithm::HS256],
                 Some(EncodingKey::from_secret(bytes)),
             )
+        } else if s.jwt_jwks_url.is_some() {
+            // Keys come from the set alone; the algorithm here is a placeholder
+            // (each set key brings its own).
+            (None, vec![Algorithm::RS256], None)
         } else {
             anyhow::bail!("no token key: set JWT_SECRET or JWT_PUBLIC_KEY_FILE, or run with --dev");
         };
@@ -152,23 +167,61 @@ impl Verifier {
             key,
             validation,
             signer,
+            jwks: None,
         })
+    }
+
+    /// Adds the provider's JWK Set as a source of keys.
+    pub fn with_jwks(mut self, jwks: Arc<Jwks>) -> Self {
+        self.jwks = Some(jwks);
+        self
+    }
+
+    /// Whether a static key (`JWT_SECRET`, `JWT_PUBLIC_KEY_FILE`, `--dev`) is set.
+    pub fn has_static_key(&self) -> bool {
+        self.key.is_some()
+    }
+
+    /// [`Verifier::verify`], after refreshing the JWK Set once (rate-limited)
+    /// when the token names a `kid` the set does not hold: the provider may
+    /// have rotated its keys since the last refresh.
+    pub async fn verify_fresh(&self, token: &str) -> Result<Claims, AuthError> {
+        let result = self.verify(token);
+        if result.is_ok() {
+            return result;
+        }
+        let (Some(jwks), Some(kid)) = (&self.jwks, jwks::token_kid(token)) else {
+            return result;
+        };
+        if jwks.knows(&kid) || !jwks.refresh_for_unknown_kid(&kid).await {
+            return result;
+        }
+        self.verify(token)
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         use jsonwebtoken::errors::ErrorKind as K;
-        let claims = decode::<Claims>(token, &self.key, &self.validation)
-            .map(|d| d.claims)
-            .map_err(|e| match e.kind() {
-                K::ExpiredSignature => AuthError::Expired,
-                K::ImmatureSignature => AuthError::NotYetValid,
-                K::InvalidSignature
-                | K::InvalidAlgorithm
-                | K::InvalidAlgorithmName
-                | K::MissingAlgorithm => AuthError::BadSignature,
-                K::InvalidAudience | K::InvalidIssuer => AuthError::WrongAudience,
-                _ => AuthError::Malformed,
-            })?;
+        let from_set = self
+            .jwks
+            .as_ref()
+            .and_then(|j| j.verify(token, &self.validation));
+        let result = match (from_set, &self.key) {
+            (Some(r), _) => r,
+            (None, Some(key)) => decode::<Claims>(token, key, &self.validation).map(|d| d.claims),
+            (None, None) => Err(decode_header(token)
+                .err()
+                .unwrap_or_else(|| K::InvalidSignature.into())),
+        };
+        let claims = result.map_err(|e| match e.kind() {
+            K::ExpiredSignature => AuthError::Expired,
+            K::ImmatureSignature => AuthError::NotYetValid,
+            K::InvalidSignature
+            | K::InvalidAlgorithm
+            | K::InvalidAlgorithmName
+            | K::MissingAlgorithm => AuthError::BadSignature,
+            K::InvalidAudience | K::InvalidIssuer => AuthError::WrongAudience,
+            _ => AuthError::Malformed,
+        })?;
         if claims
             .nbf
             .is_some_and(|nbf| nbf > now_secs().saturating_add(NBF_LEEWAY_SECS))

@@ -27,7 +27,7 @@ pub async fn snapshot(job: String, app: SharedState, creds: Credentials) -> Resp
 
 async fn get(job: String, app: SharedState, creds: Credentials) -> Result<Response, ApiError> {
     let job = parse_job(&job)?;
-    let claims = verify(&app, &creds)?;
+    let claims = verify(&app, &creds).await?;
     let _slot = app.limits.acquire(&claims.sub, Transport::Snapshot)?;
     let fetched = app.hub.fetch(&job, true).await;
     if fetched.unavailable {
@@ -110,7 +110,7 @@ where
             .increment(1);
         return Err(ApiError::Unauthorized(AuthError::NotInHeader));
     }
-    let claims = verify(&app, &creds)?;
+    let claims = verify(&app, &creds).await?;
     authorize_publish(&claims, &job)?;
     let rules = app.hub.rules();
     let body = read_bounded(declared_len, body, rules.max_bytes).await?;

@@ -1,10 +1,12 @@
 //! The HTTP surface: small filters composed into [`routes`],
 //! handlers as plain async fns, state through [`with_state`], one `recover`.
 
+pub mod client_info;
 pub mod cors;
 pub mod jobs;
 pub mod ops;
 pub mod origin;
+pub mod selftest;
 pub mod server;
 pub mod stall;
 pub mod upgrade;
@@ -112,6 +114,7 @@ pub fn routes(
         .or(readyz)
         .or(metrics)
         .or(openapi)
+        .or(selftest::routes())
         .or(index)
         .or(files)
         .or(cors::preflight(app.clone()))

@@ -15,6 +15,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use warp::{Filter, Reply};
 
+use crate::http::client_info::WithClientInfo;
 use crate::http::stall::StallGuard;
 use crate::http::upgrade::WithUpgradeSlot;
 
@@ -44,7 +45,7 @@ pub async fn serve<F, R>(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_REQUEST_HEAD_BYTES);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
@@ -58,7 +59,10 @@ pub async fn serve<F, R>(
         let _ = stream.set_nodelay(true);
         let io = StallGuard::new(stream, stall_after);
         let service = WithUpgradeSlot(
-            TowerToHyperService::new(warp::service(routes.clone())),
+            WithClientInfo {
+                peer,
+                inner: TowerToHyperService::new(warp::service(routes.clone())),
+            },
             io.flag(),
         );
         let conn = builder

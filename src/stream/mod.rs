@@ -44,11 +44,12 @@ pub fn parse_job(raw: &str) -> Result<JobId, ApiError> {
     JobId::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
 }
 
-/// Verifies the request's token (401 where missing or bad).
-pub fn verify(app: &AppState, creds: &Credentials) -> Result<Claims, ApiError> {
+/// Verifies the request's token (401 where missing or bad). May wait for one
+/// bounded JWK Set refresh when the token names an unknown `kid`.
+pub async fn verify(app: &AppState, creds: &Credentials) -> Result<Claims, ApiError> {
     let result = match &creds.token {
         None => Err(AuthError::Missing),
-        Some((token, _)) => app.verifier.verify(token.expose()),
+        Some((token, _)) => app.verifier.verify_fresh(token.expose()).await,
     };
     result.map_err(|e| {
         metrics::counter!("jobcast_auth_failures_total", "reason" => e.reason()).increment(1);
@@ -64,7 +65,7 @@ pub async fn open(
     transport: Transport,
 ) -> Result<Opened, ApiError> {
     let job = parse_job(raw_job)?;
-    let claims = verify(app, creds)?;
+    let claims = verify(app, creds).await?;
     let span = tracing::info_span!("stream", job = %job, user = %claims.sub, transport = transport.as_str());
     let guard = app.limits.acquire(&claims.sub, transport)?;
     let watch = app.hub.join(job.clone());

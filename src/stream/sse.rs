@@ -52,7 +52,14 @@ pub async fn handle(
         Some((Ok::<Bytes, Infallible>(chunk), w))
     });
     let mut res = warp::reply::stream(SyncStream::new(body)).into_response();
-    let h = res.headers_mut();
+    stream_headers(res.headers_mut());
+    Ok(res)
+}
+
+/// The headers of every event stream (jobs and the buffering self-test): they
+/// tell proxies not to compress (`identity`, `no-transform`), cache or buffer
+/// (`X-Accel-Buffering: no`) the response.
+pub fn stream_headers(h: &mut warp::http::HeaderMap) {
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/event-stream; charset=utf-8"),
@@ -66,7 +73,6 @@ pub async fn handle(
         HeaderValue::from_static("identity"),
     );
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(res)
 }
 
 enum Phase {

@@ -12,6 +12,8 @@
 #![allow(dead_code)]
 
 pub mod chromium;
+pub mod idp;
+pub mod jwks_server;
 pub mod nginx;
 pub mod postgres_db;
 pub mod redis_server;

@@ -7,6 +7,11 @@
 //! it and removes that directory (kept, and its error log printed, when the
 //! test failed).
 //!
+//! [`Nginx::production`] runs the shipped `nginx/jobcast.conf` instead, as
+//! written, made runnable here: plain HTTP on loopback in place of its TLS and
+//! IPv6 listeners, its upstream pointed at the test's gateway, its logs in the
+//! scratch directory.
+//!
 //! The binary is `nginx` from `PATH` (plus `/usr/sbin`), or
 //! `JOBCAST_NGINX_BIN` if set (`scripts/test.sh` sets it).
 
@@ -22,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/nginx/strict.conf.template");
+const PRODUCTION: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/nginx/jobcast.conf");
 /// How long a start may take before the test fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a graceful stop may take before the process group is killed.
@@ -32,13 +38,30 @@ const ERROR_LOG: &str = "error.log";
 
 /// The route blocks the tests insert: what a network that refuses a
 /// transport looks like from the browser (`502` before the upstream).
-pub const BLOCK_SSE: &str = r"location ~ ^/jobs/[^/]+/events$ { return 502; }";
-pub const BLOCK_WS: &str = r"location ~ ^/jobs/[^/]+/ws$ { return 502; }";
+/// The self-test's probes (`/debug/…`) are refused along with the routes
+/// they stand for.
+pub const BLOCK_SSE: &str = r"location ~ ^/(jobs/[^/]+/events|debug/buffering)$ { return 502; }";
+pub const BLOCK_WS: &str = r"location ~ ^/(jobs/[^/]+/ws|debug/ws)$ { return 502; }";
+/// A proxy that defeats `X-Accel-Buffering: no`: it ignores the header (so
+/// `proxy_buffering on` applies) and hides it from the client.
+pub const STRIP_ACCEL_BUFFERING: &str =
+    "proxy_ignore_headers X-Accel-Buffering; proxy_hide_header X-Accel-Buffering;";
+/// A proxy that drops the upstream's `Content-Encoding: identity`, so its
+/// `gzip` compresses the event stream.
+pub const STRIP_CONTENT_ENCODING: &str = "proxy_hide_header Content-Encoding;";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Config {
+    Strict,
+    Production,
+}
 
 /// Options for the strict template; see [`Nginx::strict`].
 #[derive(Debug, Clone)]
 pub struct NginxBuilder {
+    config: Config,
     upstream_port: u16,
+    proxy_extra: String,
     read_timeout: String,
     block_sse: bool,
     block_ws: bool,
@@ -60,6 +83,13 @@ impl NginxBuilder {
     /// Answer `/jobs/{id}/ws` with `502` instead of proxying it.
     pub fn block_ws(mut self) -> Self {
         self.block_ws = true;
+        self
+    }
+
+    /// Adds directives to the strict template's proxied location.
+    pub fn proxy_directives(mut self, directives: &str) -> Self {
+        self.proxy_extra.push_str(directives);
+        self.proxy_extra.push(' ');
         self
     }
 
@@ -85,6 +115,9 @@ impl NginxBuilder {
     }
 
     fn render(&self, dir: &Path, port: u16) -> String {
+        if self.config == Config::Production {
+            return self.render_production(dir, port);
+        }
         let template = fs::read_to_string(TEMPLATE)
             .unwrap_or_else(|e| panic!("read nginx template {TEMPLATE}: {e}"));
         let conf = template
@@ -93,12 +126,58 @@ impl NginxBuilder {
             .replace("{{UPSTREAM_PORT}}", &self.upstream_port.to_string())
             .replace("{{READ_TIMEOUT}}", &self.read_timeout)
             .replace("{{BLOCK_SSE}}", if self.block_sse { BLOCK_SSE } else { "" })
-            .replace("{{BLOCK_WS}}", if self.block_ws { BLOCK_WS } else { "" });
+            .replace("{{BLOCK_WS}}", if self.block_ws { BLOCK_WS } else { "" })
+            .replace("{{PROXY_EXTRA}}", &self.proxy_extra);
         assert!(
             !conf.contains("{{"),
             "the nginx template has a placeholder this helper does not fill:\n{conf}"
         );
         conf
+    }
+
+    /// `nginx/jobcast.conf` inside a minimal main context, with its listeners,
+    /// upstream and log paths rewritten for this machine (see the module docs).
+    fn render_production(&self, dir: &Path, port: u16) -> String {
+        let shipped = fs::read_to_string(PRODUCTION)
+            .unwrap_or_else(|e| panic!("read nginx config {PRODUCTION}: {e}"));
+        let prefix = dir.to_string_lossy();
+        let redirect_port = super::free_port();
+        let mut body = String::new();
+        for line in shipped.lines() {
+            let t = line.trim_start();
+            if t.starts_with("ssl_") || t.starts_with("listen [::]") {
+                continue;
+            }
+            let line = if t.starts_with("listen 443") {
+                format!("    listen 127.0.0.1:{port};")
+            } else if t.starts_with("listen 80;") {
+                format!("    listen 127.0.0.1:{redirect_port};")
+            } else {
+                line.replace(
+                    "127.0.0.1:8080",
+                    &format!("127.0.0.1:{}", self.upstream_port),
+                )
+                .replace("/var/log/nginx/", &format!("{prefix}/"))
+            };
+            body.push_str(&line);
+            body.push('\n');
+        }
+        for left in ["/etc/ssl", "/var/log", "127.0.0.1:8080", " ssl"] {
+            assert!(
+                !body
+                    .lines()
+                    .any(|l| !l.trim_start().starts_with('#') && l.contains(left)),
+                "nginx/jobcast.conf changed shape: {left:?} survived the rewrite:\n{body}"
+            );
+        }
+        format!(
+            "daemon off;\nmaster_process on;\nworker_processes 1;\npid {prefix}/nginx.pid;\n\
+             error_log {prefix}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n\
+             client_body_temp_path {prefix}/client_body_temp;\nproxy_temp_path {prefix}/proxy_temp;\n\
+             fastcgi_temp_path {prefix}/fastcgi_temp;\nuwsgi_temp_path {prefix}/uwsgi_temp;\n\
+             scgi_temp_path {prefix}/scgi_temp;\naccess_log {prefix}/access.log;\n\
+             default_type application/octet-stream;\n{body}}}\n"
+        )
     }
 }
 
@@ -120,10 +199,20 @@ impl Nginx {
     /// The strict template in front of `127.0.0.1:upstream_port`.
     pub fn strict(upstream_port: u16) -> NginxBuilder {
         NginxBuilder {
+            config: Config::Strict,
             upstream_port,
+            proxy_extra: String::new(),
             read_timeout: "20s".into(),
             block_sse: false,
             block_ws: false,
+        }
+    }
+
+    /// The shipped `nginx/jobcast.conf` in front of `127.0.0.1:upstream_port`.
+    pub fn production(upstream_port: u16) -> NginxBuilder {
+        NginxBuilder {
+            config: Config::Production,
+            ..Nginx::strict(upstream_port)
         }
     }
 
