@@ -6,8 +6,15 @@
 //!
 //! When the connection fails, open streams stay open: the listener reconnects
 //! with backoff, then re-subscribes every watched job and reads each one's
-//! current state, so nothing written meanwhile is missed.
+//! current state (a bounded number at a time), so nothing written meanwhile is
+//! missed.
+//!
+//! A SUBSCRIBE that Redis refuses for one job (an ACL that allows only some
+//! channels) is that job's problem, not the connection's: it is reported, the
+//! job is still read (first state, periodic re-read), and its subscription is
+//! retried with backoff while the other jobs' subscriptions stay as they are.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -19,23 +26,27 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::event::Source;
+use crate::fanout::Feed;
 use crate::hub::{Hub, UpstreamCmd};
 use crate::job::JobId;
 use crate::upstream::backoff::Backoff;
-use crate::upstream::redis_setup;
+use crate::upstream::redis_setup::KeyspaceMonitor;
 
 /// Bound on one SUBSCRIBE/UNSUBSCRIBE round trip; past it the connection is
 /// considered dead and rebuilt.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Jobs per SUBSCRIBE command when re-subscribing everything after a reconnect.
 const RESUBSCRIBE_BATCH: usize = 500;
+/// Retry delays of one job's refused SUBSCRIBE.
+const REFUSED_RETRY_START: Duration = Duration::from_secs(1);
+const REFUSED_RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub struct RedisListener {
     hub: Arc<Hub>,
     client: redis::Client,
-    redis_url: String,
-    /// `JOBCAST_CONFIGURE_REDIS`: whether notification flags may be CONFIG SET.
-    configure_redis: bool,
+    /// Re-checked on every reconnect: a restarted Redis has lost a CONFIG SET of
+    /// its notification flags.
+    keyspace: Arc<KeyspaceMonitor>,
     prefix: String,
     keyspace_prefix: String,
     /// Shared with `/readyz` and the metrics: is the pub/sub connection up?
@@ -49,17 +60,25 @@ impl RedisListener {
         db: i64,
         prefix: &str,
         up: Arc<AtomicBool>,
-        configure_redis: bool,
+        keyspace: Arc<KeyspaceMonitor>,
     ) -> anyhow::Result<Self> {
         Ok(RedisListener {
             hub,
             client: redis::Client::open(redis_url)?,
-            redis_url: redis_url.to_owned(),
-            configure_redis,
+            keyspace,
             prefix: prefix.to_owned(),
             keyspace_prefix: format!("__keyspace@{db}__:{prefix}"),
             up,
         })
+    }
+
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// `__keyspace@<db>__:PREFIX`.
+    pub fn keyspace_prefix(&self) -> &str {
+        &self.keyspace_prefix
     }
 
     /// A job's two channels: its key's keyspace channel and its job channel.
@@ -83,6 +102,7 @@ impl RedisListener {
     ) {
         let mut backoff = Backoff::default();
         let mut was_up = true;
+        let mut refused = Refused::new();
         loop {
             let connected = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -93,16 +113,14 @@ impl RedisListener {
                     backoff.reset();
                     if !was_up {
                         info!("redis pub/sub connection is back; re-subscribing watched jobs");
-                        // A restarted Redis has lost a CONFIG SET of its
-                        // notification flags; without them SETs go unheard.
-                        let check = redis_setup::ensure_keyspace_events(
-                            &self.redis_url,
-                            self.configure_redis,
-                        );
-                        let _ = tokio::time::timeout(SUBSCRIBE_TIMEOUT, check).await;
+                        // Without the flags a restarted Redis lost, SETs go unheard.
+                        self.keyspace.check().await;
                     }
                     let (sink, stream) = pubsub.split();
-                    match self.serve(sink, stream, &mut cmds, &shutdown).await {
+                    match self
+                        .serve(sink, stream, &mut cmds, &mut refused, &shutdown)
+                        .await
+                    {
                         Ended::Shutdown => return,
                         Ended::Lost(why) => {
                             warn!(error = %why, "redis pub/sub connection lost; streams stay open, reconnecting");
@@ -147,6 +165,7 @@ impl RedisListener {
         mut sink: PubSubSink,
         mut stream: PubSubStream,
         cmds: &mut mpsc::UnboundedReceiver<UpstreamCmd>,
+        refused: &mut Refused,
         shutdown: &CancellationToken,
     ) -> Ended {
         // Re-subscribe what is watched, then read each job's current state: an
@@ -154,44 +173,97 @@ impl RedisListener {
         let feeds = self.hub.feeds();
         for chunk in feeds.chunks(RESUBSCRIBE_BATCH) {
             let channels: Vec<String> = chunk.iter().flat_map(|f| self.channels(&f.job)).collect();
-            if let Err(e) = bounded(sink.subscribe(&channels)).await {
-                return Ended::Lost(e);
+            match bounded(sink.subscribe(&channels)).await {
+                Ok(()) => {}
+                // Some job of the batch is refused (the whole command is): find
+                // which, one by one, keeping the others.
+                Err(SubscribeError::Refused(_)) => {
+                    for feed in chunk {
+                        if let Err(Ended::Lost(e)) = self.subscribe(&mut sink, feed, refused).await
+                        {
+                            return Ended::Lost(e);
+                        }
+                    }
+                }
+                Err(SubscribeError::Lost(e)) => return Ended::Lost(e),
             }
         }
         self.set_up(true);
-        for feed in &feeds {
-            self.hub.request_read(feed);
-        }
+        let hub = self.hub.clone();
+        tokio::spawn(async move { hub.reread_all().await });
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
                 cmd = cmds.recv() => match cmd {
                     Some(UpstreamCmd::Subscribe(feed)) => {
-                        let channels = self.channels(&feed.job);
-                        let result = bounded(sink.subscribe(&channels)).await;
+                        let result = self.subscribe(&mut sink, &feed, refused).await;
                         // Subscribed (or not): either way the first read runs now,
                         // after the subscription, so nothing between is lost.
                         self.hub.request_read(&feed);
-                        if let Err(e) = result {
-                            return Ended::Lost(e);
+                        if let Err(lost) = result {
+                            return lost;
                         }
-                        metrics::counter!("jobcast_redis_subscriptions_total").increment(1);
                     }
                     Some(UpstreamCmd::Unsubscribe(job)) => {
                         if self.hub.is_watched(&job) {
                             continue; // re-joined meanwhile; its Subscribe follows
                         }
-                        if let Err(e) = bounded(sink.unsubscribe(&self.channels(&job))).await {
-                            return Ended::Lost(e);
+                        if refused.forget(&job) {
+                            continue; // never subscribed
+                        }
+                        match bounded(sink.unsubscribe(&self.channels(&job))).await {
+                            Ok(()) | Err(SubscribeError::Refused(_)) => {}
+                            Err(SubscribeError::Lost(e)) => return Ended::Lost(e),
                         }
                     }
                     None => return Ended::Shutdown,
                 },
+                Some(feed) = refused.due.recv() => {
+                    // Still watched by the same watchers' feed? Else nothing to do.
+                    let current = self.hub.feed(feed.job.as_str());
+                    if current.is_some_and(|f| Arc::ptr_eq(&f, &feed)) && refused.is_refused(&feed.job) {
+                        match self.subscribe(&mut sink, &feed, refused).await {
+                            // Subscribed at last: read what was missed meanwhile.
+                            Ok(true) => self.hub.request_read(&feed),
+                            Ok(false) => {}
+                            Err(lost) => return lost,
+                        }
+                    }
+                }
                 msg = stream.next() => match msg {
                     Some(msg) => self.dispatch(&msg),
                     None => return Ended::Lost("connection closed".into()),
                 },
             }
+        }
+    }
+
+    /// Subscribes one job's channels. `Ok(true)` when subscribed; `Ok(false)`
+    /// when Redis refused them (reported, retry scheduled); `Err` when the
+    /// connection is lost.
+    async fn subscribe(
+        &self,
+        sink: &mut PubSubSink,
+        feed: &Arc<Feed>,
+        refused: &mut Refused,
+    ) -> Result<bool, Ended> {
+        match bounded(sink.subscribe(&self.channels(&feed.job))).await {
+            Ok(()) => {
+                metrics::counter!("jobcast_redis_subscriptions_total").increment(1);
+                if refused.forget(&feed.job) {
+                    info!(job = %feed.job, "redis accepted the job's SUBSCRIBE after refusing it");
+                }
+                Ok(true)
+            }
+            Err(SubscribeError::Refused(e)) => {
+                metrics::counter!("jobcast_redis_subscribe_errors_total").increment(1);
+                let delay = refused.schedule(feed);
+                warn!(job = %feed.job, error = %e, retry_in = ?delay,
+                    "redis refused SUBSCRIBE for this job (ACL channel permission?); \
+                     its state is still read, other jobs are unaffected; retrying");
+                Ok(false)
+            }
+            Err(SubscribeError::Lost(e)) => Err(Ended::Lost(e)),
         }
     }
 
@@ -225,12 +297,67 @@ enum Ended {
     Lost(String),
 }
 
+/// Jobs whose SUBSCRIBE Redis refused, each with its retry backoff; a retry
+/// comes back through `due` when its delay is over.
+struct Refused {
+    jobs: HashMap<JobId, Backoff>,
+    tx: mpsc::UnboundedSender<Arc<Feed>>,
+    due: mpsc::UnboundedReceiver<Arc<Feed>>,
+}
+
+impl Refused {
+    fn new() -> Self {
+        let (tx, due) = mpsc::unbounded_channel();
+        Refused {
+            jobs: HashMap::new(),
+            tx,
+            due,
+        }
+    }
+
+    fn is_refused(&self, job: &JobId) -> bool {
+        self.jobs.contains_key(job)
+    }
+
+    /// Drops `job` from the refused set; true if it was there.
+    fn forget(&mut self, job: &JobId) -> bool {
+        self.jobs.remove(job).is_some()
+    }
+
+    /// Records a refusal and schedules the next attempt; returns its delay.
+    fn schedule(&mut self, feed: &Arc<Feed>) -> Duration {
+        let delay = self
+            .jobs
+            .entry(feed.job.clone())
+            .or_insert_with(|| Backoff::new(REFUSED_RETRY_START, REFUSED_RETRY_MAX))
+            .next_delay();
+        let (tx, feed) = (self.tx.clone(), feed.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(feed);
+        });
+        delay
+    }
+}
+
+enum SubscribeError {
+    /// Redis answered with an error for these channels; the connection is fine.
+    Refused(redis::RedisError),
+    /// No answer, or the connection broke.
+    Lost(String),
+}
+
 async fn bounded(
     fut: impl std::future::Future<Output = redis::RedisResult<()>>,
-) -> Result<(), String> {
+) -> Result<(), SubscribeError> {
     match tokio::time::timeout(SUBSCRIBE_TIMEOUT, fut).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {SUBSCRIBE_TIMEOUT:?}")),
+        Ok(Err(e)) if e.code().is_some() && !e.is_unrecoverable_error() => {
+            Err(SubscribeError::Refused(e))
+        }
+        Ok(Err(e)) => Err(SubscribeError::Lost(e.to_string())),
+        Err(_) => Err(SubscribeError::Lost(format!(
+            "no answer within {SUBSCRIBE_TIMEOUT:?}"
+        ))),
     }
 }

@@ -23,6 +23,7 @@ mod poll_snapshot;
 mod proxy;
 mod publish;
 mod python_client;
+mod read_retry;
 mod security;
 mod selftest;
 mod sse;
