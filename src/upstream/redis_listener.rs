@@ -10,9 +10,13 @@
 //! missed.
 //!
 //! A SUBSCRIBE that Redis refuses for one job (an ACL that allows only some
-//! channels) is that job's problem, not the connection's: it is reported, the
-//! job is still read (first state, periodic re-read), and its subscription is
-//! retried with backoff while the other jobs' subscriptions stay as they are.
+//! channels) or leaves unanswered on a connection that still answers PING is
+//! that job's problem, not the connection's: it is reported, the job is still
+//! read (first state, periodic re-read), and its subscription is retried with
+//! backoff while the other jobs' subscriptions stay as they are. redis-rs's
+//! pub/sub sink does not return the error of a refused SUBSCRIBE, so each
+//! subscription is confirmed afterwards with `PUBSUB NUMSUB` through the pool,
+//! off the listener's path.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -174,10 +178,10 @@ impl RedisListener {
         for chunk in feeds.chunks(RESUBSCRIBE_BATCH) {
             let channels: Vec<String> = chunk.iter().flat_map(|f| self.channels(&f.job)).collect();
             match bounded(sink.subscribe(&channels)).await {
-                Ok(()) => {}
-                // Some job of the batch is refused (the whole command is): find
-                // which, one by one, keeping the others.
-                Err(SubscribeError::Refused(_)) => {
+                Ok(()) => self.confirm(chunk.to_vec(), refused),
+                // Some job of the batch is refused (the whole command is), or the
+                // answer is late: find which, one by one, keeping the others.
+                Err(SubscribeError::Refused(_) | SubscribeError::TimedOut) => {
                     for feed in chunk {
                         if let Err(Ended::Lost(e)) = self.subscribe(&mut sink, feed, refused).await
                         {
@@ -213,6 +217,9 @@ impl RedisListener {
                         }
                         match bounded(sink.unsubscribe(&self.channels(&job))).await {
                             Ok(()) | Err(SubscribeError::Refused(_)) => {}
+                            Err(SubscribeError::TimedOut) => {
+                                return Ended::Lost(format!("no answer to UNSUBSCRIBE within {SUBSCRIBE_TIMEOUT:?}"));
+                            }
                             Err(SubscribeError::Lost(e)) => return Ended::Lost(e),
                         }
                     }
@@ -220,14 +227,22 @@ impl RedisListener {
                 },
                 Some(feed) = refused.due.recv() => {
                     // Still watched by the same watchers' feed? Else nothing to do.
-                    let current = self.hub.feed(feed.job.as_str());
-                    if current.is_some_and(|f| Arc::ptr_eq(&f, &feed)) && refused.is_refused(&feed.job) {
-                        match self.subscribe(&mut sink, &feed, refused).await {
-                            // Subscribed at last: read what was missed meanwhile.
-                            Ok(true) => self.hub.request_read(&feed),
-                            Ok(false) => {}
-                            Err(lost) => return lost,
-                        }
+                    if self.is_current(&feed) && refused.is_refused(&feed.job)
+                        && let Err(lost) = self.subscribe(&mut sink, &feed, refused).await
+                    {
+                        return lost;
+                    }
+                }
+                Some((feed, subscribed)) = refused.verdicts.recv() => {
+                    if !self.is_current(&feed) {
+                        continue;
+                    }
+                    if !subscribed {
+                        self.refuse(&feed, refused, "the channels have no subscriber after SUBSCRIBE (ACL channel permission?)");
+                    } else if refused.forget(&feed.job) {
+                        info!(job = %feed.job, "redis accepted the job's SUBSCRIBE after refusing it");
+                        // Read what was missed while unsubscribed.
+                        self.hub.request_read(&feed);
                     }
                 }
                 msg = stream.next() => match msg {
@@ -238,33 +253,80 @@ impl RedisListener {
         }
     }
 
-    /// Subscribes one job's channels. `Ok(true)` when subscribed; `Ok(false)`
-    /// when Redis refused them (reported, retry scheduled); `Err` when the
-    /// connection is lost.
+    /// Subscribes one job's channels; a refusal is reported and retried, and
+    /// only a lost connection is an `Err`.
     async fn subscribe(
         &self,
         sink: &mut PubSubSink,
         feed: &Arc<Feed>,
         refused: &mut Refused,
-    ) -> Result<bool, Ended> {
+    ) -> Result<(), Ended> {
         match bounded(sink.subscribe(&self.channels(&feed.job))).await {
             Ok(()) => {
                 metrics::counter!("jobcast_redis_subscriptions_total").increment(1);
-                if refused.forget(&feed.job) {
-                    info!(job = %feed.job, "redis accepted the job's SUBSCRIBE after refusing it");
-                }
-                Ok(true)
+                self.confirm(vec![feed.clone()], refused);
+                Ok(())
             }
             Err(SubscribeError::Refused(e)) => {
-                metrics::counter!("jobcast_redis_subscribe_errors_total").increment(1);
-                let delay = refused.schedule(feed);
-                warn!(job = %feed.job, error = %e, retry_in = ?delay,
-                    "redis refused SUBSCRIBE for this job (ACL channel permission?); \
-                     its state is still read, other jobs are unaffected; retrying");
-                Ok(false)
+                self.refuse(feed, refused, &e.to_string());
+                Ok(())
             }
+            // A slow answer to one SUBSCRIBE is not a dead connection, unless
+            // PING goes unanswered too.
+            Err(SubscribeError::TimedOut) => match bounded_ping(sink).await {
+                Ok(()) => {
+                    self.refuse(feed, refused, "no answer to SUBSCRIBE");
+                    Ok(())
+                }
+                Err(e) => Err(Ended::Lost(e)),
+            },
             Err(SubscribeError::Lost(e)) => Err(Ended::Lost(e)),
         }
+    }
+
+    fn refuse(&self, feed: &Arc<Feed>, refused: &mut Refused, why: &str) {
+        metrics::counter!("jobcast_redis_subscribe_errors_total").increment(1);
+        let delay = refused.schedule(feed);
+        warn!(job = %feed.job, error = %why, retry_in = ?delay,
+            "redis did not take the job's SUBSCRIBE; its state is still read, \
+             other jobs are unaffected; retrying");
+    }
+
+    /// Checks, off the listener's path, that each feed's channels have a
+    /// subscriber now; the verdicts come back through `refused.verdicts`. A
+    /// check that cannot be made counts as subscribed.
+    fn confirm(&self, feeds: Vec<Arc<Feed>>, refused: &Refused) {
+        let pool = self.hub.reader().pool().clone();
+        let tx = refused.verdicts_tx.clone();
+        let channels: Vec<String> = feeds.iter().flat_map(|f| self.channels(&f.job)).collect();
+        tokio::spawn(async move {
+            let counts = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
+                let mut conn = pool.get().await.ok()?;
+                redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(&channels)
+                    .query_async::<Vec<(String, i64)>>(&mut *conn)
+                    .await
+                    .ok()
+            })
+            .await
+            .ok()
+            .flatten();
+            for (i, feed) in feeds.into_iter().enumerate() {
+                let subscribed = counts.as_ref().is_none_or(|c| {
+                    c.get(2 * i..2 * i + 2)
+                        .is_none_or(|pair| pair.iter().all(|(_, n)| *n > 0))
+                });
+                let _ = tx.send((feed, subscribed));
+            }
+        });
+    }
+
+    /// Is `feed` still the feed of a watched job (not left by every watcher)?
+    fn is_current(&self, feed: &Arc<Feed>) -> bool {
+        self.hub
+            .feed(feed.job.as_str())
+            .is_some_and(|f| Arc::ptr_eq(&f, feed))
     }
 
     fn dispatch(&self, msg: &redis::Msg) {
@@ -298,20 +360,26 @@ enum Ended {
 }
 
 /// Jobs whose SUBSCRIBE Redis refused, each with its retry backoff; a retry
-/// comes back through `due` when its delay is over.
+/// comes back through `due` when its delay is over, the confirmation of a
+/// SUBSCRIBE through `verdicts`.
 struct Refused {
     jobs: HashMap<JobId, Backoff>,
     tx: mpsc::UnboundedSender<Arc<Feed>>,
     due: mpsc::UnboundedReceiver<Arc<Feed>>,
+    verdicts_tx: mpsc::UnboundedSender<(Arc<Feed>, bool)>,
+    verdicts: mpsc::UnboundedReceiver<(Arc<Feed>, bool)>,
 }
 
 impl Refused {
     fn new() -> Self {
         let (tx, due) = mpsc::unbounded_channel();
+        let (verdicts_tx, verdicts) = mpsc::unbounded_channel();
         Refused {
             jobs: HashMap::new(),
             tx,
             due,
+            verdicts_tx,
+            verdicts,
         }
     }
 
@@ -343,7 +411,9 @@ impl Refused {
 enum SubscribeError {
     /// Redis answered with an error for these channels; the connection is fine.
     Refused(redis::RedisError),
-    /// No answer, or the connection broke.
+    /// No answer within [`SUBSCRIBE_TIMEOUT`].
+    TimedOut,
+    /// The connection broke.
     Lost(String),
 }
 
@@ -356,8 +426,14 @@ async fn bounded(
             Err(SubscribeError::Refused(e))
         }
         Ok(Err(e)) => Err(SubscribeError::Lost(e.to_string())),
-        Err(_) => Err(SubscribeError::Lost(format!(
-            "no answer within {SUBSCRIBE_TIMEOUT:?}"
-        ))),
+        Err(_) => Err(SubscribeError::TimedOut),
+    }
+}
+
+async fn bounded_ping(sink: &mut PubSubSink) -> Result<(), String> {
+    match tokio::time::timeout(SUBSCRIBE_TIMEOUT, sink.ping::<redis::Value>()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer to PING within {SUBSCRIBE_TIMEOUT:?}")),
     }
 }

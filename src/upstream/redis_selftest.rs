@@ -50,11 +50,17 @@ pub async fn check(
         ),
         (format!("{prefix}{PROBE_JOB}"), format!("{prefix}*")),
     ];
-    match tokio::time::timeout(PROBE_TIMEOUT, client.get_async_pubsub()).await {
-        Ok(Ok(mut pubsub)) => {
+    // A plain connection, not the pub/sub one: redis-rs's pub/sub sink drops
+    // the error a refused SUBSCRIBE gets, a plain command returns it. The
+    // connection is in subscribed mode afterwards and is dropped.
+    match tokio::time::timeout(PROBE_TIMEOUT, client.get_multiplexed_async_connection()).await {
+        Ok(Ok(mut conn)) => {
             for (channel, pattern) in probes {
-                match tokio::time::timeout(PROBE_TIMEOUT, pubsub.subscribe(&channel)).await {
-                    Ok(Ok(())) => {}
+                let mut cmd = redis::cmd("SUBSCRIBE");
+                cmd.arg(&channel);
+                let subscribe = cmd.query_async::<redis::Value>(&mut conn);
+                match tokio::time::timeout(PROBE_TIMEOUT, subscribe).await {
+                    Ok(Ok(_)) => {}
                     Ok(Err(e)) if e.code() == Some("NOPERM") => {
                         return Err(PermissionError::Channel {
                             channel,

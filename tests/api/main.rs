@@ -24,6 +24,7 @@ mod proxy;
 mod publish;
 mod python_client;
 mod read_retry;
+mod redis_acl;
 mod security;
 mod selftest;
 mod sse;
