@@ -51,9 +51,11 @@ async fn readyz_does_not_ask_redis_per_request() {
 async fn idle_sockets_cannot_take_the_descriptors_a_redis_reconnect_needs() {
     /// The gateway's open-file limit; it keeps accepted sockets 128 below it.
     const NOFILE: u64 = 256;
-    /// More idle clients than the gateway has descriptors, fewer than its
-    /// socket cap plus the listen backlog (128), so every connect completes.
-    const CLIENTS: usize = 240;
+    /// Enough idle clients that, without a cap, the gateway would run out of
+    /// descriptors with more waiting in the listen backlog (128) than a Redis
+    /// restart frees; fewer than the cap plus that backlog, so every connect
+    /// completes.
+    const CLIENTS: usize = 250;
     jobcast::sys::raise_nofile_limit();
     let mut redis = RedisServer::start().await;
     let app = ChildApp::spawn_with_nofile(&redis.url(), &[], Some(NOFILE)).await;
