@@ -80,6 +80,51 @@ async fn a_refused_state_read_is_retried_until_the_watcher_gets_done() {
     sse.expect("done").await;
 }
 
+#[tokio::test]
+async fn a_state_read_that_times_out_on_a_paused_redis_is_retried() {
+    let app = spawn_app_with(Options {
+        tweak: Box::new(|s| s.resync_secs = 0),
+        ..Default::default()
+    })
+    .await;
+    app.set("paused", r#"{"seq":1,"owner_id":"alice"}"#).await;
+    let auth = format!("Bearer {}", app.token("alice"));
+    let mut sse = Sse::connect(&app.url("/jobs/paused/events"), &[("authorization", &auth)]).await;
+    sse.expect("connected").await;
+    sse.expect("progress").await;
+
+    // The final state and a pause of writes (scripts included) longer than the
+    // gateway's 2 s read bound, in one step: the keyspace event goes out as the
+    // transaction ends, and the read it triggers times out.
+    let mut c = app.redis().await;
+    let _: () = redis::pipe()
+        .atomic()
+        .set(
+            app.key("paused"),
+            r#"{"seq":2,"owner_id":"alice","status":"completed"}"#,
+        )
+        .ignore()
+        .cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(3000)
+        .arg("WRITE")
+        .ignore()
+        .query_async(&mut c)
+        .await
+        .expect("SET + CLIENT PAUSE");
+
+    let ev = sse
+        .next_within(Duration::from_secs(8))
+        .await
+        .expect("the stream stays open");
+    assert_eq!(
+        (ev.event.as_str(), ev.id.as_deref()),
+        ("progress", Some("2")),
+        "the timed-out read was retried"
+    );
+    sse.expect("done").await;
+}
+
 /// `connected_clients` from `INFO clients`.
 async fn connected_clients(app: &TestApp) -> u64 {
     let mut c = app.redis().await;
