@@ -180,8 +180,14 @@ impl RedisListener {
             match bounded(sink.subscribe(&channels)).await {
                 Ok(()) => self.confirm(chunk.to_vec(), refused),
                 // Some job of the batch is refused (the whole command is), or the
-                // answer is late: find which, one by one, keeping the others.
-                Err(SubscribeError::Refused(_) | SubscribeError::TimedOut) => {
+                // answer is late on a connection that still answers PING: find
+                // which, one by one, keeping the others.
+                Err(e @ (SubscribeError::Refused(_) | SubscribeError::TimedOut)) => {
+                    if matches!(e, SubscribeError::TimedOut)
+                        && let Err(lost) = bounded_ping(&mut sink).await
+                    {
+                        return Ended::Lost(lost);
+                    }
                     for feed in chunk {
                         if let Err(Ended::Lost(e)) = self.subscribe(&mut sink, feed, refused).await
                         {
@@ -212,9 +218,9 @@ impl RedisListener {
                         if self.hub.is_watched(&job) {
                             continue; // re-joined meanwhile; its Subscribe follows
                         }
-                        if refused.forget(&job) {
-                            continue; // never subscribed
-                        }
+                        // Refused or not, UNSUBSCRIBE is harmless and drops
+                        // a SUBSCRIBE that was only late.
+                        refused.forget(&job);
                         match bounded(sink.unsubscribe(&self.channels(&job))).await {
                             Ok(()) | Err(SubscribeError::Refused(_)) => {}
                             Err(SubscribeError::TimedOut) => {
