@@ -444,6 +444,12 @@ impl Settings {
                 MAX_INTERVAL_SECS,
             ),
             (
+                "JOBCAST_REDIS_CHECK_SECS",
+                self.redis_check_secs,
+                MAX_INTERVAL_SECS,
+            ),
+            ("JOBCAST_RESYNC_SECS", self.resync_secs, MAX_INTERVAL_SECS),
+            (
                 "JOBCAST_RETENTION_DAYS",
                 u64::from(self.retention_days),
                 36_500,

@@ -232,8 +232,7 @@ impl App {
         let routes = crate::http::routes(self.state.clone());
         info!(addr = %self.addr, "jobcast listening");
         let stall_after = Duration::from_secs(self.state.settings.sse_stall_secs);
-        let serve =
-            crate::http::server::serve(
+        let serve = crate::http::server::serve(
             self.listener,
             routes,
             stall_after,
