@@ -10,7 +10,7 @@ use tokio::net::TcpStream;
 use crate::app::{claims, sign, spawn_app};
 use crate::child::ChildApp;
 use crate::clients::Sse;
-use crate::support::{RedisServer, wait_until};
+use crate::support::{RedisServer, free_port, wait_until};
 
 /// `calls` of `cmdstat_ping` from `INFO commandstats` (0 before the first PING).
 async fn ping_calls(redis: &RedisServer) -> u64 {
@@ -58,7 +58,7 @@ async fn idle_sockets_cannot_take_the_descriptors_a_redis_reconnect_needs() {
     const CLIENTS: usize = 250;
     jobcast::sys::raise_nofile_limit();
     let mut redis = RedisServer::start().await;
-    let app = ChildApp::spawn_with_nofile(&redis.url(), &[], Some(NOFILE)).await;
+    let app = ChildApp::spawn_with_nofile(free_port(), &redis.url(), &[], Some(NOFILE)).await;
     redis
         .set("progress:job:fd", r#"{"seq":1,"owner_id":"alice"}"#)
         .await;
