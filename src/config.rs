@@ -172,6 +172,21 @@ pub struct Settings {
     #[arg(long, env = "JOBCAST_CONFIGURE_REDIS", default_value_t = true, action = clap::ArgAction::Set, global = true)]
     pub configure_redis: bool,
 
+    /// Seconds between re-checks of Redis `notify-keyspace-events` (missing flags
+    /// are added back where allowed); 0 checks only at start.
+    #[arg(
+        long,
+        env = "JOBCAST_REDIS_CHECK_SECS",
+        default_value_t = 10,
+        global = true
+    )]
+    pub redis_check_secs: u64,
+
+    /// Seconds between re-reads of every watched job's state key, which heal
+    /// lost keyspace notifications; 0 turns the re-read off.
+    #[arg(long, env = "JOBCAST_RESYNC_SECS", default_value_t = 10, global = true)]
+    pub resync_secs: u64,
+
     /// Statuses that end a job's streams (case-insensitive).
     #[arg(
         long,
@@ -428,6 +443,12 @@ impl Settings {
                 self.jwks_refresh_secs,
                 MAX_INTERVAL_SECS,
             ),
+            (
+                "JOBCAST_REDIS_CHECK_SECS",
+                self.redis_check_secs,
+                MAX_INTERVAL_SECS,
+            ),
+            ("JOBCAST_RESYNC_SECS", self.resync_secs, MAX_INTERVAL_SECS),
             (
                 "JOBCAST_RETENTION_DAYS",
                 u64::from(self.retention_days),

@@ -5,11 +5,16 @@
 //!
 //! The hub also runs the reads that turn "something changed" into a document:
 //! a coalesced read of the state key through the pool, falling back to Postgres
-//! where Redis has no state (or is down) on a job's first load.
+//! where Redis has no state (or is down) on a job's first load. A read that
+//! fails is retried with backoff, the feed staying dirty, so the event that
+//! asked for it (maybe the job's last) is never lost to a busy Redis.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use futures::StreamExt;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
@@ -18,7 +23,17 @@ use crate::fanout::{Feed, Offer};
 use crate::job::{DocError, DocRules, JobId, ProgressDoc};
 use crate::store::Store;
 use crate::store::write_behind::WriteBehind;
+use crate::upstream::backoff::Backoff;
 use crate::upstream::redis_reader::{KeyState, RedisReader};
+
+/// First pause before a failed state read is tried again; doubles up to
+/// [`READ_RETRY_MAX`].
+const READ_RETRY_START: Duration = Duration::from_millis(100);
+const READ_RETRY_MAX: Duration = Duration::from_secs(5);
+/// State reads at once when every watched job is re-read (after a reconnect, on
+/// the resync timer): well below the pool size, so first states and snapshots
+/// asked for meanwhile still find a connection.
+pub const REREAD_CONCURRENCY: usize = 8;
 
 /// What the hub asks of the Redis listener. The channel carrying these is
 /// unbounded because the hub cannot wait in `Drop`; its rate is bounded by
@@ -66,6 +81,9 @@ pub struct Hub {
     store: Option<Store>,
     write_behind: Option<WriteBehind>,
     rules: DocRules,
+    /// Is the Redis pub/sub connection up? While it is down a failed read is not
+    /// retried: the reconnect re-reads every watched job anyway.
+    redis_up: Arc<AtomicBool>,
 }
 
 /// A watcher's membership of a job: keeps the job's subscription alive while held.
@@ -86,6 +104,7 @@ impl Hub {
         store: Option<Store>,
         write_behind: Option<WriteBehind>,
         rules: DocRules,
+        redis_up: Arc<AtomicBool>,
     ) -> (Arc<Hub>, mpsc::UnboundedReceiver<UpstreamCmd>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Hub {
@@ -96,6 +115,7 @@ impl Hub {
             store,
             write_behind,
             rules,
+            redis_up,
         };
         (Arc::new(hub), rx)
     }
@@ -231,22 +251,74 @@ impl Hub {
         if feed.request_read() {
             let hub = self.clone();
             let feed = feed.clone();
-            tokio::spawn(async move {
-                loop {
-                    hub.load(&feed).await;
-                    if !feed.read_finished() {
-                        break;
-                    }
-                }
-            });
+            tokio::spawn(async move { hub.read_until_clean(&feed).await });
         }
+    }
+
+    /// Reads `feed`'s state key now, in the caller's task, unless a read is in
+    /// flight (which is then told to go once more).
+    pub async fn reread(&self, feed: &Feed) {
+        if feed.request_read() {
+            self.read_until_clean(feed).await;
+        }
+    }
+
+    /// Re-reads every watched job, [`REREAD_CONCURRENCY`] at a time, so a
+    /// gateway with thousands of jobs does not empty the pool in one burst.
+    pub async fn reread_all(&self) {
+        let feeds = self.feeds();
+        futures::stream::iter(feeds)
+            .for_each_concurrent(REREAD_CONCURRENCY, |feed| async move {
+                self.reread(&feed).await;
+            })
+            .await;
+    }
+
+    /// Reads until a read succeeded with no request left pending. A failed
+    /// Redis read keeps the feed dirty and is retried with backoff while the
+    /// job is watched and the pub/sub connection is up.
+    async fn read_until_clean(&self, feed: &Feed) {
+        let mut backoff = Backoff::new(READ_RETRY_START, READ_RETRY_MAX);
+        let mut failures = 0u32;
+        loop {
+            let redis_answered = self.load(feed).await;
+            if !redis_answered && self.is_current(feed) && self.redis_up.load(Ordering::Acquire) {
+                failures += 1;
+                metrics::counter!("jobcast_redis_read_retries_total").increment(1);
+                let delay = backoff.next_delay();
+                if failures == 1 {
+                    warn!(job = %feed.job, retry_in = ?delay, "redis state read failed; retrying with backoff");
+                } else {
+                    debug!(job = %feed.job, failures, retry_in = ?delay, "redis state read failed again");
+                }
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            if failures > 0 && redis_answered {
+                debug!(job = %feed.job, failures, "redis state read succeeded after retries");
+            }
+            failures = 0;
+            backoff.reset();
+            if !feed.read_finished() {
+                break;
+            }
+        }
+    }
+
+    /// Is `feed` still the watched feed of its job (not left by every watcher)?
+    fn is_current(&self, feed: &Feed) -> bool {
+        self.lock()
+            .get(&feed.job)
+            .is_some_and(|e| std::ptr::eq(Arc::as_ptr(&e.feed), feed))
     }
 
     /// One read of the job's state: Redis first; Postgres where Redis has nothing
     /// or fails on the job's first load, or where the owner is still unknown.
-    async fn load(&self, feed: &Feed) {
+    /// Returns whether Redis answered.
+    async fn load(&self, feed: &Feed) -> bool {
         let first_load = !feed.snapshot().ready;
         let fetched = self.fetch(&feed.job, first_load).await;
+        let redis_answered = !fetched.redis_failed;
         if let Some(owner) = &fetched.stored_owner {
             feed.set_stored_owner(owner);
         }
@@ -254,6 +326,7 @@ impl Hub {
             self.offer(feed, doc, source);
         }
         feed.mark_ready(fetched.row, fetched.unavailable);
+        redis_answered
     }
 
     /// Reads what the sources hold of `job`. With `fallback`, Postgres is asked

@@ -34,6 +34,7 @@ pub mod hub;
 pub mod job;
 pub mod limits;
 pub mod metrics;
+pub mod readiness;
 pub mod shutdown;
 pub mod startup;
 pub mod state;

@@ -88,6 +88,10 @@ fn zero_counters() {
         "jobcast_postgres_writes_total",
         "jobcast_retention_deleted_total",
         "jobcast_jwks_refresh_errors_total",
+        "jobcast_redis_read_retries_total",
+        "jobcast_redis_subscribe_errors_total",
+        "jobcast_resyncs_total",
+        "jobcast_accept_paused_total",
     ] {
         counter!(name).increment(0);
     }
@@ -154,6 +158,26 @@ fn describe() {
         "1 while the Redis pub/sub connection is up"
     );
     describe_gauge!("jobcast_postgres_up", "1 while Postgres answers");
+    describe_gauge!(
+        "jobcast_redis_keyspace_events",
+        "1 while Redis notify-keyspace-events has every flag jobcast needs"
+    );
+    describe_counter!(
+        "jobcast_redis_read_retries_total",
+        "State reads tried again after a failure"
+    );
+    describe_counter!(
+        "jobcast_redis_subscribe_errors_total",
+        "Job SUBSCRIBEs Redis did not take (retried per job)"
+    );
+    describe_counter!(
+        "jobcast_resyncs_total",
+        "Periodic re-reads of every watched job"
+    );
+    describe_counter!(
+        "jobcast_accept_paused_total",
+        "Times the accept loop waited at the open-socket cap"
+    );
     describe_counter!(
         "jobcast_auth_failures_total",
         "Refused tokens and requests by reason"

@@ -18,6 +18,7 @@ use crate::http::origin::Origin;
 use crate::hub::Hub;
 use crate::job::DocRules;
 use crate::limits::Limits;
+use crate::readiness::Readiness;
 use crate::state::{AppState, SharedState};
 use crate::store::Store;
 use crate::store::retention;
@@ -25,13 +26,17 @@ use crate::store::write_behind::WriteBehind;
 use crate::upstream::pg_listener::PgListener;
 use crate::upstream::redis_listener::RedisListener;
 use crate::upstream::redis_reader::RedisReader;
-use crate::upstream::redis_setup;
+use crate::upstream::redis_selftest;
+use crate::upstream::redis_setup::KeyspaceMonitor;
+use crate::upstream::resync;
 
 pub struct App {
     addr: SocketAddr,
     state: SharedState,
     listener: tokio::net::TcpListener,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    /// Accepted sockets open at once (below the open-file limit).
+    max_sockets: usize,
     /// Drained after the server stopped, so the last states reach Postgres.
     write_behind: Option<WriteBehind>,
 }
@@ -44,9 +49,10 @@ impl App {
             0 => fd_limit.saturating_sub(crate::sys::RESERVED_FDS).max(64) as usize,
             n => n,
         };
+        let max_sockets = crate::sys::max_sockets(fd_limit);
         info!(
             fd_limit,
-            max_connections, "open-file limit raised; connections allowed"
+            max_connections, max_sockets, "open-file limit raised; connections allowed"
         );
         let _ = crate::metrics::handle();
 
@@ -83,7 +89,11 @@ impl App {
                 Some(store)
             }
         };
-        redis_setup::ensure_keyspace_events(&settings.redis_url, settings.configure_redis).await;
+        let keyspace = Arc::new(KeyspaceMonitor::new(
+            reader.pool().clone(),
+            settings.configure_redis,
+        ));
+        keyspace.check().await;
 
         let shutdown = CancellationToken::new();
         let mut tasks = Vec::new();
@@ -113,16 +123,47 @@ impl App {
         };
         let redis_up = Arc::new(AtomicBool::new(false));
         let write_behind = store.clone().map(WriteBehind::new);
-        let (hub, upstream_cmds) = Hub::new(reader, store.clone(), write_behind.clone(), rules);
+        let (hub, upstream_cmds) = Hub::new(
+            reader.clone(),
+            store.clone(),
+            write_behind.clone(),
+            rules,
+            redis_up.clone(),
+        );
         let listener = RedisListener::new(
             hub.clone(),
             &settings.redis_url,
             settings.redis_db(),
             &settings.key_prefix,
             redis_up.clone(),
-            settings.configure_redis,
+            keyspace.clone(),
         )?;
+        redis_selftest::check(
+            listener.client(),
+            &reader,
+            listener.keyspace_prefix(),
+            &settings.key_prefix,
+        )
+        .await
+        .context("Redis permissions")?;
+        let readiness = Readiness::new(reader, store.clone(), keyspace.clone()).await;
         tasks.push(tokio::spawn(listener.run(upstream_cmds, shutdown.clone())));
+        tasks.push(tokio::spawn(readiness.clone().run(shutdown.clone())));
+        if settings.redis_check_secs > 0 {
+            let period = Duration::from_secs(settings.redis_check_secs);
+            let (keyspace, stop) = (keyspace.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(
+                async move { keyspace.run(period, stop).await },
+            ));
+        }
+        if settings.resync_secs > 0 {
+            tasks.push(tokio::spawn(resync::run(
+                hub.clone(),
+                Duration::from_secs(settings.resync_secs),
+                redis_up.clone(),
+                shutdown.clone(),
+            )));
+        }
         if let (Some(store), Some(wb)) = (store, &write_behind) {
             tasks.push(tokio::spawn(wb.clone().run(shutdown.clone())));
             let pg = PgListener::new(hub.clone(), store.clone(), redis_up.clone());
@@ -150,6 +191,7 @@ impl App {
             verifier,
             shutdown,
             redis_up,
+            readiness,
             allowed_origins,
         });
         Ok(App {
@@ -157,6 +199,7 @@ impl App {
             state,
             listener: tcp,
             tasks,
+            max_sockets,
             write_behind,
         })
     }
@@ -189,8 +232,13 @@ impl App {
         let routes = crate::http::routes(self.state.clone());
         info!(addr = %self.addr, "jobcast listening");
         let stall_after = Duration::from_secs(self.state.settings.sse_stall_secs);
-        let serve =
-            crate::http::server::serve(self.listener, routes, stall_after, shutdown.clone());
+        let serve = crate::http::server::serve(
+            self.listener,
+            routes,
+            stall_after,
+            shutdown.clone(),
+            self.max_sockets,
+        );
         let drain_bound = async {
             shutdown.cancelled().await;
             tokio::time::sleep(deadline.mul_f64(DRAIN_SHARE)).await;

@@ -11,6 +11,7 @@ use crate::config::Settings;
 use crate::http::origin::Origin;
 use crate::hub::Hub;
 use crate::limits::Limits;
+use crate::readiness::Readiness;
 
 pub struct AppState {
     pub settings: Settings,
@@ -21,6 +22,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// True while the Redis pub/sub connection is up.
     pub redis_up: Arc<AtomicBool>,
+    /// What `/readyz` answers, refreshed in the background.
+    pub readiness: Arc<Readiness>,
     /// Pre-parsed `JOBCAST_ALLOWED_ORIGINS` (never `*`: refused at start).
     pub allowed_origins: Vec<Origin>,
 }

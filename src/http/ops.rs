@@ -1,30 +1,29 @@
 //! Operator routes: `/healthz` (the process runs), `/readyz` (which sources are
-//! reachable), `/metrics` (Prometheus text), `/openapi.yaml` (the HTTP contract).
+//! reachable, from the background report of `readiness`), `/metrics`
+//! (Prometheus text), `/openapi.yaml` (the HTTP contract).
 
 use serde_json::json;
 use warp::http::{StatusCode, header};
 use warp::reply::{Reply, Response};
 
 use crate::state::SharedState;
+use crate::upstream::redis_setup::KeyspaceEvents;
 
 pub fn healthz() -> Response {
     warp::reply::json(&json!({"status": "ok"})).into_response()
 }
 
-/// `200 {"redis":"up","postgres":"up"}`; `200` with `"status":"degraded"` where
-/// one is down but streams are served; `503` where no source is reachable.
+/// `200 {"redis":"up","postgres":"up","keyspace_events":"on"}`; `200` with
+/// `"status":"degraded"` where one source is down, or keyspace notifications are
+/// known to be off, but streams are served; `503` where no source is reachable.
+/// Answers from the background report (no Redis or Postgres round trip here).
 pub async fn readyz(app: SharedState) -> Response {
-    let redis_up = app.hub.reader().ping().await;
-    let pg = match app.hub.store() {
-        Some(store) => Some(store.ping().await),
-        None => None,
-    };
-    if let Some(up) = pg {
-        metrics::gauge!("jobcast_postgres_up").set(if up { 1.0 } else { 0.0 });
-    }
+    let report = app.readiness.report();
+    let redis_up = report.redis;
+    let pg = report.postgres;
     let word = |up: bool| if up { "up" } else { "down" };
     let any_up = redis_up || pg == Some(true);
-    let all_up = redis_up && pg != Some(false);
+    let all_up = redis_up && pg != Some(false) && report.keyspace_events != KeyspaceEvents::Off;
     let status = if all_up {
         "ready"
     } else if any_up {
@@ -36,6 +35,7 @@ pub async fn readyz(app: SharedState) -> Response {
         "status": status,
         "redis": word(redis_up),
         "postgres": pg.map_or("disabled", word),
+        "keyspace_events": report.keyspace_events.as_str(),
     });
     let code = if any_up {
         StatusCode::OK

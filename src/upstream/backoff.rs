@@ -8,28 +8,37 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(30);
 
 #[derive(Debug)]
 pub struct Backoff {
+    start: Duration,
+    max: Duration,
     next: Duration,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff {
-            next: BACKOFF_START,
-        }
+        Backoff::new(BACKOFF_START, BACKOFF_MAX)
     }
 }
 
 impl Backoff {
+    /// Delays from `start` doubling to `max` (both ± 20 % jitter).
+    pub fn new(start: Duration, max: Duration) -> Self {
+        Backoff {
+            start,
+            max,
+            next: start,
+        }
+    }
+
     /// The delay before the next attempt: the current step ± 20 % jitter.
     pub fn next_delay(&mut self) -> Duration {
         let base = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
+        self.next = (self.next * 2).min(self.max);
         let jitter = rand::random_range(0.8..1.2);
         base.mul_f64(jitter)
     }
 
     pub fn reset(&mut self) {
-        self.next = BACKOFF_START;
+        self.next = self.start;
     }
 }
 

@@ -6,8 +6,19 @@
 //!
 //! When the connection fails, open streams stay open: the listener reconnects
 //! with backoff, then re-subscribes every watched job and reads each one's
-//! current state, so nothing written meanwhile is missed.
+//! current state (a bounded number at a time), so nothing written meanwhile is
+//! missed.
+//!
+//! A SUBSCRIBE that Redis refuses for one job (an ACL that allows only some
+//! channels) or leaves unanswered on a connection that still answers PING is
+//! that job's problem, not the connection's: it is reported, the job is still
+//! read (first state, periodic re-read), and its subscription is retried with
+//! backoff while the other jobs' subscriptions stay as they are. redis-rs's
+//! pub/sub sink does not return the error of a refused SUBSCRIBE, so each
+//! subscription is confirmed afterwards with `PUBSUB NUMSUB` through the pool,
+//! off the listener's path.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -19,23 +30,27 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::event::Source;
+use crate::fanout::Feed;
 use crate::hub::{Hub, UpstreamCmd};
 use crate::job::JobId;
 use crate::upstream::backoff::Backoff;
-use crate::upstream::redis_setup;
+use crate::upstream::redis_setup::KeyspaceMonitor;
 
 /// Bound on one SUBSCRIBE/UNSUBSCRIBE round trip; past it the connection is
 /// considered dead and rebuilt.
 const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Jobs per SUBSCRIBE command when re-subscribing everything after a reconnect.
 const RESUBSCRIBE_BATCH: usize = 500;
+/// Retry delays of one job's refused SUBSCRIBE.
+const REFUSED_RETRY_START: Duration = Duration::from_secs(1);
+const REFUSED_RETRY_MAX: Duration = Duration::from_secs(30);
 
 pub struct RedisListener {
     hub: Arc<Hub>,
     client: redis::Client,
-    redis_url: String,
-    /// `JOBCAST_CONFIGURE_REDIS`: whether notification flags may be CONFIG SET.
-    configure_redis: bool,
+    /// Re-checked on every reconnect: a restarted Redis has lost a CONFIG SET of
+    /// its notification flags.
+    keyspace: Arc<KeyspaceMonitor>,
     prefix: String,
     keyspace_prefix: String,
     /// Shared with `/readyz` and the metrics: is the pub/sub connection up?
@@ -49,17 +64,25 @@ impl RedisListener {
         db: i64,
         prefix: &str,
         up: Arc<AtomicBool>,
-        configure_redis: bool,
+        keyspace: Arc<KeyspaceMonitor>,
     ) -> anyhow::Result<Self> {
         Ok(RedisListener {
             hub,
             client: redis::Client::open(redis_url)?,
-            redis_url: redis_url.to_owned(),
-            configure_redis,
+            keyspace,
             prefix: prefix.to_owned(),
             keyspace_prefix: format!("__keyspace@{db}__:{prefix}"),
             up,
         })
+    }
+
+    pub fn client(&self) -> &redis::Client {
+        &self.client
+    }
+
+    /// `__keyspace@<db>__:PREFIX`.
+    pub fn keyspace_prefix(&self) -> &str {
+        &self.keyspace_prefix
     }
 
     /// A job's two channels: its key's keyspace channel and its job channel.
@@ -83,6 +106,7 @@ impl RedisListener {
     ) {
         let mut backoff = Backoff::default();
         let mut was_up = true;
+        let mut refused = Refused::new();
         loop {
             let connected = tokio::select! {
                 _ = shutdown.cancelled() => return,
@@ -93,16 +117,14 @@ impl RedisListener {
                     backoff.reset();
                     if !was_up {
                         info!("redis pub/sub connection is back; re-subscribing watched jobs");
-                        // A restarted Redis has lost a CONFIG SET of its
-                        // notification flags; without them SETs go unheard.
-                        let check = redis_setup::ensure_keyspace_events(
-                            &self.redis_url,
-                            self.configure_redis,
-                        );
-                        let _ = tokio::time::timeout(SUBSCRIBE_TIMEOUT, check).await;
+                        // Without the flags a restarted Redis lost, SETs go unheard.
+                        self.keyspace.check().await;
                     }
                     let (sink, stream) = pubsub.split();
-                    match self.serve(sink, stream, &mut cmds, &shutdown).await {
+                    match self
+                        .serve(sink, stream, &mut cmds, &mut refused, &shutdown)
+                        .await
+                    {
                         Ended::Shutdown => return,
                         Ended::Lost(why) => {
                             warn!(error = %why, "redis pub/sub connection lost; streams stay open, reconnecting");
@@ -147,6 +169,7 @@ impl RedisListener {
         mut sink: PubSubSink,
         mut stream: PubSubStream,
         cmds: &mut mpsc::UnboundedReceiver<UpstreamCmd>,
+        refused: &mut Refused,
         shutdown: &CancellationToken,
     ) -> Ended {
         // Re-subscribe what is watched, then read each job's current state: an
@@ -154,45 +177,162 @@ impl RedisListener {
         let feeds = self.hub.feeds();
         for chunk in feeds.chunks(RESUBSCRIBE_BATCH) {
             let channels: Vec<String> = chunk.iter().flat_map(|f| self.channels(&f.job)).collect();
-            if let Err(e) = bounded(sink.subscribe(&channels)).await {
-                return Ended::Lost(e);
+            match bounded(sink.subscribe(&channels)).await {
+                Ok(()) => self.confirm(chunk.to_vec(), refused),
+                // Some job of the batch is refused (the whole command is), or the
+                // answer is late on a connection that still answers PING: find
+                // which, one by one, keeping the others.
+                Err(e @ (SubscribeError::Refused(_) | SubscribeError::TimedOut)) => {
+                    if matches!(e, SubscribeError::TimedOut)
+                        && let Err(lost) = bounded_ping(&mut sink).await
+                    {
+                        return Ended::Lost(lost);
+                    }
+                    for feed in chunk {
+                        if let Err(Ended::Lost(e)) = self.subscribe(&mut sink, feed, refused).await
+                        {
+                            return Ended::Lost(e);
+                        }
+                    }
+                }
+                Err(SubscribeError::Lost(e)) => return Ended::Lost(e),
             }
         }
         self.set_up(true);
-        for feed in &feeds {
-            self.hub.request_read(feed);
-        }
+        let hub = self.hub.clone();
+        tokio::spawn(async move { hub.reread_all().await });
         loop {
             tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
                 cmd = cmds.recv() => match cmd {
                     Some(UpstreamCmd::Subscribe(feed)) => {
-                        let channels = self.channels(&feed.job);
-                        let result = bounded(sink.subscribe(&channels)).await;
+                        let result = self.subscribe(&mut sink, &feed, refused).await;
                         // Subscribed (or not): either way the first read runs now,
                         // after the subscription, so nothing between is lost.
                         self.hub.request_read(&feed);
-                        if let Err(e) = result {
-                            return Ended::Lost(e);
+                        if let Err(lost) = result {
+                            return lost;
                         }
-                        metrics::counter!("jobcast_redis_subscriptions_total").increment(1);
                     }
                     Some(UpstreamCmd::Unsubscribe(job)) => {
                         if self.hub.is_watched(&job) {
                             continue; // re-joined meanwhile; its Subscribe follows
                         }
-                        if let Err(e) = bounded(sink.unsubscribe(&self.channels(&job))).await {
-                            return Ended::Lost(e);
+                        // Refused or not, UNSUBSCRIBE is harmless and drops
+                        // a SUBSCRIBE that was only late.
+                        refused.forget(&job);
+                        match bounded(sink.unsubscribe(&self.channels(&job))).await {
+                            Ok(()) | Err(SubscribeError::Refused(_)) => {}
+                            Err(SubscribeError::TimedOut) => {
+                                return Ended::Lost(format!("no answer to UNSUBSCRIBE within {SUBSCRIBE_TIMEOUT:?}"));
+                            }
+                            Err(SubscribeError::Lost(e)) => return Ended::Lost(e),
                         }
                     }
                     None => return Ended::Shutdown,
                 },
+                Some(feed) = refused.due.recv() => {
+                    // Still watched by the same watchers' feed? Else nothing to do.
+                    if self.is_current(&feed) && refused.is_refused(&feed.job)
+                        && let Err(lost) = self.subscribe(&mut sink, &feed, refused).await
+                    {
+                        return lost;
+                    }
+                }
+                Some((feed, subscribed)) = refused.verdicts.recv() => {
+                    if !self.is_current(&feed) {
+                        continue;
+                    }
+                    if !subscribed {
+                        self.refuse(&feed, refused, "the channels have no subscriber after SUBSCRIBE (ACL channel permission?)");
+                    } else if refused.forget(&feed.job) {
+                        info!(job = %feed.job, "redis accepted the job's SUBSCRIBE after refusing it");
+                        // Read what was missed while unsubscribed.
+                        self.hub.request_read(&feed);
+                    }
+                }
                 msg = stream.next() => match msg {
                     Some(msg) => self.dispatch(&msg),
                     None => return Ended::Lost("connection closed".into()),
                 },
             }
         }
+    }
+
+    /// Subscribes one job's channels; a refusal is reported and retried, and
+    /// only a lost connection is an `Err`.
+    async fn subscribe(
+        &self,
+        sink: &mut PubSubSink,
+        feed: &Arc<Feed>,
+        refused: &mut Refused,
+    ) -> Result<(), Ended> {
+        match bounded(sink.subscribe(&self.channels(&feed.job))).await {
+            Ok(()) => {
+                metrics::counter!("jobcast_redis_subscriptions_total").increment(1);
+                self.confirm(vec![feed.clone()], refused);
+                Ok(())
+            }
+            Err(SubscribeError::Refused(e)) => {
+                self.refuse(feed, refused, &e.to_string());
+                Ok(())
+            }
+            // A slow answer to one SUBSCRIBE is not a dead connection, unless
+            // PING goes unanswered too.
+            Err(SubscribeError::TimedOut) => match bounded_ping(sink).await {
+                Ok(()) => {
+                    self.refuse(feed, refused, "no answer to SUBSCRIBE");
+                    Ok(())
+                }
+                Err(e) => Err(Ended::Lost(e)),
+            },
+            Err(SubscribeError::Lost(e)) => Err(Ended::Lost(e)),
+        }
+    }
+
+    fn refuse(&self, feed: &Arc<Feed>, refused: &mut Refused, why: &str) {
+        metrics::counter!("jobcast_redis_subscribe_errors_total").increment(1);
+        let delay = refused.schedule(feed);
+        warn!(job = %feed.job, error = %why, retry_in = ?delay,
+            "redis did not take the job's SUBSCRIBE; its state is still read, \
+             other jobs are unaffected; retrying");
+    }
+
+    /// Checks, off the listener's path, that each feed's channels have a
+    /// subscriber now; the verdicts come back through `refused.verdicts`. A
+    /// check that cannot be made counts as subscribed.
+    fn confirm(&self, feeds: Vec<Arc<Feed>>, refused: &Refused) {
+        let pool = self.hub.reader().pool().clone();
+        let tx = refused.verdicts_tx.clone();
+        let channels: Vec<String> = feeds.iter().flat_map(|f| self.channels(&f.job)).collect();
+        tokio::spawn(async move {
+            let counts = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
+                let mut conn = pool.get().await.ok()?;
+                redis::cmd("PUBSUB")
+                    .arg("NUMSUB")
+                    .arg(&channels)
+                    .query_async::<Vec<(String, i64)>>(&mut *conn)
+                    .await
+                    .ok()
+            })
+            .await
+            .ok()
+            .flatten();
+            for (i, feed) in feeds.into_iter().enumerate() {
+                let subscribed = counts.as_ref().is_none_or(|c| {
+                    c.get(2 * i..2 * i + 2)
+                        .is_none_or(|pair| pair.iter().all(|(_, n)| *n > 0))
+                });
+                let _ = tx.send((feed, subscribed));
+            }
+        });
+    }
+
+    /// Is `feed` still the feed of a watched job (not left by every watcher)?
+    fn is_current(&self, feed: &Arc<Feed>) -> bool {
+        self.hub
+            .feed(feed.job.as_str())
+            .is_some_and(|f| Arc::ptr_eq(&f, feed))
     }
 
     fn dispatch(&self, msg: &redis::Msg) {
@@ -225,12 +365,81 @@ enum Ended {
     Lost(String),
 }
 
+/// Jobs whose SUBSCRIBE Redis refused, each with its retry backoff; a retry
+/// comes back through `due` when its delay is over, the confirmation of a
+/// SUBSCRIBE through `verdicts`.
+struct Refused {
+    jobs: HashMap<JobId, Backoff>,
+    tx: mpsc::UnboundedSender<Arc<Feed>>,
+    due: mpsc::UnboundedReceiver<Arc<Feed>>,
+    verdicts_tx: mpsc::UnboundedSender<(Arc<Feed>, bool)>,
+    verdicts: mpsc::UnboundedReceiver<(Arc<Feed>, bool)>,
+}
+
+impl Refused {
+    fn new() -> Self {
+        let (tx, due) = mpsc::unbounded_channel();
+        let (verdicts_tx, verdicts) = mpsc::unbounded_channel();
+        Refused {
+            jobs: HashMap::new(),
+            tx,
+            due,
+            verdicts_tx,
+            verdicts,
+        }
+    }
+
+    fn is_refused(&self, job: &JobId) -> bool {
+        self.jobs.contains_key(job)
+    }
+
+    /// Drops `job` from the refused set; true if it was there.
+    fn forget(&mut self, job: &JobId) -> bool {
+        self.jobs.remove(job).is_some()
+    }
+
+    /// Records a refusal and schedules the next attempt; returns its delay.
+    fn schedule(&mut self, feed: &Arc<Feed>) -> Duration {
+        let delay = self
+            .jobs
+            .entry(feed.job.clone())
+            .or_insert_with(|| Backoff::new(REFUSED_RETRY_START, REFUSED_RETRY_MAX))
+            .next_delay();
+        let (tx, feed) = (self.tx.clone(), feed.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(feed);
+        });
+        delay
+    }
+}
+
+enum SubscribeError {
+    /// Redis answered with an error for these channels; the connection is fine.
+    Refused(redis::RedisError),
+    /// No answer within [`SUBSCRIBE_TIMEOUT`].
+    TimedOut,
+    /// The connection broke.
+    Lost(String),
+}
+
 async fn bounded(
     fut: impl std::future::Future<Output = redis::RedisResult<()>>,
-) -> Result<(), String> {
+) -> Result<(), SubscribeError> {
     match tokio::time::timeout(SUBSCRIBE_TIMEOUT, fut).await {
         Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) if e.code().is_some() && !e.is_unrecoverable_error() => {
+            Err(SubscribeError::Refused(e))
+        }
+        Ok(Err(e)) => Err(SubscribeError::Lost(e.to_string())),
+        Err(_) => Err(SubscribeError::TimedOut),
+    }
+}
+
+async fn bounded_ping(sink: &mut PubSubSink) -> Result<(), String> {
+    match tokio::time::timeout(SUBSCRIBE_TIMEOUT, sink.ping::<redis::Value>()).await {
+        Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err(format!("no answer within {SUBSCRIBE_TIMEOUT:?}")),
+        Err(_) => Err(format!("no answer to PING within {SUBSCRIBE_TIMEOUT:?}")),
     }
 }

@@ -1,7 +1,9 @@
 //! Reads and writes state keys through the connection pool. A read is ONE round
 //! trip (a Lua script returning the key's type with its value), so a keyspace
-//! event costs exactly one call whatever the key holds. Writes are the publisher
-//! path: SET with TTL and PUBLISH in one atomic script.
+//! event costs exactly one call whatever the key holds. The script measures the
+//! value inside Redis first (STRLEN, HLEN, HSTRLEN) and returns only its size
+//! when it is over the document limit, so a huge value never crosses the wire.
+//! Writes are the publisher path: SET with TTL and PUBLISH in one atomic script.
 
 use std::time::Duration;
 
@@ -16,10 +18,28 @@ pub const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
 /// Pooled command connections; pub/sub has its own dedicated connection.
 pub const REDIS_POOL_SIZE: usize = 32;
 
+/// `{type, value}`, `{type}` for other types and missing keys, or
+/// `{type, 'too_large', size}` when the value is over `ARGV[1]` bytes (a hash
+/// counts its field names and values, as `ProgressDoc::from_hash` does).
 const READ_SCRIPT: &str = r"
-local t = redis.call('TYPE', KEYS[1])['ok']
-if t == 'string' then return {t, redis.call('GET', KEYS[1])} end
-if t == 'hash' then return {t, redis.call('HGETALL', KEYS[1])} end
+local key, limit = KEYS[1], tonumber(ARGV[1])
+local t = redis.call('TYPE', key)['ok']
+if t == 'string' then
+  local n = redis.call('STRLEN', key)
+  if n > limit then return {t, 'too_large', n} end
+  return {t, redis.call('GET', key)}
+end
+if t == 'hash' then
+  local n = redis.call('HLEN', key)
+  -- every field name but one (the empty name) is at least one byte
+  if n - 1 > limit then return {t, 'too_large', n - 1} end
+  local size = 0
+  for _, f in ipairs(redis.call('HKEYS', key)) do
+    size = size + #f + redis.call('HSTRLEN', key, f)
+    if size > limit then return {t, 'too_large', size} end
+  end
+  return {t, redis.call('HGETALL', key)}
+end
 return {t}
 ";
 
@@ -33,6 +53,13 @@ pub enum RedisError {
     Timeout(Duration),
     #[error("redis answered with an unexpected shape")]
     Shape,
+}
+
+impl RedisError {
+    /// Redis refused the command for the connection's ACL user (`NOPERM`).
+    pub fn is_permission_denied(&self) -> bool {
+        matches!(self, RedisError::Redis(e) if e.code() == Some("NOPERM"))
+    }
 }
 
 /// What the state key holds.
@@ -90,7 +117,12 @@ impl RedisReader {
         let key = self.key(job);
         let value: Value = bounded(async {
             let mut conn = self.pool.get().await?;
-            Ok(self.read.key(&key).invoke_async(&mut *conn).await?)
+            Ok(self
+                .read
+                .key(&key)
+                .arg(self.rules.max_bytes)
+                .invoke_async(&mut *conn)
+                .await?)
         })
         .await?;
         let Value::Array(mut parts) = value else {
@@ -98,6 +130,10 @@ impl RedisReader {
         };
         if parts.is_empty() {
             return Err(RedisError::Shape);
+        }
+        if parts.len() == 3 {
+            // Measured in Redis and over the limit: the value itself never came.
+            return Ok(KeyState::Invalid(DocError::TooLarge));
         }
         let ty = match parts.remove(0) {
             Value::BulkString(b) => String::from_utf8_lossy(&b).into_owned(),

@@ -1,12 +1,23 @@
-//! Start-up check of `notify-keyspace-events`: jobcast needs `K` (keyspace
+//! The server's `notify-keyspace-events` flags: jobcast needs `K` (keyspace
 //! channel), `$` (strings), `h` (hashes), `g` (del, expire...) and `x` (expired).
-//! Missing flags are added with CONFIG SET unless told not to; where CONFIG is
-//! refused (managed Redis) one clear warning names the exact setting.
+//! Checked at start and again every `JOBCAST_REDIS_CHECK_SECS`, because another
+//! application may turn them off at any time (`CONFIG SET notify-keyspace-events
+//! Ex`) and a restarted Redis forgets a CONFIG SET. Missing flags are added back
+//! unless told not to; where CONFIG is refused (managed Redis) the state is
+//! `unknown`. The state feeds `/readyz` and `jobcast_redis_keyspace_events`, and
+//! only changes of it are logged.
 
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use deadpool_redis::Pool;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 /// Flags jobcast needs, as in the Redis documentation of keyspace events.
 pub const NEEDED_FLAGS: &str = "K$hgx";
+/// Bound on one check (CONFIG GET, and CONFIG SET where needed).
+const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// The flags `current` lacks, honouring `A` (alias for `g$lshzxet`).
 pub fn missing_flags(current: &str) -> String {
@@ -20,43 +31,161 @@ pub fn missing_flags(current: &str) -> String {
         .collect()
 }
 
-/// Checks and, when allowed, fixes the server's notification flags. Never fails
-/// start-up: without keyspace events jobcast still serves channels and Postgres.
-pub async fn ensure_keyspace_events(redis_url: &str, configure: bool) {
-    let result = async {
-        let client = redis::Client::open(redis_url)?;
-        let mut conn = client.get_multiplexed_async_connection().await?;
+/// What the last check found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeyspaceEvents {
+    /// Every needed flag is set (possibly by jobcast just now).
+    On,
+    /// Flags are missing and jobcast may not (or could not) set them.
+    Off,
+    /// CONFIG was refused or Redis did not answer.
+    Unknown,
+}
+
+impl KeyspaceEvents {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyspaceEvents::On => "on",
+            KeyspaceEvents::Off => "off",
+            KeyspaceEvents::Unknown => "unknown",
+        }
+    }
+
+    fn from_u8(v: u8) -> Self {
+        match v {
+            1 => KeyspaceEvents::On,
+            2 => KeyspaceEvents::Off,
+            _ => KeyspaceEvents::Unknown,
+        }
+    }
+
+    fn to_u8(self) -> u8 {
+        match self {
+            KeyspaceEvents::Unknown => 0,
+            KeyspaceEvents::On => 1,
+            KeyspaceEvents::Off => 2,
+        }
+    }
+}
+
+/// Not checked yet: the first check logs whatever it finds.
+const NEVER_CHECKED: u8 = u8::MAX;
+
+pub struct KeyspaceMonitor {
+    pool: Pool,
+    /// `JOBCAST_CONFIGURE_REDIS`: whether missing flags may be CONFIG SET.
+    configure: bool,
+    state: AtomicU8,
+}
+
+/// One check's finding, before it is logged.
+enum Finding {
+    On { flags: String },
+    Fixed { flags: String },
+    Missing { flags: String, missing: String },
+    Failed(String),
+}
+
+impl KeyspaceMonitor {
+    pub fn new(pool: Pool, configure: bool) -> Self {
+        KeyspaceMonitor {
+            pool,
+            configure,
+            state: AtomicU8::new(NEVER_CHECKED),
+        }
+    }
+
+    /// What the last check found (`unknown` before the first).
+    pub fn state(&self) -> KeyspaceEvents {
+        KeyspaceEvents::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    /// Checks the flags and, where allowed, adds the missing ones. Never fails:
+    /// without keyspace events jobcast still serves channels, Postgres and the
+    /// periodic re-read.
+    pub async fn check(&self) -> KeyspaceEvents {
+        let finding = match tokio::time::timeout(CHECK_TIMEOUT, self.inspect()).await {
+            Ok(Ok(f)) => f,
+            Ok(Err(e)) => Finding::Failed(e.to_string()),
+            Err(_) => Finding::Failed(format!("no answer within {CHECK_TIMEOUT:?}")),
+        };
+        let state = match &finding {
+            Finding::On { .. } | Finding::Fixed { .. } => KeyspaceEvents::On,
+            Finding::Missing { .. } => KeyspaceEvents::Off,
+            Finding::Failed(_) => KeyspaceEvents::Unknown,
+        };
+        let before = self.state.swap(state.to_u8(), Ordering::AcqRel);
+        let changed = before != state.to_u8();
+        metrics::gauge!("jobcast_redis_keyspace_events").set(if state == KeyspaceEvents::On {
+            1.0
+        } else {
+            0.0
+        });
+        match finding {
+            Finding::On { flags } if changed => {
+                info!(flags = %flags, "redis keyspace notifications are on");
+            }
+            Finding::On { .. } => {}
+            // Someone turned them off since the last check: always worth a line.
+            Finding::Fixed { flags } => {
+                info!(flags = %flags, "turned on redis keyspace notifications");
+            }
+            Finding::Missing { flags, missing } if changed => {
+                warn!(flags = %flags, missing = %missing,
+                    "redis notify-keyspace-events lacks flags and JOBCAST_CONFIGURE_REDIS=false: \
+                     SET-only writes reach watchers only through the periodic re-read until \
+                     `notify-keyspace-events {flags}{missing}` is set");
+            }
+            Finding::Failed(error) if changed => {
+                warn!(error = %error,
+                    "could not check or set redis `notify-keyspace-events` (CONFIG refused or redis down); \
+                     set `notify-keyspace-events K$hgx` on the server, else only job channels, Postgres \
+                     and the periodic re-read push updates");
+            }
+            Finding::Missing { .. } | Finding::Failed(_) => {}
+        }
+        state
+    }
+
+    async fn inspect(&self) -> Result<Finding, anyhow::Error> {
+        let mut conn = self.pool.get().await?;
         let (_, current): (String, String) = redis::cmd("CONFIG")
             .arg("GET")
             .arg("notify-keyspace-events")
-            .query_async(&mut conn)
+            .query_async(&mut *conn)
             .await?;
         let missing = missing_flags(&current);
         if missing.is_empty() {
-            info!(flags = %current, "redis keyspace notifications are on");
-            return Ok::<_, redis::RedisError>(());
+            return Ok(Finding::On { flags: current });
         }
-        if !configure {
-            warn!(flags = %current, missing = %missing,
-                "redis notify-keyspace-events lacks flags and JOBCAST_CONFIGURE_REDIS=false: \
-                 state keys will not be pushed until `notify-keyspace-events {current}{missing}` is set");
-            return Ok(());
+        if !self.configure {
+            return Ok(Finding::Missing {
+                flags: current,
+                missing,
+            });
         }
         let wanted = format!("{current}{missing}");
         redis::cmd("CONFIG")
             .arg("SET")
             .arg("notify-keyspace-events")
             .arg(&wanted)
-            .query_async::<()>(&mut conn)
+            .query_async::<()>(&mut *conn)
             .await?;
-        info!(flags = %wanted, "turned on redis keyspace notifications");
-        Ok(())
+        Ok(Finding::Fixed { flags: wanted })
     }
-    .await;
-    if let Err(e) = result {
-        warn!(error = %e,
-            "could not check or set redis `notify-keyspace-events` (CONFIG refused or redis down); \
-             set `notify-keyspace-events K$hgx` on the server, else only job channels and Postgres push updates");
+
+    /// Re-checks every `period` until `shutdown`.
+    pub async fn run(&self, period: Duration, shutdown: CancellationToken) {
+        let mut timer = tokio::time::interval(period);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        timer.tick().await; // the first tick is now; start-up just checked
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = timer.tick() => {}
+            }
+            self.check().await;
+        }
     }
 }
 

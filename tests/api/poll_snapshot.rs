@@ -3,6 +3,7 @@
 use std::time::{Duration, Instant};
 
 use crate::app::spawn_app;
+use crate::support::wait_until;
 
 #[tokio::test]
 async fn long_poll_answers_at_once_waits_and_times_out() {
@@ -103,12 +104,13 @@ async fn health_and_readiness() {
     let body: serde_json::Value = ready.json().await.unwrap();
     assert_eq!(body["redis"], "up");
     app.redis.kill();
-    let res = reqwest::get(app.url("/readyz")).await.unwrap();
-    assert_eq!(
-        res.status(),
-        503,
-        "no source reachable (Redis down, no Postgres)"
-    );
+    // The report is refreshed in the background, about once a second.
+    wait_until(
+        Duration::from_secs(5),
+        "readyz answers 503: no source reachable (Redis down, no Postgres)",
+        || async { reqwest::get(app.url("/readyz")).await.unwrap().status() == 503 },
+    )
+    .await;
     let unknown = reqwest::get(app.url("/nope")).await.unwrap();
     assert_eq!(unknown.status(), 404);
     assert_eq!(
