@@ -74,11 +74,9 @@ impl Reply for ApiError {
         let body = json!({"error": self.code(), "message": self.to_string()});
         let mut res =
             warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
-        if matches!(self, ApiError::Unauthorized(_)) {
-            res.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"jobcast\""),
-            );
+        if let ApiError::Unauthorized(cause) = &self {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, www_authenticate(cause));
         }
         res.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -87,6 +85,29 @@ impl Reply for ApiError {
 }
 
 impl reject::Reject for ApiError {}
+
+/// The RFC 6750 challenge for a refused token: a request without one gets the
+/// bare challenge (§3.1: no error code when no credentials were sent), a bad
+/// one `invalid_token` — or `invalid_request` for a token sent where the route
+/// does not read it — with the same cause as the JSON body's `message`.
+fn www_authenticate(cause: &AuthError) -> HeaderValue {
+    const BARE: &str = "Bearer realm=\"jobcast\"";
+    let code = match cause {
+        AuthError::Missing => return HeaderValue::from_static(BARE),
+        AuthError::NotInHeader => "invalid_request",
+        _ => "invalid_token",
+    };
+    // error_description allows printable ASCII except `"` and `\` (§3).
+    let description: String = cause
+        .to_string()
+        .chars()
+        .filter(|c| matches!(c, ' '..='~') && *c != '"' && *c != '\\')
+        .collect();
+    HeaderValue::from_str(&format!(
+        "{BARE}, error=\"{code}\", error_description=\"{description}\""
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static(BARE))
+}
 
 /// Maps every rejection that reaches the top to the contract's JSON errors.
 pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
@@ -123,4 +144,42 @@ pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
         return Ok(ApiError::BadRequest(format!("{err:?}")).into_response());
     }
     Ok(ApiError::Internal(anyhow::anyhow!("unhandled rejection: {err:?}")).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn challenge(cause: AuthError) -> String {
+        www_authenticate(&cause).to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_missing_token_gets_the_bare_challenge() {
+        assert_eq!(challenge(AuthError::Missing), r#"Bearer realm="jobcast""#);
+    }
+
+    #[test]
+    fn a_token_in_the_wrong_place_is_an_invalid_request() {
+        assert!(challenge(AuthError::NotInHeader).contains(r#"error="invalid_request""#));
+    }
+
+    #[test]
+    fn a_bad_token_gets_invalid_token_with_its_cause() {
+        assert_eq!(
+            challenge(AuthError::WrongIssuer),
+            r#"Bearer realm="jobcast", error="invalid_token", error_description="the token issuer (iss) is not accepted""#
+        );
+        for cause in [
+            AuthError::Expired,
+            AuthError::NotYetValid,
+            AuthError::BadSignature,
+            AuthError::WrongAudience,
+            AuthError::Malformed,
+            AuthError::UnknownKeyId,
+        ] {
+            let c = challenge(cause.clone());
+            assert!(c.contains(&format!("error_description=\"{cause}\"")), "{c}");
+        }
+    }
 }

@@ -44,14 +44,24 @@ const HUMAN_MESSAGES = {
  * @property {string} code   one of `token_expired`, `unauthorized`, `forbidden`,
  *                           `not_found`, `bad_request`, `client_error`
  * @property {number|undefined} status  the HTTP status, where one was seen
+ * @property {string|undefined} detail  the server's own words on the cause (its
+ *                           JSON `message`, e.g. "the token has expired (exp)"),
+ *                           where one was seen; also appended to `message`
  */
 export class JobcastError extends Error {
-  constructor(code, status, message) {
-    super(message || HUMAN_MESSAGES[code] || 'Something went wrong while watching this job.');
+  constructor(code, status, message, detail) {
+    const human = message || HUMAN_MESSAGES[code] || 'Something went wrong while watching this job.';
+    super(detail ? `${human} (${detail})` : human);
     this.name = 'JobcastError';
     this.code = code;
     this.status = status;
+    this.detail = detail || undefined;
   }
+}
+
+/** The server's `message` from an error body, if it sent one. */
+function detailOf(body) {
+  return body && typeof body.message === 'string' && body.message ? body.message : undefined;
 }
 
 function errorForStatus(status, body) {
@@ -59,7 +69,7 @@ function errorForStatus(status, body) {
     (body && typeof body.error === 'string' && HUMAN_MESSAGES[body.error] && body.error) ||
     { 400: 'bad_request', 401: 'unauthorized', 403: 'forbidden', 404: 'not_found' }[status] ||
     'client_error';
-  return new JobcastError(code, status);
+  return new JobcastError(code, status, undefined, detailOf(body));
 }
 
 /** Job ids are `A-Z a-z 0-9 . _ : -`; keep `:` literal since path params are not percent-decoded everywhere. */
@@ -338,7 +348,7 @@ function openPoll(w, cb) {
       if (stopped) return;
       if (res.status === 401) {
         if (body && body.error === 'token_expired') cb.expired();
-        else cb.failed({ needsProbe: false, status: 401 });
+        else cb.failed({ needsProbe: false, status: 401, body });
       } else if (res.status === 400 || res.status === 403 || res.status === 404) {
         cb.final(errorForStatus(res.status, body));
       } else {
@@ -389,6 +399,7 @@ class Watcher {
     this.timers = new Set();
     this.connectedAt = 0;
     this.refreshes = 0;
+    this.authDetail = undefined; // the server's cause of the last 401
     this.retryNow = null;
     this.onOnline = () => this.retryNow && this.retryNow();
   }
@@ -620,7 +631,7 @@ class Watcher {
     // The stream ended after the job's terminal document (e.g. SSE answered
     // 204 to our Last-Event-ID): the job is over, not the connection.
     if (this.isTerminal(this.lastDoc)) return this.finish({ status: this.lastDoc.status });
-    if (info.status === 401) return this.onUnauthorized(name);
+    if (info.status === 401) return this.onUnauthorized(name, info.body);
     if (wasConnected) {
       // It worked, so it is preferred: back off, then start over with it.
       if (Date.now() - this.connectedAt >= STABLE_CONNECTION_MS) this.attempt = 0;
@@ -634,7 +645,7 @@ class Watcher {
     if (this.ended) return;
     switch (probe.kind) {
       case 'auth':
-        return this.onUnauthorized(name);
+        return this.onUnauthorized(name, probe.body);
       case 'final':
         return this.fail(probe.error);
       case 'ok':
@@ -678,8 +689,12 @@ class Watcher {
     }
   }
 
-  async onUnauthorized(name) {
-    if (!this.getToken) return this.fail(new JobcastError(this.token ? 'token_expired' : 'unauthorized', 401));
+  /** A 401: `body` is the server's JSON error, whose `message` names the cause (RFC 6750). */
+  async onUnauthorized(name, body) {
+    this.authDetail = detailOf(body);
+    if (!this.getToken) {
+      return this.fail(new JobcastError(this.token ? 'token_expired' : 'unauthorized', 401, undefined, this.authDetail));
+    }
     this.setState('reconnecting');
     if (await this.refreshToken()) this.open(name);
   }
@@ -687,7 +702,7 @@ class Watcher {
   /** Asks getToken() for a new token; reports a final error when that is impossible. */
   async refreshToken() {
     if (!this.getToken || this.refreshes >= MAX_TOKEN_REFRESHES) {
-      this.fail(new JobcastError('token_expired', 401));
+      this.fail(new JobcastError('token_expired', 401, undefined, this.authDetail));
       return false;
     }
     this.refreshes++;

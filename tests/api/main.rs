@@ -9,6 +9,7 @@ mod child;
 mod clients;
 
 mod auth;
+mod auth_causes;
 mod browser;
 mod deploy;
 mod durable;
