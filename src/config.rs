@@ -219,7 +219,7 @@ pub struct Settings {
     #[arg(long, env = "JOBCAST_SSE_PADDING", default_value_t = 0, global = true)]
     pub sse_padding: usize,
 
-    /// `retry:` value sent to EventSource clients, in milliseconds.
+    /// `retry:` sent to EventSource clients, in milliseconds: each stream gets its own, drawn from [this, 2 × this].
     #[arg(
         long,
         env = "JOBCAST_SSE_RETRY_MS",
@@ -262,6 +262,15 @@ pub struct Settings {
         global = true
     )]
     pub max_connections_per_user: usize,
+
+    /// New streams accepted per second over the whole gateway (0: no limit); beyond it `429` with `Retry-After`.
+    #[arg(
+        long,
+        env = "JOBCAST_MAX_CONNECT_RATE",
+        default_value_t = 0,
+        global = true
+    )]
+    pub max_connect_rate: u32,
 
     /// Seconds a graceful shutdown may take before the process exits anyway.
     #[arg(

@@ -28,6 +28,10 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     TooManyConnections(String),
+    #[error(
+        "new connections arrive faster than this gateway admits (JOBCAST_MAX_CONNECT_RATE); retry in {retry_after_secs} s"
+    )]
+    ConnectRate { retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -43,7 +47,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyConnections(_) | ApiError::ConnectRate { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -57,7 +63,9 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::TooManyConnections(_) => "too_many_connections",
+            ApiError::TooManyConnections(_) | ApiError::ConnectRate { .. } => {
+                "too_many_connections"
+            }
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -74,6 +82,10 @@ impl Reply for ApiError {
         let body = json!({"error": self.code(), "message": self.to_string()});
         let mut res =
             warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
+        if let ApiError::ConnectRate { retry_after_secs } = &self {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
         if let ApiError::Unauthorized(cause) = &self {
             res.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, www_authenticate(cause));

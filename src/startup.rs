@@ -186,6 +186,7 @@ impl App {
             .collect();
         let state = Arc::new(AppState {
             limits: Limits::new(max_connections, settings.max_connections_per_user),
+            connect_rate: crate::limits::rate::ConnectRate::new(settings.max_connect_rate),
             settings,
             hub,
             verifier,

@@ -11,6 +11,7 @@ use crate::config::Settings;
 use crate::http::origin::Origin;
 use crate::hub::Hub;
 use crate::limits::Limits;
+use crate::limits::rate::ConnectRate;
 use crate::readiness::Readiness;
 
 pub struct AppState {
@@ -18,6 +19,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     pub verifier: Verifier,
     pub limits: Arc<Limits>,
+    /// `JOBCAST_MAX_CONNECT_RATE`: new streams per second.
+    pub connect_rate: ConnectRate,
     /// Cancelled on SIGTERM: every stream says goodbye and ends.
     pub shutdown: CancellationToken,
     /// True while the Redis pub/sub connection is up.

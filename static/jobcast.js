@@ -26,6 +26,15 @@ const DEFAULT_TERMINAL_STATUSES = ['completed', 'failed', 'cancelled'];
 const POLL_TIMEOUT_SECS = 25;
 /** A connection that stayed up this long resets the backoff to its start. */
 const STABLE_CONNECTION_MS = 10_000;
+/**
+ * Longest `retry:` the server may send: 2 × JOBCAST_SSE_RETRY_MS on a stream,
+ * up to JOBCAST_SHUTDOWN_SECS on a drain. An interrupted EventSource is left
+ * to reconnect by itself for that long (plus the connect timeout) before the
+ * watcher takes over.
+ */
+const MAX_SERVER_RETRY_MS = 30_000;
+/** Extra random wait on top of a server-suggested reconnect delay, at most this. */
+const SUGGESTED_DELAY_JITTER_MS = 1000;
 /** Consecutive token refreshes without a successful connection before giving up. */
 const MAX_TOKEN_REFRESHES = 2;
 /** Entries in localStorage older than this are pruned (a job nobody resumed). */
@@ -210,13 +219,15 @@ function openSse(w, cb) {
       cb.failed({ needsProbe: false });
     } else {
       // The stream dropped; the browser is reconnecting by itself with
-      // Last-Event-ID. Leave it alone, but do not wait forever for it.
+      // Last-Event-ID after the server's `retry:` (drawn per connection, and
+      // spread over the drain window when the server restarts, so clients do
+      // not return together). Leave it alone, but do not wait forever for it.
       interrupted = true;
       cb.interrupted();
       watchdog = setTimeout(() => {
         close();
         cb.failed({ needsProbe: false });
-      }, w.connectTimeoutMs + 5000);
+      }, w.connectTimeoutMs + MAX_SERVER_RETRY_MS);
     }
   });
   return { close };
@@ -274,13 +285,23 @@ function openWs(w, cb) {
         break; // unknown frames are ignored, for forward compatibility
     }
   };
-  ws.onclose = () => {
+  ws.onclose = (e) => {
     if (finished) return;
     finished = true;
     // A refused handshake (401/403/404) shows up as a bare close (1006).
-    cb.failed({ needsProbe: !connected });
+    cb.failed({ needsProbe: !connected, suggestedDelayMs: suggestedDelay(e) });
   };
   return { close };
+}
+
+/**
+ * The reconnect delay a draining server names in its 1012 close reason
+ * ("gateway restarting; reconnect in 3412 ms"), or undefined.
+ */
+function suggestedDelay(closeEvent) {
+  if (!closeEvent || closeEvent.code !== 1012) return undefined;
+  const m = /reconnect in (\d+) ms/.exec(closeEvent.reason || '');
+  return m ? Math.min(Number(m[1]), MAX_SERVER_RETRY_MS) : undefined;
 }
 
 function openPoll(w, cb) {
@@ -352,7 +373,10 @@ function openPoll(w, cb) {
       } else if (res.status === 400 || res.status === 403 || res.status === 404) {
         cb.final(errorForStatus(res.status, body));
       } else {
-        cb.failed({ needsProbe: false, status: res.status });
+        // 429 from JOBCAST_MAX_CONNECT_RATE names when to come back.
+        const retryAfter = Number(res.headers.get('Retry-After'));
+        const suggestedDelayMs = retryAfter > 0 ? Math.min(retryAfter * 1000, MAX_SERVER_RETRY_MS) : undefined;
+        cb.failed({ needsProbe: false, status: res.status, suggestedDelayMs });
       }
       return;
     }
@@ -544,14 +568,20 @@ class Watcher {
     else this.open(name);
   }
 
-  /** Waits (capped exponential backoff with jitter), then tries every transport again. */
-  scheduleRetry() {
+  /**
+   * Waits (capped exponential backoff with jitter, or the delay the server
+   * suggested plus jitter), then tries every transport again.
+   */
+  scheduleRetry(suggestedDelayMs) {
     if (this.current) this.current.close();
     this.current = null;
     this.setState('reconnecting');
     const cap = Math.min(this.maxBackoffMs, this.minBackoffMs * 2 ** Math.min(this.attempt, 30));
     this.attempt++;
-    const delay = cap / 2 + Math.random() * (cap / 2);
+    const delay =
+      typeof suggestedDelayMs === 'number'
+        ? suggestedDelayMs + Math.random() * Math.min(SUGGESTED_DELAY_JITTER_MS, suggestedDelayMs / 2 + 100)
+        : cap / 2 + Math.random() * (cap / 2);
     const t = this.later(() => {
       this.retryNow = null;
       this.newRound();
@@ -633,11 +663,13 @@ class Watcher {
     if (this.isTerminal(this.lastDoc)) return this.finish({ status: this.lastDoc.status });
     if (info.status === 401) return this.onUnauthorized(name, info.body);
     if (wasConnected) {
-      // It worked, so it is preferred: back off, then start over with it.
+      // It worked, so it is preferred: back off (or wait as long as a
+      // draining server asked), then start over with it.
       if (Date.now() - this.connectedAt >= STABLE_CONNECTION_MS) this.attempt = 0;
-      return this.scheduleRetry();
+      return this.scheduleRetry(info.suggestedDelayMs);
     }
     if (info.network) return this.scheduleRetry();
+    if (info.status === 429 && info.suggestedDelayMs !== undefined) return this.scheduleRetry(info.suggestedDelayMs);
     if (info.status) return this.tryNext(); // 429, 5xx from poll: try what is left, then back off
     if (!info.needsProbe) return this.tryNext();
 

@@ -5,6 +5,7 @@
 
 pub mod cursor;
 pub mod poll;
+pub mod reconnect;
 pub mod sse;
 pub mod ws;
 
@@ -65,6 +66,7 @@ pub async fn open(
     transport: Transport,
 ) -> Result<Opened, ApiError> {
     let job = parse_job(raw_job)?;
+    app.connect_rate.admit()?;
     let claims = verify(app, creds).await?;
     let span = tracing::info_span!("stream", job = %job, user = %claims.sub, transport = transport.as_str());
     let guard = app.limits.acquire(&claims.sub, transport)?;

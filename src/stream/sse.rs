@@ -22,7 +22,7 @@ use crate::http::stall::StallFlag;
 use crate::limits::Transport;
 use crate::state::SharedState;
 use crate::stream::cursor::{FeedCursor, delivered, is_news, seen_id};
-use crate::stream::{Opened, closed, heartbeat_timer, open};
+use crate::stream::{Opened, closed, heartbeat_timer, open, reconnect};
 
 pub async fn handle(
     app: SharedState,
@@ -176,7 +176,7 @@ impl SseWriter {
                 let s = &self.app.settings;
                 return Some(event::sse_preamble(
                     &self.opened.job,
-                    s.sse_retry_ms,
+                    reconnect::stream_retry_ms(s),
                     s.sse_padding,
                 ));
             }
@@ -198,7 +198,7 @@ impl SseWriter {
         tokio::select! {
             _ = &mut self.shutdown => {
                 self.end("shutdown");
-                Some(event::sse_retry(self.app.settings.sse_retry_ms))
+                Some(event::sse_retry(reconnect::drain_retry_ms(&self.app.settings)))
             }
             _ = &mut self.expiry => {
                 self.end("token_expired");

@@ -29,7 +29,7 @@ use crate::http::upgrade::WsHandshake;
 use crate::limits::Transport;
 use crate::state::SharedState;
 use crate::stream::cursor::{FeedCursor, delivered, is_news, seen_id};
-use crate::stream::{Opened, closed, heartbeat_timer, open};
+use crate::stream::{Opened, closed, heartbeat_timer, open, reconnect};
 
 /// Pings a client may leave unanswered before the connection is closed.
 const MAX_MISSED_PONGS: u32 = 2;
@@ -157,8 +157,10 @@ async fn serve(
     loop {
         tokio::select! {
             _ = &mut shutdown => {
+                // The reason names when to come back, spread over the drain window.
+                let reason = reconnect::ws_drain_reason(reconnect::drain_retry_ms(&app.settings));
                 let _ = tokio::time::timeout(Duration::from_millis(500),
-                    tx.send(close(CloseCode::Restart, "gateway restarting; reconnect"))).await;
+                    tx.send(close(CloseCode::Restart, reason))).await;
                 return "shutdown";
             }
             _ = &mut expiry => {
@@ -220,9 +222,9 @@ fn text(bytes: &bytes::Bytes) -> Message {
     }
 }
 
-fn close(code: CloseCode, reason: &'static str) -> Message {
+fn close(code: CloseCode, reason: impl Into<Utf8Bytes>) -> Message {
     Message::Close(Some(CloseFrame {
         code,
-        reason: Utf8Bytes::from_static(reason),
+        reason: reason.into(),
     }))
 }

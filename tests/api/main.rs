@@ -31,4 +31,5 @@ mod redis_acl;
 mod security;
 mod selftest;
 mod sse;
+mod storm;
 mod ws;
