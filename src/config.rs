@@ -80,6 +80,16 @@ pub enum Command {
         #[arg(long, default_value_t = 7200)]
         ttl: u64,
     },
+    /// Print each state of JOB as one JSON line as it arrives; exit 0 after `done`.
+    Tail {
+        job: String,
+        /// The gateway's base URL (default: http:// + JOBCAST_LISTEN).
+        #[arg(long)]
+        url: Option<String>,
+        /// A token to watch with (default: a short admin token minted from JWT_SECRET).
+        #[arg(long, env = "JOBCAST_TOKEN", hide_env_values = true)]
+        token: Option<Secret>,
+    },
     /// Simulate realistic multi-stage jobs writing to Redis.
     Demo {
         /// How many jobs run at once (ids `demo-1` .. `demo-N`).

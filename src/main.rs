@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
             ttl,
         } => cli::token(&s, sub, jobs, roles, ttl),
         Command::Publish { job, document, ttl } => cli::publish(&s, &job, &document, ttl).await,
+        Command::Tail { job, url, token } => cli::tail::run(&s, &job, url, token).await,
         Command::Demo { jobs, owner, once } => {
             let stop = CancellationToken::new();
             let on_signal = stop.clone();

@@ -32,4 +32,5 @@ mod security;
 mod selftest;
 mod sse;
 mod storm;
+mod tail;
 mod ws;
