@@ -169,6 +169,29 @@ pub struct Settings {
     #[arg(long, env = "JWT_ISSUER", global = true)]
     pub jwt_issuer: Option<String>,
 
+    /// The application's auth endpoint, asked `GET {url}?job={id}` for requests without a valid JWT.
+    #[arg(long, env = "JOBCAST_AUTH_URL", global = true)]
+    pub auth_url: Option<String>,
+
+    /// Request headers forwarded to JOBCAST_AUTH_URL (comma-separated).
+    #[arg(
+        long,
+        env = "JOBCAST_AUTH_FORWARD_HEADERS",
+        default_value = "Cookie,Authorization",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub auth_forward_headers: Vec<String>,
+
+    /// Seconds an auth-hook decision is cached, and the re-check period of open streams.
+    #[arg(
+        long,
+        env = "JOBCAST_AUTH_CACHE_SECS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub auth_cache_secs: u64,
+
     /// Prefix of state keys and job channels.
     #[arg(
         long,

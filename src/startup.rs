@@ -68,6 +68,7 @@ impl App {
             );
         }
         let rules = DocRules::from_settings(&settings);
+        let auth_hook = crate::auth::hook::AuthHook::from_settings(&settings)?;
 
         let reader = RedisReader::new(&settings.redis_url, &settings.key_prefix, rules.clone())
             .context("REDIS_URL")?;
@@ -190,6 +191,7 @@ impl App {
             settings,
             hub,
             verifier,
+            auth_hook,
             shutdown,
             redis_up,
             readiness,

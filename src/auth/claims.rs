@@ -93,6 +93,8 @@ pub enum AuthError {
     NotInHeader,
     #[error("the token names a key id (kid) that no configured key has")]
     UnknownKeyId,
+    #[error("no valid token, and the application did not accept this session (JOBCAST_AUTH_URL)")]
+    SessionRefused,
 }
 
 impl AuthError {
@@ -107,6 +109,7 @@ impl AuthError {
             AuthError::Malformed => "malformed",
             AuthError::NotInHeader => "not_in_header",
             AuthError::UnknownKeyId => "unknown_key_id",
+            AuthError::SessionRefused => "session_refused",
         }
     }
 }

@@ -29,7 +29,7 @@ use crate::http::upgrade::WsHandshake;
 use crate::limits::Transport;
 use crate::state::SharedState;
 use crate::stream::cursor::{FeedCursor, delivered, is_news, seen_id};
-use crate::stream::{Opened, closed, heartbeat_timer, open, reconnect};
+use crate::stream::{Opened, closed, heartbeat_timer, open, reconnect, revocation};
 
 /// Pings a client may leave unanswered before the connection is closed.
 const MAX_MISSED_PONGS: u32 = 2;
@@ -115,8 +115,9 @@ pub async fn handle(
     Ok(res)
 }
 
-async fn run(app: SharedState, opened: Opened, socket: Socket, last_event_id: Option<String>) {
-    let reason = serve(&app, &opened, socket, last_event_id).await;
+async fn run(app: SharedState, mut opened: Opened, socket: Socket, last_event_id: Option<String>) {
+    let revoked = revocation(&mut opened);
+    let reason = serve(&app, &opened, socket, last_event_id, revoked).await;
     closed(Transport::Ws, reason);
     tracing::debug!(reason, "websocket ended");
 }
@@ -126,6 +127,7 @@ async fn serve(
     opened: &Opened,
     socket: Socket,
     last_event_id: Option<String>,
+    mut revoked: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> &'static str {
     let (mut tx, mut rx_client) = socket.split();
     macro_rules! send {
@@ -167,6 +169,11 @@ async fn serve(
                 send!(Message::text(event::ws_error("token_expired")));
                 let _ = tx.send(close(CloseCode::Policy, "token expired")).await;
                 return "token_expired";
+            }
+            _ = &mut revoked => {
+                send!(Message::text(event::ws_error("forbidden")));
+                let _ = tx.send(close(CloseCode::Policy, "session revoked")).await;
+                return "revoked";
             }
             _ = heartbeat.tick() => {
                 if missed_pongs >= MAX_MISSED_PONGS {

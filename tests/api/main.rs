@@ -10,6 +10,7 @@ mod clients;
 
 mod auth;
 mod auth_causes;
+mod auth_hook;
 mod browser;
 mod deploy;
 mod durable;

@@ -17,11 +17,13 @@ pub mod jwks_server;
 pub mod nginx;
 pub mod postgres_db;
 pub mod redis_server;
+pub mod session_app;
 
 pub use chromium::Chromium;
 pub use nginx::Nginx;
 pub use postgres_db::TestDb;
 pub use redis_server::RedisServer;
+pub use session_app::SessionApp;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
