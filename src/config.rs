@@ -104,6 +104,15 @@ pub enum Command {
     },
 }
 
+/// OTLP over HTTP: binary protobuf or JSON (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OtlpProtocol {
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+    #[value(name = "http/json")]
+    HttpJson,
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -335,6 +344,23 @@ pub struct Settings {
     /// Log format.
     #[arg(long, env = "JOBCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+
+    /// OTLP/HTTP collector base URL (`/v1/traces` is added); unset means no tracing export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otel_endpoint: Option<String>,
+
+    /// OTLP encoding.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_enum, default_value_t = OtlpProtocol::HttpProtobuf, global = true)]
+    pub otel_protocol: OtlpProtocol,
+
+    /// `service.name` of exported spans.
+    #[arg(
+        long,
+        env = "OTEL_SERVICE_NAME",
+        default_value = "jobcast",
+        global = true
+    )]
+    pub otel_service_name: String,
 
     /// Directory of the demo page and browser client.
     #[arg(

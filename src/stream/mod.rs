@@ -118,7 +118,13 @@ pub async fn open(
     let job = parse_job(raw_job)?;
     app.connect_rate.admit()?;
     let (claims, recheck) = authenticate(app, creds, &job, Some(transport)).await?;
-    let span = tracing::info_span!("stream", job = %job, user = %claims.sub, transport = transport.as_str());
+    // Debug level: a span per stream costs nothing unless logs or traces want it.
+    let span = tracing::debug_span!(
+        "stream",
+        job = %job,
+        transport = transport.as_str(),
+        user_digest = %crate::telemetry::otel::user_digest(&claims.sub),
+    );
     let guard = app.limits.acquire(&claims.sub, transport)?;
     let watch = app.hub.join(job.clone());
     let state = watch.feed.wait_ready(FIRST_STATE_TIMEOUT).await;

@@ -22,6 +22,7 @@ mod jwks;
 mod keyspace;
 mod openapi;
 mod operate;
+mod otel_traces;
 mod poll_snapshot;
 mod proxy;
 mod publish;
