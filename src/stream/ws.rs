@@ -1,7 +1,8 @@
 //! The WebSocket writer: the same events as SSE, as JSON text frames. The server
 //! pings every heartbeat and closes a connection that missed two pongs; client
 //! frames other than pong and close are ignored. Close codes: 1000 after `done`,
-//! 1012 when the gateway drains, 1008 when the token expired.
+//! 1012 when the gateway drains (the reason names when to come back), 1008
+//! when the token expired or the auth hook's app revoked the session.
 //!
 //! The handshake is answered here (see `http::upgrade`), so the socket is ours
 //! to configure: small buffers (a watcher only ever receives pongs), and text

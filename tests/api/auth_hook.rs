@@ -260,4 +260,21 @@ async fn fifty_streams_opened_at_once_with_one_cookie_make_one_call() {
         app.metric("jobcast_auth_hook_failures_total", "").await,
         0.0
     );
+
+    // A failing app is counted as such (and the request is 503).
+    session.set_delay(Duration::ZERO);
+    session.set_failing(true);
+    let other = session.sign_in("alice");
+    let s = Sse::connect(&url, &[("cookie", &other)]).await;
+    assert_eq!(s.status, 503);
+    assert_eq!(
+        app.metric("jobcast_auth_hook_failures_total", r#"reason="status""#)
+            .await,
+        1.0
+    );
+    assert_eq!(
+        app.metric("jobcast_auth_hook_calls_total", r#"result="unavailable""#)
+            .await,
+        1.0
+    );
 }
