@@ -151,7 +151,7 @@ async fn tail_exits_non_zero_with_the_reason_on_401_403_404() {
         (
             vec!["j", "--url", &url, "--token", &mallory],
             "403",
-            "another user",
+            "may not watch",
         ),
         // The minted admin token is allowed by claim, so an unknown job is 404.
         (vec!["nope", "--url", &url], "404", "not known"),
