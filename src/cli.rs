@@ -1,5 +1,7 @@
 //! The subcommands other than `serve`: `migrate`, `cleanup`, `token`, `publish`,
-//! `demo`, and the `--dev` banner. `main` only dispatches here.
+//! `demo`, `tail` (in [`tail`]), and the `--dev` banner. `main` only dispatches here.
+
+pub mod tail;
 
 use anyhow::Context;
 use tokio_util::sync::CancellationToken;
@@ -50,6 +52,18 @@ pub fn token(
     roles: Vec<String>,
     ttl: u64,
 ) -> anyhow::Result<()> {
+    println!("{}", mint_token(s, sub, jobs, roles, ttl)?);
+    Ok(())
+}
+
+/// The token `jobcast token` prints (also minted by `jobcast tail`).
+pub fn mint_token(
+    s: &Settings,
+    sub: String,
+    jobs: Vec<String>,
+    roles: Vec<String>,
+    ttl: u64,
+) -> anyhow::Result<String> {
     let secret = s.jwt_secret.as_ref().context(
         "minting tokens needs JWT_SECRET (HS256); with a public key, tokens come from your issuer",
     )?;
@@ -95,8 +109,7 @@ pub fn token(
     crate::auth::Verifier::from_settings(s, None)?
         .verify(&token)
         .map_err(|e| anyhow::anyhow!("the minted token does not verify: {e}"))?;
-    println!("{token}");
-    Ok(())
+    Ok(token)
 }
 
 /// `--role a,b --role c` → `[a, b, c]`.

@@ -80,6 +80,16 @@ pub enum Command {
         #[arg(long, default_value_t = 7200)]
         ttl: u64,
     },
+    /// Print each state of JOB as one JSON line as it arrives; exit 0 after `done`.
+    Tail {
+        job: String,
+        /// The gateway's base URL (default: http:// + JOBCAST_LISTEN).
+        #[arg(long)]
+        url: Option<String>,
+        /// A token to watch with (default: a short admin token minted from JWT_SECRET).
+        #[arg(long, env = "JOBCAST_TOKEN", hide_env_values = true)]
+        token: Option<Secret>,
+    },
     /// Simulate realistic multi-stage jobs writing to Redis.
     Demo {
         /// How many jobs run at once (ids `demo-1` .. `demo-N`).
@@ -92,6 +102,15 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
+}
+
+/// OTLP over HTTP: binary protobuf or JSON (`OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum OtlpProtocol {
+    #[value(name = "http/protobuf")]
+    HttpProtobuf,
+    #[value(name = "http/json")]
+    HttpJson,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -159,6 +178,29 @@ pub struct Settings {
     #[arg(long, env = "JWT_ISSUER", global = true)]
     pub jwt_issuer: Option<String>,
 
+    /// The application's auth endpoint, asked `GET {url}?job={id}` for requests without a valid JWT.
+    #[arg(long, env = "JOBCAST_AUTH_URL", global = true)]
+    pub auth_url: Option<String>,
+
+    /// Request headers forwarded to JOBCAST_AUTH_URL (comma-separated).
+    #[arg(
+        long,
+        env = "JOBCAST_AUTH_FORWARD_HEADERS",
+        default_value = "Cookie,Authorization",
+        value_delimiter = ',',
+        global = true
+    )]
+    pub auth_forward_headers: Vec<String>,
+
+    /// Seconds an auth-hook decision is cached, and the re-check period of open streams.
+    #[arg(
+        long,
+        env = "JOBCAST_AUTH_CACHE_SECS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub auth_cache_secs: u64,
+
     /// Prefix of state keys and job channels.
     #[arg(
         long,
@@ -219,7 +261,7 @@ pub struct Settings {
     #[arg(long, env = "JOBCAST_SSE_PADDING", default_value_t = 0, global = true)]
     pub sse_padding: usize,
 
-    /// `retry:` value sent to EventSource clients, in milliseconds.
+    /// `retry:` sent to EventSource clients, in milliseconds: each stream gets its own, drawn from [this, 2 × this].
     #[arg(
         long,
         env = "JOBCAST_SSE_RETRY_MS",
@@ -263,6 +305,15 @@ pub struct Settings {
     )]
     pub max_connections_per_user: usize,
 
+    /// New streams accepted per second over the whole gateway (0: no limit); beyond it `429` with `Retry-After`.
+    #[arg(
+        long,
+        env = "JOBCAST_MAX_CONNECT_RATE",
+        default_value_t = 0,
+        global = true
+    )]
+    pub max_connect_rate: u32,
+
     /// Seconds a graceful shutdown may take before the process exits anyway.
     #[arg(
         long,
@@ -293,6 +344,23 @@ pub struct Settings {
     /// Log format.
     #[arg(long, env = "JOBCAST_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+
+    /// OTLP/HTTP collector base URL (`/v1/traces` is added); unset means no tracing export.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT", global = true)]
+    pub otel_endpoint: Option<String>,
+
+    /// OTLP encoding.
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", value_enum, default_value_t = OtlpProtocol::HttpProtobuf, global = true)]
+    pub otel_protocol: OtlpProtocol,
+
+    /// `service.name` of exported spans.
+    #[arg(
+        long,
+        env = "OTEL_SERVICE_NAME",
+        default_value = "jobcast",
+        global = true
+    )]
+    pub otel_service_name: String,
 
     /// Directory of the demo page and browser client.
     #[arg(

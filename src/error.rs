@@ -28,6 +28,10 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     TooManyConnections(String),
+    #[error(
+        "new connections arrive faster than this gateway admits (JOBCAST_MAX_CONNECT_RATE); retry in {retry_after_secs} s"
+    )]
+    ConnectRate { retry_after_secs: u64 },
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -43,7 +47,9 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::TooManyConnections(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooManyConnections(_) | ApiError::ConnectRate { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -57,7 +63,9 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::TooManyConnections(_) => "too_many_connections",
+            ApiError::TooManyConnections(_) | ApiError::ConnectRate { .. } => {
+                "too_many_connections"
+            }
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
@@ -74,11 +82,13 @@ impl Reply for ApiError {
         let body = json!({"error": self.code(), "message": self.to_string()});
         let mut res =
             warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
-        if matches!(self, ApiError::Unauthorized(_)) {
-            res.headers_mut().insert(
-                header::WWW_AUTHENTICATE,
-                HeaderValue::from_static("Bearer realm=\"jobcast\""),
-            );
+        if let ApiError::ConnectRate { retry_after_secs } = &self {
+            res.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        if let ApiError::Unauthorized(cause) = &self {
+            res.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, www_authenticate(cause));
         }
         res.headers_mut()
             .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -87,6 +97,29 @@ impl Reply for ApiError {
 }
 
 impl reject::Reject for ApiError {}
+
+/// The RFC 6750 challenge for a refused token: a request without one gets the
+/// bare challenge (§3.1: no error code when no credentials were sent), a bad
+/// one `invalid_token` — or `invalid_request` for a token sent where the route
+/// does not read it — with the same cause as the JSON body's `message`.
+fn www_authenticate(cause: &AuthError) -> HeaderValue {
+    const BARE: &str = "Bearer realm=\"jobcast\"";
+    let code = match cause {
+        AuthError::Missing => return HeaderValue::from_static(BARE),
+        AuthError::NotInHeader => "invalid_request",
+        _ => "invalid_token",
+    };
+    // error_description allows printable ASCII except `"` and `\` (§3).
+    let description: String = cause
+        .to_string()
+        .chars()
+        .filter(|c| matches!(c, ' '..='~') && *c != '"' && *c != '\\')
+        .collect();
+    HeaderValue::from_str(&format!(
+        "{BARE}, error=\"{code}\", error_description=\"{description}\""
+    ))
+    .unwrap_or_else(|_| HeaderValue::from_static(BARE))
+}
 
 /// Maps every rejection that reaches the top to the contract's JSON errors.
 pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
@@ -123,4 +156,42 @@ pub async fn recover(err: Rejection) -> Result<Response, Infallible> {
         return Ok(ApiError::BadRequest(format!("{err:?}")).into_response());
     }
     Ok(ApiError::Internal(anyhow::anyhow!("unhandled rejection: {err:?}")).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn challenge(cause: AuthError) -> String {
+        www_authenticate(&cause).to_str().unwrap().to_owned()
+    }
+
+    #[test]
+    fn a_missing_token_gets_the_bare_challenge() {
+        assert_eq!(challenge(AuthError::Missing), r#"Bearer realm="jobcast""#);
+    }
+
+    #[test]
+    fn a_token_in_the_wrong_place_is_an_invalid_request() {
+        assert!(challenge(AuthError::NotInHeader).contains(r#"error="invalid_request""#));
+    }
+
+    #[test]
+    fn a_bad_token_gets_invalid_token_with_its_cause() {
+        assert_eq!(
+            challenge(AuthError::WrongIssuer),
+            r#"Bearer realm="jobcast", error="invalid_token", error_description="the token issuer (iss) is not accepted""#
+        );
+        for cause in [
+            AuthError::Expired,
+            AuthError::NotYetValid,
+            AuthError::BadSignature,
+            AuthError::WrongAudience,
+            AuthError::Malformed,
+            AuthError::UnknownKeyId,
+        ] {
+            let c = challenge(cause.clone());
+            assert!(c.contains(&format!("error_description=\"{cause}\"")), "{c}");
+        }
+    }
 }

@@ -203,7 +203,35 @@ impl Hub {
 
     /// Offers a parsed document to a feed, counting what happened.
     pub fn offer(&self, feed: &Feed, doc: ProgressDoc, source: Source) -> Offer {
+        let span = tracing::debug_span!(
+            "fanout",
+            job = %feed.job,
+            source = source.as_str(),
+            outcome = tracing::field::Empty,
+            watchers = tracing::field::Empty,
+            encode_us = tracing::field::Empty,
+        );
+        // Only while spans are recorded (OpenTelemetry on, or debug logs).
+        if !span.is_disabled() {
+            if let Some(tp) = crate::telemetry::otel::traceparent(&doc.json) {
+                crate::telemetry::otel::set_remote_parent(&span, &tp);
+            }
+            let watchers = self.lock().get(&feed.job).map_or(0, |e| e.watchers);
+            span.record("watchers", watchers);
+        }
+        let _entered = span.enter();
+        let started = std::time::Instant::now();
         let offer = feed.offer(doc, source);
+        span.record("encode_us", started.elapsed().as_micros() as u64);
+        span.record(
+            "outcome",
+            match &offer {
+                Offer::Accepted(_) => "accepted",
+                Offer::Stale => "dropped_stale",
+                Offer::Duplicate => "dropped_duplicate",
+                Offer::OwnerChanged => "dropped_owner_changed",
+            },
+        );
         match &offer {
             Offer::Accepted(update) => {
                 metrics::counter!("jobcast_updates_total", "source" => source.as_str())

@@ -3,6 +3,8 @@
 //! [`ConnGuard`] for its whole life; dropping it gives the slot back and keeps
 //! the open-connections gauge true.
 
+pub mod rate;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Cli::parse();
-    telemetry::init(args.settings.log_format);
+    let tracer = telemetry::init(&args.settings);
     let s = args.settings;
     let result = match args.command.unwrap_or(Command::Serve) {
         Command::Serve => serve(s).await,
@@ -25,6 +25,7 @@ async fn main() -> ExitCode {
             ttl,
         } => cli::token(&s, sub, jobs, roles, ttl),
         Command::Publish { job, document, ttl } => cli::publish(&s, &job, &document, ttl).await,
+        Command::Tail { job, url, token } => cli::tail::run(&s, &job, url, token).await,
         Command::Demo { jobs, owner, once } => {
             let stop = CancellationToken::new();
             let on_signal = stop.clone();
@@ -35,6 +36,10 @@ async fn main() -> ExitCode {
             cli::demo(&s, jobs, owner, once, stop).await
         }
     };
+    if let Some(provider) = tracer {
+        // Flushes the batch (blocking, bounded by the exporter's timeout).
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+    }
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

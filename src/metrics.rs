@@ -190,6 +190,18 @@ fn describe() {
         "jobcast_selftest_refused_total",
         "Buffering self-test requests refused by reason (rate_limited, busy)"
     );
+    describe_counter!(
+        "jobcast_auth_hook_calls_total",
+        "Calls to JOBCAST_AUTH_URL by result"
+    );
+    describe_counter!(
+        "jobcast_auth_hook_cache_hits_total",
+        "Auth hook decisions served from the cache"
+    );
+    describe_counter!(
+        "jobcast_auth_hook_failures_total",
+        "Auth hook calls that got no decision, by reason"
+    );
     describe_gauge!("jobcast_active_jobs", "Jobs with at least one watcher");
     describe_gauge!("jobcast_watchers", "Watchers over all jobs");
     describe_histogram!(

@@ -68,6 +68,7 @@ impl App {
             );
         }
         let rules = DocRules::from_settings(&settings);
+        let auth_hook = crate::auth::hook::AuthHook::from_settings(&settings)?;
 
         let reader = RedisReader::new(&settings.redis_url, &settings.key_prefix, rules.clone())
             .context("REDIS_URL")?;
@@ -186,9 +187,11 @@ impl App {
             .collect();
         let state = Arc::new(AppState {
             limits: Limits::new(max_connections, settings.max_connections_per_user),
+            connect_rate: crate::limits::rate::ConnectRate::new(settings.max_connect_rate),
             settings,
             hub,
             verifier,
+            auth_hook,
             shutdown,
             redis_up,
             readiness,

@@ -7,17 +7,23 @@ use std::sync::atomic::AtomicBool;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Verifier;
+use crate::auth::hook::AuthHook;
 use crate::config::Settings;
 use crate::http::origin::Origin;
 use crate::hub::Hub;
 use crate::limits::Limits;
+use crate::limits::rate::ConnectRate;
 use crate::readiness::Readiness;
 
 pub struct AppState {
     pub settings: Settings,
     pub hub: Arc<Hub>,
     pub verifier: Verifier,
+    /// `JOBCAST_AUTH_URL`: the app decides for requests without a valid JWT.
+    pub auth_hook: Option<Arc<AuthHook>>,
     pub limits: Arc<Limits>,
+    /// `JOBCAST_MAX_CONNECT_RATE`: new streams per second.
+    pub connect_rate: ConnectRate,
     /// Cancelled on SIGTERM: every stream says goodbye and ends.
     pub shutdown: CancellationToken,
     /// True while the Redis pub/sub connection is up.

@@ -17,6 +17,12 @@ const STATE_TEXT = {
 };
 
 function humanError(err) {
+  const text = humanText(err);
+  // The gateway's own words on a refused token (expired, bad signature…).
+  return err && err.detail && err.status === 401 ? `${text} (${err.detail})` : text;
+}
+
+function humanText(err) {
   switch (err && err.code) {
     case 'token_expired':
       return 'Your session has expired. Sign in again, then reload this page.';

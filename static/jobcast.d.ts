@@ -127,11 +127,16 @@ export interface Watch {
 
 /** Error given to `onError`. Always final: the watch is closed when it is reported. */
 export class JobcastError extends Error {
-  constructor(code: JobcastErrorCode, status?: number, message?: string);
+  constructor(code: JobcastErrorCode, status?: number, message?: string, detail?: string);
   readonly name: 'JobcastError';
   readonly code: JobcastErrorCode;
   /** The HTTP status, where one was seen. */
   readonly status: number | undefined;
+  /**
+   * The gateway's own words on the cause (its JSON `message`, e.g. "the token
+   * has expired (exp)"), where one was seen; also appended to `message`.
+   */
+  readonly detail: string | undefined;
 }
 
 /**

@@ -26,6 +26,15 @@ const DEFAULT_TERMINAL_STATUSES = ['completed', 'failed', 'cancelled'];
 const POLL_TIMEOUT_SECS = 25;
 /** A connection that stayed up this long resets the backoff to its start. */
 const STABLE_CONNECTION_MS = 10_000;
+/**
+ * Longest `retry:` the server may send: 2 × JOBCAST_SSE_RETRY_MS on a stream,
+ * up to JOBCAST_SHUTDOWN_SECS on a drain. An interrupted EventSource is left
+ * to reconnect by itself for that long (plus the connect timeout) before the
+ * watcher takes over.
+ */
+const MAX_SERVER_RETRY_MS = 30_000;
+/** Extra random wait on top of a server-suggested reconnect delay, at most this. */
+const SUGGESTED_DELAY_JITTER_MS = 1000;
 /** Consecutive token refreshes without a successful connection before giving up. */
 const MAX_TOKEN_REFRESHES = 2;
 /** Entries in localStorage older than this are pruned (a job nobody resumed). */
@@ -44,14 +53,24 @@ const HUMAN_MESSAGES = {
  * @property {string} code   one of `token_expired`, `unauthorized`, `forbidden`,
  *                           `not_found`, `bad_request`, `client_error`
  * @property {number|undefined} status  the HTTP status, where one was seen
+ * @property {string|undefined} detail  the server's own words on the cause (its
+ *                           JSON `message`, e.g. "the token has expired (exp)"),
+ *                           where one was seen; also appended to `message`
  */
 export class JobcastError extends Error {
-  constructor(code, status, message) {
-    super(message || HUMAN_MESSAGES[code] || 'Something went wrong while watching this job.');
+  constructor(code, status, message, detail) {
+    const human = message || HUMAN_MESSAGES[code] || 'Something went wrong while watching this job.';
+    super(detail ? `${human} (${detail})` : human);
     this.name = 'JobcastError';
     this.code = code;
     this.status = status;
+    this.detail = detail || undefined;
   }
+}
+
+/** The server's `message` from an error body, if it sent one. */
+function detailOf(body) {
+  return body && typeof body.message === 'string' && body.message ? body.message : undefined;
 }
 
 function errorForStatus(status, body) {
@@ -59,7 +78,7 @@ function errorForStatus(status, body) {
     (body && typeof body.error === 'string' && HUMAN_MESSAGES[body.error] && body.error) ||
     { 400: 'bad_request', 401: 'unauthorized', 403: 'forbidden', 404: 'not_found' }[status] ||
     'client_error';
-  return new JobcastError(code, status);
+  return new JobcastError(code, status, undefined, detailOf(body));
 }
 
 /** Job ids are `A-Z a-z 0-9 . _ : -`; keep `:` literal since path params are not percent-decoded everywhere. */
@@ -200,13 +219,15 @@ function openSse(w, cb) {
       cb.failed({ needsProbe: false });
     } else {
       // The stream dropped; the browser is reconnecting by itself with
-      // Last-Event-ID. Leave it alone, but do not wait forever for it.
+      // Last-Event-ID after the server's `retry:` (drawn per connection, and
+      // spread over the drain window when the server restarts, so clients do
+      // not return together). Leave it alone, but do not wait forever for it.
       interrupted = true;
       cb.interrupted();
       watchdog = setTimeout(() => {
         close();
         cb.failed({ needsProbe: false });
-      }, w.connectTimeoutMs + 5000);
+      }, w.connectTimeoutMs + MAX_SERVER_RETRY_MS);
     }
   });
   return { close };
@@ -264,13 +285,23 @@ function openWs(w, cb) {
         break; // unknown frames are ignored, for forward compatibility
     }
   };
-  ws.onclose = () => {
+  ws.onclose = (e) => {
     if (finished) return;
     finished = true;
     // A refused handshake (401/403/404) shows up as a bare close (1006).
-    cb.failed({ needsProbe: !connected });
+    cb.failed({ needsProbe: !connected, suggestedDelayMs: suggestedDelay(e) });
   };
   return { close };
+}
+
+/**
+ * The reconnect delay a draining server names in its 1012 close reason
+ * ("gateway restarting; reconnect in 3412 ms"), or undefined.
+ */
+function suggestedDelay(closeEvent) {
+  if (!closeEvent || closeEvent.code !== 1012) return undefined;
+  const m = /reconnect in (\d+) ms/.exec(closeEvent.reason || '');
+  return m ? Math.min(Number(m[1]), MAX_SERVER_RETRY_MS) : undefined;
 }
 
 function openPoll(w, cb) {
@@ -338,11 +369,14 @@ function openPoll(w, cb) {
       if (stopped) return;
       if (res.status === 401) {
         if (body && body.error === 'token_expired') cb.expired();
-        else cb.failed({ needsProbe: false, status: 401 });
+        else cb.failed({ needsProbe: false, status: 401, body });
       } else if (res.status === 400 || res.status === 403 || res.status === 404) {
         cb.final(errorForStatus(res.status, body));
       } else {
-        cb.failed({ needsProbe: false, status: res.status });
+        // 429 from JOBCAST_MAX_CONNECT_RATE names when to come back.
+        const retryAfter = Number(res.headers.get('Retry-After'));
+        const suggestedDelayMs = retryAfter > 0 ? Math.min(retryAfter * 1000, MAX_SERVER_RETRY_MS) : undefined;
+        cb.failed({ needsProbe: false, status: res.status, suggestedDelayMs });
       }
       return;
     }
@@ -389,6 +423,7 @@ class Watcher {
     this.timers = new Set();
     this.connectedAt = 0;
     this.refreshes = 0;
+    this.authDetail = undefined; // the server's cause of the last 401
     this.retryNow = null;
     this.onOnline = () => this.retryNow && this.retryNow();
   }
@@ -533,14 +568,20 @@ class Watcher {
     else this.open(name);
   }
 
-  /** Waits (capped exponential backoff with jitter), then tries every transport again. */
-  scheduleRetry() {
+  /**
+   * Waits (capped exponential backoff with jitter, or the delay the server
+   * suggested plus jitter), then tries every transport again.
+   */
+  scheduleRetry(suggestedDelayMs) {
     if (this.current) this.current.close();
     this.current = null;
     this.setState('reconnecting');
     const cap = Math.min(this.maxBackoffMs, this.minBackoffMs * 2 ** Math.min(this.attempt, 30));
     this.attempt++;
-    const delay = cap / 2 + Math.random() * (cap / 2);
+    const delay =
+      typeof suggestedDelayMs === 'number'
+        ? suggestedDelayMs + Math.random() * Math.min(SUGGESTED_DELAY_JITTER_MS, suggestedDelayMs / 2 + 100)
+        : cap / 2 + Math.random() * (cap / 2);
     const t = this.later(() => {
       this.retryNow = null;
       this.newRound();
@@ -620,13 +661,15 @@ class Watcher {
     // The stream ended after the job's terminal document (e.g. SSE answered
     // 204 to our Last-Event-ID): the job is over, not the connection.
     if (this.isTerminal(this.lastDoc)) return this.finish({ status: this.lastDoc.status });
-    if (info.status === 401) return this.onUnauthorized(name);
+    if (info.status === 401) return this.onUnauthorized(name, info.body);
     if (wasConnected) {
-      // It worked, so it is preferred: back off, then start over with it.
+      // It worked, so it is preferred: back off (or wait as long as a
+      // draining server asked), then start over with it.
       if (Date.now() - this.connectedAt >= STABLE_CONNECTION_MS) this.attempt = 0;
-      return this.scheduleRetry();
+      return this.scheduleRetry(info.suggestedDelayMs);
     }
     if (info.network) return this.scheduleRetry();
+    if (info.status === 429 && info.suggestedDelayMs !== undefined) return this.scheduleRetry(info.suggestedDelayMs);
     if (info.status) return this.tryNext(); // 429, 5xx from poll: try what is left, then back off
     if (!info.needsProbe) return this.tryNext();
 
@@ -634,7 +677,7 @@ class Watcher {
     if (this.ended) return;
     switch (probe.kind) {
       case 'auth':
-        return this.onUnauthorized(name);
+        return this.onUnauthorized(name, probe.body);
       case 'final':
         return this.fail(probe.error);
       case 'ok':
@@ -678,8 +721,12 @@ class Watcher {
     }
   }
 
-  async onUnauthorized(name) {
-    if (!this.getToken) return this.fail(new JobcastError(this.token ? 'token_expired' : 'unauthorized', 401));
+  /** A 401: `body` is the server's JSON error, whose `message` names the cause (RFC 6750). */
+  async onUnauthorized(name, body) {
+    this.authDetail = detailOf(body);
+    if (!this.getToken) {
+      return this.fail(new JobcastError(this.token ? 'token_expired' : 'unauthorized', 401, undefined, this.authDetail));
+    }
     this.setState('reconnecting');
     if (await this.refreshToken()) this.open(name);
   }
@@ -687,7 +734,7 @@ class Watcher {
   /** Asks getToken() for a new token; reports a final error when that is impossible. */
   async refreshToken() {
     if (!this.getToken || this.refreshes >= MAX_TOKEN_REFRESHES) {
-      this.fail(new JobcastError('token_expired', 401));
+      this.fail(new JobcastError('token_expired', 401, undefined, this.authDetail));
       return false;
     }
     this.refreshes++;

@@ -75,20 +75,26 @@ pub enum AuthError {
         "no token: send Authorization: Bearer <jwt>, the jobcast.bearer.<jwt> WebSocket subprotocol, the jobcast_token cookie or access_token"
     )]
     Missing,
-    #[error("token has expired")]
+    #[error("the token has expired (exp)")]
     Expired,
-    #[error("token is not valid yet")]
+    #[error("the token is not valid yet (nbf)")]
     NotYetValid,
-    #[error("token signature or algorithm is not accepted")]
+    #[error("the token signature or algorithm is not accepted")]
     BadSignature,
-    #[error("token audience or issuer is not accepted")]
+    #[error("the token audience (aud) is not accepted")]
     WrongAudience,
-    #[error("token is malformed or lacks required claims (sub, exp)")]
+    #[error("the token issuer (iss) is not accepted")]
+    WrongIssuer,
+    #[error("the token is malformed or lacks required claims (sub, exp)")]
     Malformed,
     #[error(
         "this route takes its token from the Authorization: Bearer header only, never a cookie or query parameter"
     )]
     NotInHeader,
+    #[error("the token names a key id (kid) that no configured key has")]
+    UnknownKeyId,
+    #[error("no valid token, and the application did not accept this session (JOBCAST_AUTH_URL)")]
+    SessionRefused,
 }
 
 impl AuthError {
@@ -99,8 +105,11 @@ impl AuthError {
             AuthError::NotYetValid => "not_yet_valid",
             AuthError::BadSignature => "bad_signature",
             AuthError::WrongAudience => "wrong_audience",
+            AuthError::WrongIssuer => "wrong_issuer",
             AuthError::Malformed => "malformed",
             AuthError::NotInHeader => "not_in_header",
+            AuthError::UnknownKeyId => "unknown_key_id",
+            AuthError::SessionRefused => "session_refused",
         }
     }
 }
@@ -205,6 +214,14 @@ impl Verifier {
             .jwks
             .as_ref()
             .and_then(|j| j.verify(token, &self.validation));
+        // A kid the set does not hold, and no static key to fall back on.
+        if from_set.is_none()
+            && self.key.is_none()
+            && let Some(jwks) = &self.jwks
+            && jwks::token_kid(token).is_some_and(|kid| !jwks.knows(&kid))
+        {
+            return Err(AuthError::UnknownKeyId);
+        }
         let result = match (from_set, &self.key) {
             (Some(r), _) => r,
             (None, Some(key)) => decode::<Claims>(token, key, &self.validation).map(|d| d.claims),
@@ -219,7 +236,8 @@ impl Verifier {
             | K::InvalidAlgorithm
             | K::InvalidAlgorithmName
             | K::MissingAlgorithm => AuthError::BadSignature,
-            K::InvalidAudience | K::InvalidIssuer => AuthError::WrongAudience,
+            K::InvalidAudience => AuthError::WrongAudience,
+            K::InvalidIssuer => AuthError::WrongIssuer,
             _ => AuthError::Malformed,
         })?;
         if claims

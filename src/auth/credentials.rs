@@ -28,6 +28,18 @@ pub struct Credentials {
     pub offers_ws_protocol: bool,
     pub origin: Option<String>,
     pub host: Option<String>,
+    /// The request's headers, for the auth hook to pick the ones it forwards.
+    pub headers: RequestHeaders,
+}
+
+/// A request's headers, with a `Debug` that never prints them (cookies).
+#[derive(Clone, Default)]
+pub struct RequestHeaders(pub HeaderMap);
+
+impl std::fmt::Debug for RequestHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{} headers]", self.0.len())
+    }
 }
 
 impl Credentials {
@@ -73,6 +85,7 @@ impl Credentials {
             offers_ws_protocol,
             origin: header_str("origin").map(str::to_owned),
             host: header_str("host").map(str::to_owned),
+            headers: RequestHeaders(headers.clone()),
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod claims;
 pub mod credentials;
+pub mod hook;
 pub mod jwks;
 pub mod policy;
 

@@ -13,7 +13,7 @@ use crate::error::ApiError;
 use crate::job::{DocError, ProgressDoc};
 use crate::limits::Transport;
 use crate::state::SharedState;
-use crate::stream::{parse_job, verify};
+use crate::stream::{authenticate, parse_job, verify};
 
 /// TTL given to state keys written through `POST /jobs/{id}`, in seconds.
 pub const PUBLISH_TTL_SECS: u64 = jobcast_publish::DEFAULT_TTL_SECS;
@@ -27,7 +27,7 @@ pub async fn snapshot(job: String, app: SharedState, creds: Credentials) -> Resp
 
 async fn get(job: String, app: SharedState, creds: Credentials) -> Result<Response, ApiError> {
     let job = parse_job(&job)?;
-    let claims = verify(&app, &creds).await?;
+    let (claims, _) = authenticate(&app, &creds, &job, None).await?;
     let _slot = app.limits.acquire(&claims.sub, Transport::Snapshot)?;
     let fetched = app.hub.fetch(&job, true).await;
     if fetched.unavailable {

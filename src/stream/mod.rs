@@ -5,6 +5,7 @@
 
 pub mod cursor;
 pub mod poll;
+pub mod reconnect;
 pub mod sse;
 pub mod ws;
 
@@ -12,6 +13,7 @@ use std::time::Duration;
 
 use tracing::Span;
 
+use crate::auth::hook::Recheck;
 use crate::auth::policy::{JobFacts, authorize};
 use crate::auth::{AuthError, Claims, Credentials};
 use crate::config::FIRST_STATE_TIMEOUT;
@@ -30,6 +32,8 @@ pub struct Opened {
     pub state: FeedState,
     pub guard: ConnGuard,
     pub span: Span,
+    /// Set where the app's auth hook let the caller in: asked again while open.
+    pub recheck: Option<Recheck>,
 }
 
 impl Opened {
@@ -57,6 +61,53 @@ pub async fn verify(app: &AppState, creds: &Credentials) -> Result<Claims, ApiEr
     })
 }
 
+/// Who the caller is: a valid JWT's claims, else — where `JOBCAST_AUTH_URL`
+/// is set — what the app says of the request's own headers (cookie), with the
+/// re-check an open stream needs. A WebSocket from a foreign origin is never
+/// vouched for by the app: its cookies come along with any cross-site page
+/// (cross-site WebSocket hijacking).
+pub async fn authenticate(
+    app: &AppState,
+    creds: &Credentials,
+    job: &JobId,
+    transport: Option<Transport>,
+) -> Result<(Claims, Option<Recheck>), ApiError> {
+    let Some(hook) = &app.auth_hook else {
+        return Ok((verify(app, creds).await?, None));
+    };
+    if let Some((token, _)) = &creds.token
+        && let Ok(claims) = app.verifier.verify_fresh(token.expose()).await
+    {
+        return Ok((claims, None));
+    }
+    if transport == Some(Transport::Ws)
+        && let Some(origin) = &creds.origin
+        && !app.origin_allowed(origin, creds.host.as_deref())
+    {
+        metrics::counter!("jobcast_auth_failures_total", "reason" => "origin").increment(1);
+        return Err(ApiError::Forbidden(format!(
+            "origin {origin} may not open a WebSocket with this session"
+        )));
+    }
+    let forwarded = hook.forwarded(&creds.headers.0);
+    let decision = hook.decide(&forwarded, job).await;
+    let (claims, period) = crate::auth::hook::into_claims(decision, job).inspect_err(|e| {
+        let reason = match e.code() {
+            "unauthorized" => "session_refused",
+            "forbidden" => "app_forbidden",
+            _ => "hook_unavailable",
+        };
+        metrics::counter!("jobcast_auth_failures_total", "reason" => reason).increment(1);
+    })?;
+    let recheck = Recheck {
+        hook: hook.clone(),
+        forwarded,
+        job: job.clone(),
+        period,
+    };
+    Ok((claims, Some(recheck)))
+}
+
 /// Opens a watcher on `raw_job` for the request's caller, or says why not.
 pub async fn open(
     app: &AppState,
@@ -65,8 +116,15 @@ pub async fn open(
     transport: Transport,
 ) -> Result<Opened, ApiError> {
     let job = parse_job(raw_job)?;
-    let claims = verify(app, creds).await?;
-    let span = tracing::info_span!("stream", job = %job, user = %claims.sub, transport = transport.as_str());
+    app.connect_rate.admit()?;
+    let (claims, recheck) = authenticate(app, creds, &job, Some(transport)).await?;
+    // Debug level: a span per stream costs nothing unless logs or traces want it.
+    let span = tracing::debug_span!(
+        "stream",
+        job = %job,
+        transport = transport.as_str(),
+        user_digest = %crate::telemetry::otel::user_digest(&claims.sub),
+    );
     let guard = app.limits.acquire(&claims.sub, transport)?;
     let watch = app.hub.join(job.clone());
     let state = watch.feed.wait_ready(FIRST_STATE_TIMEOUT).await;
@@ -95,7 +153,17 @@ pub async fn open(
         state,
         guard,
         span,
+        recheck,
     })
+}
+
+/// Resolves when the app revokes the caller's session (streams let in by the
+/// auth hook); never for a JWT caller, whose limit is the token's `exp`.
+pub fn revocation(opened: &mut Opened) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+    match opened.recheck.take() {
+        Some(recheck) => Box::pin(recheck.revoked()),
+        None => Box::pin(std::future::pending()),
+    }
 }
 
 /// Counts a closed stream with why it closed.

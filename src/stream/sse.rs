@@ -22,7 +22,7 @@ use crate::http::stall::StallFlag;
 use crate::limits::Transport;
 use crate::state::SharedState;
 use crate::stream::cursor::{FeedCursor, delivered, is_news, seen_id};
-use crate::stream::{Opened, closed, heartbeat_timer, open};
+use crate::stream::{Opened, closed, heartbeat_timer, open, reconnect, revocation};
 
 pub async fn handle(
     app: SharedState,
@@ -98,6 +98,8 @@ struct SseWriter {
     owed_done: Option<Arc<Update>>,
     heartbeat: Interval,
     expiry: Pin<Box<Sleep>>,
+    /// The app revoked the session (auth hook callers only).
+    revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// Registered once with the shutdown token, not on every poll.
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
     /// Why the stream ended (the closed-connections metric); unset = client gone.
@@ -122,10 +124,11 @@ impl Drop for SseWriter {
 impl SseWriter {
     fn new(
         app: SharedState,
-        opened: Opened,
+        mut opened: Opened,
         last_event_id: Option<String>,
         stall: Option<StallFlag>,
     ) -> Self {
+        let revoked = revocation(&mut opened);
         let (cursor, first) = FeedCursor::start(&opened);
         let heartbeat = heartbeat_timer(app.settings.heartbeat());
         let expiry = Box::pin(tokio::time::sleep(opened.token_ttl()));
@@ -140,6 +143,7 @@ impl SseWriter {
             owed_done: None,
             heartbeat,
             expiry,
+            revoked,
             shutdown,
             ended: None,
             stall,
@@ -176,7 +180,7 @@ impl SseWriter {
                 let s = &self.app.settings;
                 return Some(event::sse_preamble(
                     &self.opened.job,
-                    s.sse_retry_ms,
+                    reconnect::stream_retry_ms(s),
                     s.sse_padding,
                 ));
             }
@@ -198,11 +202,15 @@ impl SseWriter {
         tokio::select! {
             _ = &mut self.shutdown => {
                 self.end("shutdown");
-                Some(event::sse_retry(self.app.settings.sse_retry_ms))
+                Some(event::sse_retry(reconnect::drain_retry_ms(&self.app.settings)))
             }
             _ = &mut self.expiry => {
                 self.end("token_expired");
                 Some(event::sse_error("token_expired"))
+            }
+            _ = &mut self.revoked => {
+                self.end("revoked");
+                Some(event::sse_error("forbidden"))
             }
             _ = self.heartbeat.tick() => Some(Bytes::from_static(event::SSE_PING)),
             next = self.cursor.next() => match next {

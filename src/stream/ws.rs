@@ -1,7 +1,8 @@
 //! The WebSocket writer: the same events as SSE, as JSON text frames. The server
 //! pings every heartbeat and closes a connection that missed two pongs; client
 //! frames other than pong and close are ignored. Close codes: 1000 after `done`,
-//! 1012 when the gateway drains, 1008 when the token expired.
+//! 1012 when the gateway drains (the reason names when to come back), 1008
+//! when the token expired or the auth hook's app revoked the session.
 //!
 //! The handshake is answered here (see `http::upgrade`), so the socket is ours
 //! to configure: small buffers (a watcher only ever receives pongs), and text
@@ -29,7 +30,7 @@ use crate::http::upgrade::WsHandshake;
 use crate::limits::Transport;
 use crate::state::SharedState;
 use crate::stream::cursor::{FeedCursor, delivered, is_news, seen_id};
-use crate::stream::{Opened, closed, heartbeat_timer, open};
+use crate::stream::{Opened, closed, heartbeat_timer, open, reconnect, revocation};
 
 /// Pings a client may leave unanswered before the connection is closed.
 const MAX_MISSED_PONGS: u32 = 2;
@@ -115,8 +116,9 @@ pub async fn handle(
     Ok(res)
 }
 
-async fn run(app: SharedState, opened: Opened, socket: Socket, last_event_id: Option<String>) {
-    let reason = serve(&app, &opened, socket, last_event_id).await;
+async fn run(app: SharedState, mut opened: Opened, socket: Socket, last_event_id: Option<String>) {
+    let revoked = revocation(&mut opened);
+    let reason = serve(&app, &opened, socket, last_event_id, revoked).await;
     closed(Transport::Ws, reason);
     tracing::debug!(reason, "websocket ended");
 }
@@ -126,6 +128,7 @@ async fn serve(
     opened: &Opened,
     socket: Socket,
     last_event_id: Option<String>,
+    mut revoked: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
 ) -> &'static str {
     let (mut tx, mut rx_client) = socket.split();
     macro_rules! send {
@@ -157,14 +160,21 @@ async fn serve(
     loop {
         tokio::select! {
             _ = &mut shutdown => {
+                // The reason names when to come back, spread over the drain window.
+                let reason = reconnect::ws_drain_reason(reconnect::drain_retry_ms(&app.settings));
                 let _ = tokio::time::timeout(Duration::from_millis(500),
-                    tx.send(close(CloseCode::Restart, "gateway restarting; reconnect"))).await;
+                    tx.send(close(CloseCode::Restart, reason))).await;
                 return "shutdown";
             }
             _ = &mut expiry => {
                 send!(Message::text(event::ws_error("token_expired")));
                 let _ = tx.send(close(CloseCode::Policy, "token expired")).await;
                 return "token_expired";
+            }
+            _ = &mut revoked => {
+                send!(Message::text(event::ws_error("forbidden")));
+                let _ = tx.send(close(CloseCode::Policy, "session revoked")).await;
+                return "revoked";
             }
             _ = heartbeat.tick() => {
                 if missed_pongs >= MAX_MISSED_PONGS {
@@ -220,9 +230,9 @@ fn text(bytes: &bytes::Bytes) -> Message {
     }
 }
 
-fn close(code: CloseCode, reason: &'static str) -> Message {
+fn close(code: CloseCode, reason: impl Into<Utf8Bytes>) -> Message {
     Message::Close(Some(CloseFrame {
         code,
-        reason: Utf8Bytes::from_static(reason),
+        reason: reason.into(),
     }))
 }

@@ -220,13 +220,20 @@ impl Ws {
 
     /// Reads until the close frame and returns its code.
     pub async fn expect_close(&mut self) -> u16 {
+        self.expect_close_frame().await.0
+    }
+
+    /// Reads until the close frame and returns its code and reason.
+    pub async fn expect_close_frame(&mut self) -> (u16, String) {
         loop {
             let msg = tokio::time::timeout(EVENT_TIMEOUT, self.stream.next())
                 .await
                 .expect("close in time");
             match msg {
-                Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
-                Some(Ok(Message::Close(None))) => return 1005,
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (frame.code.into(), frame.reason.as_str().to_owned());
+                }
+                Some(Ok(Message::Close(None))) => return (1005, String::new()),
                 Some(Ok(Message::Text(t))) => panic!("expected close, got frame {t}"),
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => panic!("ws error before close: {e}"),

@@ -3,7 +3,7 @@
 //! crash, the write-behind and its seq guard, the retention sweep, and a
 //! Postgres that goes away mid-stream. Every test has its own database.
 
-mod pg_proxy;
+pub mod pg_proxy;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -15,13 +15,17 @@ pub mod chromium;
 pub mod idp;
 pub mod jwks_server;
 pub mod nginx;
+pub mod otlp_receiver;
 pub mod postgres_db;
 pub mod redis_server;
+pub mod session_app;
 
 pub use chromium::Chromium;
 pub use nginx::Nginx;
+pub use otlp_receiver::OtlpReceiver;
 pub use postgres_db::TestDb;
 pub use redis_server::RedisServer;
+pub use session_app::SessionApp;
 
 use std::future::Future;
 use std::net::{Ipv4Addr, TcpListener};
