@@ -1,4 +1,4 @@
-// jobcast.js — the browser client for jobcast (see PROTOCOL.md §2, §3).
+// jobcast.js — the browser client for jobcast (the wire protocol: README, "Wire protocol").
 //
 // One dependency-free ES module. `watch()` follows one job over Server-Sent
 // Events, falls back to WebSocket and then to long-polling, reconnects with
