@@ -187,6 +187,16 @@ impl Hub {
         metrics::gauge!("jobcast_watchers").decrement(1.0);
     }
 
+    /// The job's owner where this gateway knows it without any I/O: fixed in a
+    /// live feed's first load, or remembered from an earlier feed.
+    pub fn known_owner(&self, job: &JobId) -> Option<Arc<str>> {
+        if let Some(feed) = self.feed(job.as_str()) {
+            let state = feed.snapshot();
+            return state.ready.then_some(state.owner).flatten();
+        }
+        self.memory().owners.get(job.as_str()).cloned()
+    }
+
     /// The feed of a job that has watchers here.
     pub fn feed(&self, job: &str) -> Option<Arc<Feed>> {
         self.lock().get(job).map(|e| e.feed.clone())

@@ -125,6 +125,22 @@ pub async fn open(
         transport = transport.as_str(),
         user_digest = %crate::telemetry::otel::user_digest(&claims.sub),
     );
+    // Cheap facts first: where this gateway already knows the job's owner (a
+    // live feed, or one remembered), a caller it rules out is refused before
+    // the job costs a subscription or a read.
+    if let Some(owner) = app.hub.known_owner(&job)
+        && let Err(e) = authorize(
+            &claims,
+            &job,
+            JobFacts {
+                known: true,
+                owner: Some(&owner),
+            },
+        )
+    {
+        metrics::counter!("jobcast_auth_failures_total", "reason" => "not_owner").increment(1);
+        return Err(e);
+    }
     let guard = app.limits.acquire(&claims.sub, transport)?;
     let watch = app.hub.join(job.clone());
     let state = watch.feed.wait_ready(FIRST_STATE_TIMEOUT).await;

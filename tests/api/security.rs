@@ -338,6 +338,67 @@ async fn a_refused_job_answers_the_same_whether_or_not_it_exists() {
     assert!(existing.iter().all(|(_, s, _)| *s == 403), "{existing:?}");
 }
 
+/// Calls of a Redis command so far, from `INFO commandstats`.
+async fn command_calls(app: &TestApp, command: &str) -> u64 {
+    let mut conn = app.redis().await;
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
+        .and_then(|rest| rest.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_caller_the_known_owner_rules_out_costs_no_subscription_or_read() {
+    let app = spawn_app().await;
+    app.set("known", r#"{"seq":1,"owner_id":"alice"}"#).await;
+    // Alice's stream fixes the owner; when she leaves, the gateway remembers it.
+    let mut sse = Sse::connect(
+        &app.url("/jobs/known/events"),
+        &[("authorization", &format!("Bearer {}", app.token("alice")))],
+    )
+    .await;
+    sse.expect("connected").await;
+    sse.expect("progress").await;
+    drop(sse);
+    let channel = app.key("known");
+    wait_until(EVENT_TIMEOUT, "the feed is dropped", || async {
+        app.numsub(&channel).await == 0
+    })
+    .await;
+    let (subscribes, reads) = (
+        command_calls(&app, "subscribe").await,
+        command_calls(&app, "evalsha").await,
+    );
+
+    let mallory = app.token("mallory");
+    for _ in 0..20 {
+        let res = reqwest::Client::new()
+            .get(app.url("/jobs/known/events"))
+            .bearer_auth(&mallory)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status().as_u16(), 403);
+    }
+
+    assert_eq!(
+        command_calls(&app, "subscribe").await,
+        subscribes,
+        "no SUBSCRIBE for refused callers"
+    );
+    assert_eq!(
+        command_calls(&app, "evalsha").await,
+        reads,
+        "no read for refused callers"
+    );
+}
+
 // ---------------------------------------------------------------- origins
 
 #[tokio::test]
