@@ -1,6 +1,7 @@
 //! A tiny in-memory gateway for the self-tests, on loopback only:
-//! `GET /sub/{job}` streams SSE (chunked), `POST /pub/{job}` forwards the body
-//! to that job's subscribers. Jobs named `drop-odd-*` forward only even seqs,
+//! `GET /sub/{job}` streams SSE (chunked), or WebSocket text frames with the
+//! document in an envelope when asked to upgrade; `POST /pub/{job}` forwards
+//! the body to that job's subscribers. Jobs named `drop-odd-*` forward only even seqs,
 //! so a test can check that the skipped states are told apart from lost ones.
 
 use crate::wire::{parse_head, scan_u64};
@@ -10,6 +11,10 @@ use std::sync::{Arc, Mutex};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::broadcast;
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::{Bytes, Message};
 
 type Jobs = Arc<Mutex<HashMap<String, broadcast::Sender<Arc<str>>>>>;
 
@@ -87,6 +92,37 @@ async fn serve(mut s: TcpStream, jobs: Jobs) {
             }
         } else if let (Some(job), "GET") = (path.strip_prefix("/sub/"), method) {
             let mut rx = channel(&jobs, job).subscribe();
+            let ws_key = head
+                .lines()
+                .find_map(|l| {
+                    l.split_once(':')
+                        .filter(|(k, _)| k.eq_ignore_ascii_case("sec-websocket-key"))
+                })
+                .map(|(_, v)| v.trim().to_string());
+            if let Some(key) = ws_key {
+                let resp = format!(
+                    "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {}\r\n\r\n",
+                    derive_accept_key(key.as_bytes())
+                );
+                if s.write_all(resp.as_bytes()).await.is_err() {
+                    return;
+                }
+                let mut ws = WebSocketStream::from_raw_socket(s, Role::Server, None).await;
+                // An envelope, as some gateways send: the scanner must see through it.
+                while let Ok(doc) = rx.recv().await {
+                    let frame = format!("{{\"event\":\"progress\",\"data\":{doc}}}");
+                    if futures_util::SinkExt::send(
+                        &mut ws,
+                        Message::Text(Bytes::from(frame).try_into().expect("UTF-8")),
+                    )
+                    .await
+                    .is_err()
+                    {
+                        return;
+                    }
+                }
+                return;
+            }
             let head = "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n";
             // A comment first, as real gateways send: it carries no seq.
             if s.write_all(format!("{head}6\r\n: hi\n\n\r\n").as_bytes())

@@ -6,7 +6,8 @@ use serde_json::Value;
 use std::process::Command;
 
 fn loadgen(addr: std::net::SocketAddr, extra: &[&str]) -> Vec<Value> {
-    let sub = format!("http://{addr}/sub/{{job}}");
+    let scheme = if extra.contains(&"ws") { "ws" } else { "http" };
+    let sub = format!("{scheme}://{addr}/sub/{{job}}");
     let publ = format!("http://{addr}/pub/{{job}}");
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args([
@@ -91,4 +92,28 @@ async fn dropped_odd_states_are_skipped_not_lost() {
     assert_eq!(l["skipped"], 30);
     assert_eq!(l["lost"], 0);
     assert_eq!(l["final_missed"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_envelopes() {
+    let addr = jobcast_loadgen::echo::spawn().await.unwrap();
+    let args = [
+        "--transport",
+        "ws",
+        "--subscribers",
+        "4",
+        "--job-prefix",
+        "ws-",
+    ];
+    let lines = tokio::task::spawn_blocking(move || loadgen(addr, &args))
+        .await
+        .unwrap();
+    let l = &lines[0];
+    assert_eq!(l["transport"], "ws");
+    assert_eq!(l["connected"], 4);
+    assert_eq!(
+        (l["expected_deliveries"].as_u64(), l["delivered"].as_u64()),
+        (Some(80), Some(80))
+    );
+    assert_eq!(l["lost"], 0);
 }
