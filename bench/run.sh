@@ -185,9 +185,13 @@ stop_server() {
 
 # The harness is built from the work tree even with BENCH_REV: it is the ruler,
 # not the thing measured.
+# One cargo invocation for everything built from the work tree: the same
+# package set every time means the same feature set, so nothing is built twice.
+WORKTREE_PKGS=(-p jobcast -p jobcast-loadgen -p jobcast-floor)
 build_tools() {
-    log "building loadgen and floor (cargo build --release)"
-    (cd "$ROOT" && cargo build --release --quiet -p jobcast-loadgen -p jobcast-floor) || die "loadgen/floor build failed"
+    [[ -z "${JOBCAST_BIN:-}${BENCH_REV:-}" ]] || WORKTREE_PKGS=(-p jobcast-loadgen -p jobcast-floor)
+    log "building ${WORKTREE_PKGS[*]} (cargo build --release)"
+    (cd "$ROOT" && cargo build --release --quiet "${WORKTREE_PKGS[@]}") || die "release build failed"
     local tdir="${CARGO_TARGET_DIR:-$ROOT/target}"
     LOADGEN="$tdir/release/loadgen"
     FLOOR="$tdir/release/floor"
@@ -216,8 +220,7 @@ build_jobcast() {
         JOBCAST_BIN="$BENCH_DIR/target-jobcast/target/release/jobcast"
         JOBCAST_REV_DESC="commit ${rev:0:12} (BENCH_REV=$BENCH_REV)"
     else
-        log "building jobcast from the work tree (cargo build --release)"
-        (cd "$ROOT" && cargo build --release --quiet -p jobcast) || die "jobcast build failed"
+        # Built by build_tools with loadgen and floor (WORKTREE_PKGS).
         local tdir="${CARGO_TARGET_DIR:-$ROOT/target}"
         JOBCAST_BIN="$tdir/release/jobcast"
         JOBCAST_REV_DESC="work tree at $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
