@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench/run.sh — jobcast against nginx + Nchan, same harness, same run.
+# bench/run.sh — jobcast against nginx + Nchan and the write() floor, same harness, same run.
 #
 #   bench/run.sh           full run (≈ 5-7 minutes after the builds)
 #   bench/run.sh quick     smoke run with small numbers (≈ 2 minutes after the builds)
@@ -7,15 +7,16 @@
 # What it does:
 #   1. installs what is missing from Debian (nginx, libnginx-mod-nchan, redis-server,
 #      jq, curl) without letting the packages start services;
-#   2. builds pushbench (../shared/pushbench, read-only: built into bench/target-pushbench)
-#      and jobcast (`cargo build --release` in the work tree; see BENCH_REV below);
+#   2. builds, from this repository, the load generator (bench/loadgen), the floor
+#      (bench/floor) and jobcast (`cargo build --release` in the work tree; see
+#      BENCH_REV below);
 #   3. starts its OWN redis-server, nginx + Nchan (bench/nchan.conf.template) and
 #      `jobcast serve`, each on a free loopback port, and stops all three on exit;
 #   4. runs every scenario against jobcast and then against Nchan with the same
-#      pushbench flags, and writes
-#        bench/results/<stamp>[-quick].jsonl   pushbench's JSON lines (+ scenario, gateway)
-#        bench/results/<stamp>[-quick].md      the table: jobcast / Nchan and the ratio
-#      Logs of the servers and pushbench's human summaries: bench/target-run/<stamp>/.
+#      loadgen flags, and the floor with the same connections and rates, and writes
+#        bench/results/<stamp>[-quick].jsonl   loadgen's and floor's JSON lines (+ scenario, gateway)
+#        bench/results/<stamp>[-quick].md      the table: jobcast / Nchan / floor and the ratios
+#      Logs of the servers and loadgen's human summaries: bench/target-run/<stamp>/.
 #
 # Environment:
 #   BENCH_REV=<git rev>   build that commit (git archive into bench/target-jobcast/src)
@@ -24,8 +25,8 @@
 #   JOBCAST_BIN=<path>    use this binary, build nothing for jobcast
 #   BENCH_SCENARIOS="a b" run only these scenarios (a b c d e)
 #
-# Every load is bounded: pushbench has its own watchdog (--max-runtime-secs) and each
-# call is also wrapped in `timeout`. Everything targets 127.0.0.1 only.
+# Every load is bounded: loadgen and floor have their own watchdogs and each call
+# is also wrapped in `timeout`. Everything targets 127.0.0.1 only.
 set -euo pipefail
 
 MODE="${1:-full}"
@@ -39,7 +40,6 @@ esac
 
 BENCH_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$BENCH_DIR")"
-PUSHBENCH_SRC="${PUSHBENCH_SRC:-$ROOT/../shared/pushbench}"
 STAMP="$(date -u +%Y-%m-%dT%H%MZ)"
 SUFFIX=""
 [[ "$MODE" == quick ]] && SUFFIX="-quick"
@@ -183,13 +183,18 @@ stop_server() {
 
 # ------------------------------------------------------------------ builds
 
-build_pushbench() {
-    [[ -f "$PUSHBENCH_SRC/Cargo.toml" ]] || die "pushbench not found at $PUSHBENCH_SRC (set PUSHBENCH_SRC)"
-    log "building pushbench (target dir bench/target-pushbench)"
-    # shared/ is read-only: never build inside it.
-    (cd "$PUSHBENCH_SRC" && cargo build --release --locked --quiet --target-dir "$BENCH_DIR/target-pushbench") ||
-        die "pushbench build failed"
-    PB="$BENCH_DIR/target-pushbench/release/pushbench"
+# The harness is built from the work tree even with BENCH_REV: it is the ruler,
+# not the thing measured.
+# One cargo invocation for everything built from the work tree: the same
+# package set every time means the same feature set, so nothing is built twice.
+WORKTREE_PKGS=(-p jobcast -p jobcast-loadgen -p jobcast-floor)
+build_tools() {
+    [[ -z "${JOBCAST_BIN:-}${BENCH_REV:-}" ]] || WORKTREE_PKGS=(-p jobcast-loadgen -p jobcast-floor)
+    log "building ${WORKTREE_PKGS[*]} (cargo build --release)"
+    (cd "$ROOT" && cargo build --release --quiet "${WORKTREE_PKGS[@]}") || die "release build failed"
+    local tdir="${CARGO_TARGET_DIR:-$ROOT/target}"
+    LOADGEN="$tdir/release/loadgen"
+    FLOOR="$tdir/release/floor"
 }
 
 JOBCAST_REV_DESC=""
@@ -215,8 +220,7 @@ build_jobcast() {
         JOBCAST_BIN="$BENCH_DIR/target-jobcast/target/release/jobcast"
         JOBCAST_REV_DESC="commit ${rev:0:12} (BENCH_REV=$BENCH_REV)"
     else
-        log "building jobcast from the work tree (cargo build --release)"
-        (cd "$ROOT" && cargo build --release --quiet) || die "jobcast build failed"
+        # Built by build_tools with loadgen and floor (WORKTREE_PKGS).
         local tdir="${CARGO_TARGET_DIR:-$ROOT/target}"
         JOBCAST_BIN="$tdir/release/jobcast"
         JOBCAST_REV_DESC="work tree at $(git -C "$ROOT" describe --always --dirty 2>/dev/null || echo unknown)"
@@ -282,7 +286,7 @@ declare -A TITLE=(
     [d]="idle SSE: $D_SUBS connections over $D_JOBS jobs"
     [e]="ceiling SSE: 1 job × $E_SUBS, steps $E_RATES msg/s × ${E_DUR}s"
 )
-# Same pushbench flags for both gateways; only URLs, the publisher kind/target,
+# Same loadgen flags for both gateways; only URLs, the publisher kind/target,
 # the auth header + seed (jobcast) and the pid to sample differ.
 scenario_args() {
     case "$1" in
@@ -290,10 +294,10 @@ scenario_args() {
     b) echo "--transport sse --jobs $B_JOBS --subscribers $B_SUBS --rate $B_RATE --duration $DUR --connect-rate 1000 --job-prefix many-" ;;
     c) echo "--transport ws --jobs 1 --subscribers $A_SUBS --rate $A_RATE --duration $DUR --connect-rate 1000 --job-prefix fanout-ws-" ;;
     d) echo "--transport sse --jobs $D_JOBS --subscribers $D_SUBS --connect-rate 1000 --settle-ms 3000 --job-prefix idle-" ;;
-    # --stop-loss-pct 100: jobcast conflates (a slow watcher skips to the newest
-    # state), so its "loss" grows with the rate by design; the step test stops on
-    # latency or on a publisher that cannot keep up, and the loss is reported.
-    e) echo "--transport sse --jobs 1 --subscribers $E_SUBS --rate $E_RATES --duration $E_DUR --drain-ms 1500 --stop-p99-ms 100 --stop-loss-pct 100 --connect-rate 1000 --job-prefix ceiling-" ;;
+    # Skipped states (conflation: a slow watcher jumps to the newest) are not
+    # lost, so the step test may stop on real loss (> 1 %) as well as on p99 or
+    # on a publisher below 95 % of its rate.
+    e) echo "--transport sse --jobs 1 --subscribers $E_SUBS --rate $E_RATES --duration $E_DUR --drain-ms 1500 --stop-p99-ms 100 --connect-rate 1000 --job-prefix ceiling-" ;;
     esac
 }
 
@@ -334,14 +338,14 @@ run_one() { # scenario gateway
     out="$WORK/$s-$gw.jsonl"
     err="$WORK/$s-$gw.log"
     log "scenario $s (${TITLE[$s]}) → $gw"
-    timeout 400 "$PB" "${args[@]}" "${gwargs[@]}" --json --label "$s/$gw" >"$out" 2>"$err" || rc=$?
-    grep -E '^\[phase|^  (subscribers|latency|cpu|stopping|first)|^idle:|connected .* errors' "$err" | sed 's/^/    /' >&2 || true
+    timeout 400 "$LOADGEN" "${args[@]}" "${gwargs[@]}" --json --label "$s/$gw" >"$out" 2>"$err" || rc=$?
+    grep -E '^\[phase|^  (subscribers|latency|cpu|stopping)|^idle:|^connected ' "$err" | sed 's/^/    /' >&2 || true
     if ((rc != 0)) || ! grep -q '^{' "$out"; then
-        log "pushbench exited $rc for $s/$gw; last lines of $err:"
+        log "loadgen exited $rc for $s/$gw; last lines of $err:"
         tail -n 5 "$err" | sed 's/^/    /' >&2
         jq -cn --arg s "$s" --arg g "$gw" --arg t "${TITLE[$s]}" --arg stamp "$STAMP" --argjson rc "$rc" \
             --arg e "$(tail -n 5 "$err")" \
-            '{run:$stamp, scenario:$s, gateway:$g, title:$t, error:("pushbench exit " + ($rc|tostring) + ": " + $e)}' >>"$JSONL"
+            '{run:$stamp, scenario:$s, gateway:$g, title:$t, error:("loadgen exit " + ($rc|tostring) + ": " + $e)}' >>"$JSONL"
     fi
     local line
     while IFS= read -r line; do
@@ -361,46 +365,81 @@ run_one() { # scenario gateway
     sleep 2 # let closed connections drain before the next run
 }
 
+# run_floor scenario — the same connections, jobs and rates written by a program
+# that does one send() of a ready event per delivery and nothing else: the CPU
+# per delivery no gateway can go below on this machine.
+run_floor() {
+    local s="$1" conns jobs rates dur rate i=0 out err rc
+    case "$s" in
+    a | c) conns=$A_SUBS jobs=1 rates=$A_RATE dur=$DUR ;;
+    b) conns=$B_SUBS jobs=$B_JOBS rates=$B_RATE dur=$DUR ;;
+    e) conns=$E_SUBS jobs=1 rates=$E_RATES dur=$E_DUR ;;
+    *) return 0 ;;
+    esac
+    out="$WORK/$s-floor.jsonl"
+    err="$WORK/$s-floor.log"
+    log "scenario $s → floor"
+    for rate in ${rates//,/ }; do
+        rc=0
+        timeout 120 "$FLOOR" --conns "$conns" --jobs "$jobs" --rate "$rate" --duration "$dur" --label "$s/floor" \
+            >"$out.$i" 2>>"$err" || rc=$?
+        if ((rc != 0)) || ! grep -q '^{' "$out.$i"; then
+            log "floor exited $rc for $s; last lines of $err:"
+            tail -n 3 "$err" | sed 's/^/    /' >&2
+        else
+            tail -n 1 "$err" | sed 's/^/    /' >&2
+            jq -c --arg s "$s" --arg t "${TITLE[$s]}" --arg stamp "$STAMP" --argjson ph "$i" \
+                '{run:$stamp, scenario:$s, gateway:"floor", title:$t, phase:$ph} + (. | del(.label))' "$out.$i" >>"$JSONL"
+        fi
+        i=$((i + 1))
+    done
+}
+
 # ------------------------------------------------------------------ report
 
 write_report() {
     local load_start="$1" load_end="$2"
     local rows
-    # One TSV row per (scenario, gateway, phase).
+    # One TSV row per (scenario, gateway, phase); the floor's lines have the same phases.
     rows="$(jq -r '
         def ms: if . == null then null else (. / 1000) end;
         [ .scenario, .gateway, (.phase // "-" | tostring), (.rate_target // "-" | tostring),
           (.latency_us.p50 | ms // "" | tostring), (.latency_us.p99 | ms // "" | tostring),
           (.delivered // "" | tostring), (.expected_deliveries // "" | tostring),
-          (.lost // "" | tostring), (.loss_pct // "" | tostring),
+          (.skipped // "" | tostring), (.skipped_pct // "" | tostring),
+          (.lost // "" | tostring), (.loss_pct // "" | tostring), (.final_missed // "" | tostring),
           (.rss_per_conn_bytes // "" | tostring), (.pss_per_conn_bytes // "" | tostring),
-          ((.cpu_pct.publish.server_total // .cpu_pct.connect.server_total) // "" | tostring),
-          (.connected // "" | tostring), (.subscribers // "" | tostring),
+          ((.cpu_pct.publish.server_total // .cpu_pct.connect.server_total // .writer_cpu_pct) // "" | tostring),
+          (.connected // .conns // "" | tostring), (.subscribers // "" | tostring),
           (.disconnects // "" | tostring), (.publish_rate_achieved // "" | tostring),
           ((.cpu_pct.publish.other_est // .cpu_pct.connect.other_est) // "" | tostring),
           (.error // "" | gsub("[\t\n]"; " ")),
-          (.deliveries_per_sec // "" | tostring) ] | @tsv' "$JSONL")"
+          (.deliveries_per_sec // .writes_per_sec // "" | tostring),
+          (.server_cpu_us_per_delivery // .cpu_us_per_write // "" | tostring),
+          (.final_is_terminal // "" | tostring) ] | @tsv' "$JSONL")"
 
     {
-        echo "# jobcast vs nginx + Nchan — $STAMP ($MODE)"
+        echo "# jobcast vs nginx + Nchan vs the write() floor — $STAMP ($MODE)"
         echo
-        echo "Produced by \`bench/run.sh${SUFFIX:+ quick}\`; raw pushbench lines: \`$(basename "$JSONL")\`."
+        echo "Produced by \`bench/run.sh${SUFFIX:+ quick}\`; raw loadgen and floor lines: \`$(basename "$JSONL")\`."
         echo
         echo "- jobcast: $JOBCAST_REV_DESC"
         echo "- Nchan: libnginx-mod-nchan $(dpkg-query -W -f='${Version}' libnginx-mod-nchan 2>/dev/null || echo '?'), $(nginx -v 2>&1 | sed 's/^nginx version: //'), worker_processes auto, nchan_message_buffer_length 1"
+        echo "- floor: bench/floor, one send() of a ready 190-byte event per delivery to its own loopback connections"
         echo "- Redis: $(redis-server --version | awk '{print $3}' | sed 's/v=//'), its own instance, notify-keyspace-events K\$hgx"
         echo "- machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r), open files hard limit $(ulimit -Hn), loopback only"
         echo "- load average at start: $load_start; at end: $load_end"
-        echo "- publishers: jobcast ← Redis PUBLISH \`progress:job:{job}\`; Nchan ← HTTP POST \`/pub/{job}\` (same pushbench flags otherwise)"
+        echo "- publishers: jobcast ← Redis PUBLISH \`progress:job:{job}\`; Nchan ← HTTP POST \`/pub/{job}\` (same loadgen flags otherwise)"
         echo
-        echo "Cells are **jobcast / Nchan (ratio jobcast÷Nchan)**. Latency is publisher send → subscriber parse."
-        echo "For latency, RSS and CPU a ratio below 1 favours jobcast; for delivered, above 1 does."
-        echo "CPU is the server's, in % of one core, over the publish window (idle scenario: the connect phase)."
-        echo "CPU µs/delivery is that CPU divided by the deliveries per second: server CPU time per message written to one subscriber."
-        echo "RSS/conn is (idle RSS − RSS before connecting) / connections, all server processes summed (nginx: master + workers)."
+        echo "Cells are **jobcast / Nchan**, ratios jobcast ÷ Nchan unless named. Below 1 favours jobcast, except for delivered."
+        echo "CPU µs/delivery: the server's CPU over the publish window (all its processes; nginx: master + workers) ÷ deliveries per second;"
+        echo "the floor's is its sending thread's CPU per send(). Latency is publisher send → subscriber parse."
+        echo "Skipped: states a subscriber never saw but saw a later one of the same job (conflation). Lost: never saw it nor anything later."
+        echo "Terminal missed: subscribers that never got their job's last state of the phase (the terminal state in a run's last phase)."
+        echo "RSS/conn is (idle RSS − RSS before connecting) / connections."
         echo
-        echo "| scenario | rate msg/s | p50 ms | p99 ms | delivered | deliveries/s | lost (loss %) | RSS/conn bytes | CPU % | CPU µs/delivery |"
-        echo "|---|---|---|---|---|---|---|---|---|---|"
+        echo "| scenario | rate msg/s | CPU µs/delivery jobcast / Nchan / floor | ÷ Nchan | jobcast ÷ floor | Nchan ÷ floor | delivered (of expected) | skipped | lost (terminal missed) | p50 ms | p99 ms | idle RSS/conn bytes |"
+        echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
         awk -F'\t' -v titles="$(for k in a b c d e; do printf '%s=%s\x1f' "$k" "${TITLE[$k]}"; done)" '
             function r(a, b,    x) {
                 if (a == "" || b == "") return "—"
@@ -409,7 +448,8 @@ write_report() {
                 return (x >= 10) ? sprintf("%.0f×", x) : sprintf("%.2f×", x)
             }
             function f(v, d) { return (v == "") ? "—" : sprintf("%." d "f", v) }
-            function cell(a, b, d) { return f(a, d) " / " f(b, d) " (" r(a, b) ")" }
+            function pair(a, b, d) { return f(a, d) " / " f(b, d) }
+            function cell(a, b, d) { return pair(a, b, d) " (" r(a, b) ")" }
             BEGIN {
                 n = split(titles, t, "\x1f")
                 for (i = 1; i <= n; i++) { if (t[i] == "") continue; k = substr(t[i], 1, 1); T[k] = substr(t[i], 3) }
@@ -422,36 +462,41 @@ write_report() {
             END {
                 for (j = 1; j <= m; j++) {
                     key = order[j]; split(key, kk, SUBSEP); s = kk[1]
-                    jc = "jobcast"; nx = "nchan"
+                    jc = "jobcast"; nx = "nchan"; fl = "floor"
                     rate = V[jc, key, 4]; if (rate == "") rate = V[nx, key, 4]
-                    err = V[jc, key, 19] V[nx, key, 19]
-                    if (err != "") { printf "| %s %s | %s | error: %s |||||||\n", s, T[s], rate, err; continue }
-                    lost = f(V[jc, key, 9], 0) " (" f(V[jc, key, 10], 2) "%) / " f(V[nx, key, 9], 0) " (" f(V[nx, key, 10], 2) "%)"
-                    deliv = f(V[jc, key, 7], 0) " / " f(V[nx, key, 7], 0) " of " f(V[jc, key, 8], 0) " / " f(V[nx, key, 8], 0) " (" r(V[jc, key, 7], V[nx, key, 7]) ")"
-                    if (s == "d") deliv = "connected " f(V[jc, key, 14], 0) " / " f(V[nx, key, 14], 0) " of " V[jc, key, 15]
-                    if (s == "d") lost = "disconnects " f(V[jc, key, 16], 0) " / " f(V[nx, key, 16], 0)
                     label = s " " T[s]
                     if (s == "e") label = (kk[2] == "0") ? s " " T[s] ", step 1" : s " step " (kk[2] + 1)
-                    cj = (V[jc, key, 20] > 0) ? V[jc, key, 13] * 10000 / V[jc, key, 20] : ""
-                    cn = (V[nx, key, 20] > 0) ? V[nx, key, 13] * 10000 / V[nx, key, 20] : ""
-                    printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", label, rate,
+                    err = V[jc, key, 22] V[nx, key, 22]
+                    if (err != "") { printf "| %s | %s | error: %s ||||||||||\n", label, rate, err; continue }
+                    if (s == "d") {
+                        printf "| %s | — | — | — | — | — | connected %s / %s of %s | — | disconnects %s | — | — | %s |\n", label,
+                            f(V[jc, key, 17], 0), f(V[nx, key, 17], 0), V[jc, key, 18],
+                            pair(V[jc, key, 19], V[nx, key, 19], 0), cell(V[jc, key, 14], V[nx, key, 14], 0)
+                        continue
+                    }
+                    cj = V[jc, key, 24]; cn = V[nx, key, 24]; cf = V[fl, key, 24]
+                    deliv = pair(V[jc, key, 7], V[nx, key, 7], 0) " (" pair(V[jc, key, 8], V[nx, key, 8], 0) ")"
+                    skip = f(V[jc, key, 9], 0) " (" f(V[jc, key, 10], 2) "%) / " f(V[nx, key, 9], 0) " (" f(V[nx, key, 10], 2) "%)"
+                    lost = f(V[jc, key, 11], 0) " (" f(V[jc, key, 13], 0) ") / " f(V[nx, key, 11], 0) " (" f(V[nx, key, 13], 0) ")"
+                    printf "| %s | %s | %s / %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", label, rate,
+                        pair(cj, cn, 1), f(cf, 2), r(cj, cn), r(cj, cf), r(cn, cf),
+                        deliv, skip, lost,
                         cell(V[jc, key, 5], V[nx, key, 5], 2), cell(V[jc, key, 6], V[nx, key, 6], 2),
-                        deliv, (s == "d") ? "—" : cell(V[jc, key, 20], V[nx, key, 20], 0), lost, cell(V[jc, key, 11], V[nx, key, 11], 0), cell(V[jc, key, 13], V[nx, key, 13], 0),
-                        (s == "d") ? "—" : cell(cj, cn, 1)
+                        cell(V[jc, key, 14], V[nx, key, 14], 0)
                 }
             }' <<<"$rows"
         echo
         echo "## Per run"
         echo
-        echo "| scenario | gateway | phase | connected | disconnects | publisher msg/s achieved | PSS/conn bytes | other CPU on the machine % |"
-        echo "|---|---|---|---|---|---|---|---|"
-        awk -F'\t' '{ printf "| %s | %s | %s | %s/%s | %s | %s | %s | %s |\n", $1, $2, $3, $14, $15, $16, $17, $12, $18 }' <<<"$rows"
+        echo "| scenario | gateway | phase | connected | disconnects | publisher msg/s achieved | deliveries/s | server CPU % of a core | PSS/conn bytes | other CPU on the machine % |"
+        echo "|---|---|---|---|---|---|---|---|---|---|"
+        awk -F'\t' '{ printf "| %s | %s | %s | %s/%s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $17, $18, $19, $20, $23, $16, $15, $21 }' <<<"$rows"
         echo
         if [[ " ${SCEN[*]} " == *" e "* ]]; then
             echo "## Throughput ceiling (scenario e)"
             echo
             echo "Per gateway: the highest step where the publisher kept ≥ 95 % of the target rate and p99 ≤ 100 ms,"
-            echo "the loss at that step, and the most deliveries per second (messages written to subscribers) of any step."
+            echo "the loss and skips at that step, and the most deliveries per second (messages written to subscribers) of any step."
             echo
             local gw
             for gw in jobcast nchan; do
@@ -461,13 +506,13 @@ write_report() {
                                and (.publish_rate_achieved // 0) >= 0.95 * .rate_target) ] as $ok
                     | (if ($ok | length) == 0 then "no step passed"
                        else ($ok | max_by(.rate_target)) as $b
-                         | "\($b.rate_target) msg/s (loss \($b.loss_pct) %, p99 \($b.latency_us.p99 / 1000) ms)" end)
+                         | "\($b.rate_target) msg/s (lost \($b.loss_pct) %, skipped \($b.skipped_pct) %, p99 \($b.latency_us.p99 / 1000) ms)" end)
                       + ", at most \([ $all[].deliveries_per_sec ] | max // 0) deliveries/s"' "$JSONL")"
             done
             echo
         fi
         local notes
-        notes="$(jq -r 'select((.disconnects // 0) > 0 or (.connect_errors // 0) > 0 or (.publish_errors // 0) > 0 or (.error != null))
+        notes="$(jq -r 'select(.gateway != "floor") | select((.disconnects // 0) > 0 or (.connect_errors // 0) > 0 or (.publish_errors // 0) > 0 or (.error != null))
             | "- \(.scenario)/\(.gateway) phase \(.phase): connect_errors \(.connect_errors // 0) \(.connect_error_kinds // {} | tostring), disconnects \(.disconnects // 0), first_disconnect \(.first_disconnect // "-" | tostring), publish_errors \(.publish_errors // 0) \(.first_publish_error // "")\(if .error then ", " + .error else "" end)"' "$JSONL")"
         if [[ -n "$notes" ]]; then
             echo "## Errors and disconnects"
@@ -484,7 +529,7 @@ mkdir -p "$WORK" "$RESULTS_DIR"
 read -r -a SCEN <<<"${BENCH_SCENARIOS:-a b c d e}"
 log "mode $MODE, scenarios ${SCEN[*]}, results $JSONL"
 ensure_packages
-build_pushbench
+build_tools
 build_jobcast
 LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 log "load average before starting servers: $LOAD_START"
@@ -506,6 +551,7 @@ for s in "${SCEN[@]}"; do
     start_jobcast
     run_one "$s" jobcast
     run_one "$s" nchan
+    run_floor "$s"
 done
 
 LOAD_END="$(cut -d' ' -f1-3 /proc/loadavg)"

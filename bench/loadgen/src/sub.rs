@@ -1,0 +1,383 @@
+//! Subscribers: SSE over raw TCP (HTTP/1.1, chunked or not) and WebSocket
+//! (tokio-tungstenite), each stamping every state it receives with the wall clock.
+//! A shard is the set of subscribers one process holds.
+
+use crate::account::{Counts, account};
+use crate::wire::{Dechunker, SseParser, UrlTemplate, parse_head, scan_u64};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Transport {
+    Sse,
+    Ws,
+}
+
+pub struct SubConfig {
+    pub url: UrlTemplate,
+    pub transport: Transport,
+    pub headers: Vec<(String, String)>,
+    pub connect_timeout: Duration,
+    /// States sent before this instant are replays from an earlier run.
+    pub run_start_ns: u64,
+}
+
+/// What one subscriber has seen since the last report.
+#[derive(Default)]
+struct SubState {
+    /// (seq, latency in µs) in arrival order.
+    received: Vec<(u64, u32)>,
+    connected: bool,
+    closed: Option<String>,
+    stale: u64,
+    without_seq: u64,
+}
+
+pub struct Subscriber {
+    pub job: usize,
+    state: Mutex<SubState>,
+}
+
+impl Subscriber {
+    fn on_data(&self, data: &[u8], run_start_ns: u64) {
+        let now = crate::sys::wall_ns();
+        let mut st = self.state.lock().unwrap();
+        match (scan_u64(data, "seq"), scan_u64(data, "sent_ns")) {
+            (Some(seq), Some(sent)) if sent >= run_start_ns => {
+                let lat_us = (now.saturating_sub(sent) / 1000).min(u64::from(u32::MAX)) as u32;
+                st.received.push((seq, lat_us));
+            }
+            (Some(_), Some(_)) => st.stale += 1,
+            // `connected` events, comments, the seed snapshot.
+            _ => st.without_seq += 1,
+        }
+    }
+
+    fn close(&self, why: String) {
+        let mut st = self.state.lock().unwrap();
+        if st.closed.is_none() {
+            st.closed = Some(why);
+        }
+    }
+}
+
+pub struct Shard {
+    subs: Vec<Arc<Subscriber>>,
+}
+
+/// How the connection phase went.
+pub fn connect_summary(
+    connected: u64,
+    kinds: &BTreeMap<String, u64>,
+    first: &Option<String>,
+    secs: f64,
+) -> Value {
+    json!({
+        "connected": connected,
+        "connect_errors": kinds.values().sum::<u64>(),
+        "connect_error_kinds": kinds,
+        "first_connect_error": first,
+        "connect_secs": crate::sys::round1(secs),
+    })
+}
+
+/// A short, countable name for a connect error.
+fn error_kind(e: &str) -> String {
+    let l = e.to_ascii_lowercase();
+    if let Some(code) = l.strip_prefix("http ") {
+        format!("http_{}", code.split(' ').next().unwrap_or(""))
+    } else if l.contains("refused") {
+        "refused".into()
+    } else if l.contains("timeout") || l.contains("timed out") {
+        "timeout".into()
+    } else if l.contains("too many open files") {
+        "too_many_open_files".into()
+    } else if l.contains("address not available") {
+        "addr_not_available".into()
+    } else {
+        "other".into()
+    }
+}
+
+impl Shard {
+    /// Opens one subscriber per entry of `sub_jobs` (the job index of each), paced
+    /// at `rate` per second, and waits until every attempt has finished.
+    pub async fn connect(
+        cfg: Arc<SubConfig>,
+        jobs: Arc<Vec<String>>,
+        sub_jobs: Vec<usize>,
+        rate: f64,
+    ) -> (Self, Value) {
+        let t0 = Instant::now();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Result<(), String>>();
+        let mut subs = Vec::with_capacity(sub_jobs.len());
+        for (i, &job) in sub_jobs.iter().enumerate() {
+            let due = t0 + Duration::from_secs_f64(i as f64 / rate.max(1.0));
+            tokio::time::sleep_until(due.into()).await;
+            let sub = Arc::new(Subscriber {
+                job,
+                state: Mutex::default(),
+            });
+            subs.push(sub.clone());
+            let (cfg, jobs, tx) = (cfg.clone(), jobs.clone(), tx.clone());
+            tokio::spawn(async move { run_subscriber(cfg, &jobs[job], sub, tx).await });
+        }
+        drop(tx);
+        let (mut ok, mut kinds, mut first) = (0u64, BTreeMap::<String, u64>::new(), None);
+        // Every subscriber answers once (its task keeps the sender while it reads).
+        for _ in 0..subs.len() {
+            let Some(r) = rx.recv().await else { break };
+            match r {
+                Ok(()) => ok += 1,
+                Err(e) => {
+                    *kinds.entry(error_kind(&e)).or_default() += 1;
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        let summary = connect_summary(ok, &kinds, &first, t0.elapsed().as_secs_f64());
+        (Self { subs }, summary)
+    }
+
+    /// Accounts the phase whose messages had global indexes `lo..hi` (seq = index + 1,
+    /// message k to job k % jobs), less those in `failed` (seqs never published),
+    /// and forgets what was received. `terminal`: the phase ended every job.
+    pub fn report(&self, lo: u64, hi: u64, jobs: usize, failed: &[u64], terminal: bool) -> Value {
+        let mut published: HashMap<usize, Vec<u64>> = HashMap::new();
+        let mut hist = new_histogram();
+        let (mut counts, mut open, mut disconnects, mut first_disconnect) =
+            (Counts::default(), 0u64, 0u64, None);
+        let (mut stale, mut without_seq, mut late) = (0u64, 0u64, 0u64);
+        for sub in &self.subs {
+            let mut st = sub.state.lock().unwrap();
+            if !st.connected {
+                continue;
+            }
+            let p = published.entry(sub.job).or_insert_with(|| {
+                (lo..hi)
+                    .filter(|k| (*k % jobs as u64) as usize == sub.job)
+                    .map(|k| k + 1)
+                    .filter(|s| !failed.contains(s))
+                    .collect()
+            });
+            let seqs: Vec<u64> = st.received.iter().map(|r| r.0).collect();
+            let c = account(p, &seqs);
+            for &(seq, lat) in &st.received {
+                if seq <= lo {
+                    late += 1;
+                } else if p.binary_search(&seq).is_ok() {
+                    hist.saturating_record(u64::from(lat).max(1));
+                }
+            }
+            counts.add(&c);
+            match &st.closed {
+                None => open += 1,
+                // A gateway ends the stream after a terminal state: that is a goodbye.
+                Some(_) if terminal && c.final_missed == 0 => {}
+                Some(why) => {
+                    disconnects += 1;
+                    first_disconnect.get_or_insert_with(|| why.clone());
+                }
+            }
+            stale += std::mem::take(&mut st.stale);
+            without_seq += std::mem::take(&mut st.without_seq);
+            st.received.clear();
+        }
+        json!({
+            "counts": counts.to_json(),
+            "hist": hist.iter_recorded().map(|v| [v.value_iterated_to(), v.count_at_value()]).collect::<Vec<_>>(),
+            "open_at_end": open,
+            "disconnects": disconnects,
+            "first_disconnect": first_disconnect,
+            "stale_ignored": stale,
+            "events_without_seq": without_seq,
+            "late_from_prev_phase": late,
+        })
+    }
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    // 1 µs .. 10 min, 3 significant digits.
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+async fn run_subscriber(
+    cfg: Arc<SubConfig>,
+    job: &str,
+    sub: Arc<Subscriber>,
+    ready: mpsc::UnboundedSender<Result<(), String>>,
+) {
+    let opened = tokio::time::timeout(cfg.connect_timeout, open(&cfg, job)).await;
+    let conn = match opened {
+        Err(_) => Err("timeout".to_string()),
+        Ok(r) => r,
+    };
+    match conn {
+        Err(e) => {
+            let _ = ready.send(Err(e));
+        }
+        Ok(conn) => {
+            sub.state.lock().unwrap().connected = true;
+            let _ = ready.send(Ok(()));
+            let why = match conn {
+                Conn::Sse {
+                    stream,
+                    rest,
+                    chunked,
+                } => read_sse(stream, rest, chunked, &sub, cfg.run_start_ns).await,
+                Conn::Ws(ws) => read_ws(ws, &sub, cfg.run_start_ns).await,
+            };
+            sub.close(why);
+        }
+    }
+}
+
+enum Conn {
+    Sse {
+        stream: TcpStream,
+        rest: Vec<u8>,
+        chunked: bool,
+    },
+    Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
+}
+
+async fn open(cfg: &SubConfig, job: &str) -> Result<Conn, String> {
+    let stream = TcpStream::connect(cfg.url.addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let path = cfg.url.path_for(job);
+    match cfg.transport {
+        Transport::Sse => open_sse(stream, cfg, &path).await,
+        Transport::Ws => {
+            let url = format!("ws://{}{}", cfg.url.authority, path);
+            let mut req = url.into_client_request().map_err(|e| e.to_string())?;
+            for (k, v) in &cfg.headers {
+                let name: tokio_tungstenite::tungstenite::http::HeaderName =
+                    k.parse().map_err(|_| format!("bad header name {k}"))?;
+                req.headers_mut()
+                    .insert(name, HeaderValue::from_str(v).map_err(|e| e.to_string())?);
+            }
+            // Small read buffers: the harness holds thousands of sockets.
+            let wcfg = WebSocketConfig::default()
+                .read_buffer_size(4096)
+                .write_buffer_size(0);
+            let (ws, resp) = tokio_tungstenite::client_async_with_config(req, stream, Some(wcfg))
+                .await
+                .map_err(|e| match e {
+                    tokio_tungstenite::tungstenite::Error::Http(r) => {
+                        format!("http {}", r.status().as_u16())
+                    }
+                    e => e.to_string(),
+                })?;
+            if resp.status().as_u16() != 101 {
+                return Err(format!("http {}", resp.status().as_u16()));
+            }
+            Ok(Conn::Ws(Box::new(ws)))
+        }
+    }
+}
+
+async fn open_sse(mut stream: TcpStream, cfg: &SubConfig, path: &str) -> Result<Conn, String> {
+    let mut req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n",
+        cfg.url.authority
+    );
+    for (k, v) in &cfg.headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream
+        .write_all(req.as_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        if let Some((head, len)) = parse_head(&buf)? {
+            if head.status != 200 {
+                return Err(format!("http {}", head.status));
+            }
+            return Ok(Conn::Sse {
+                stream,
+                rest: buf.split_off(len),
+                chunked: head.chunked,
+            });
+        }
+        if buf.len() > 16 * 1024 {
+            return Err("response head over 16 KiB".into());
+        }
+        let mut tmp = [0u8; 1024];
+        let n = stream.read(&mut tmp).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed before the response head".into());
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+async fn read_sse(
+    mut stream: TcpStream,
+    rest: Vec<u8>,
+    chunked: bool,
+    sub: &Subscriber,
+    run_start_ns: u64,
+) -> String {
+    let mut parser = SseParser::default();
+    let mut dechunker = chunked.then(Dechunker::default);
+    let mut body = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let mut input = rest;
+    loop {
+        let data: &[u8] = match &mut dechunker {
+            Some(d) => {
+                body.clear();
+                if let Err(e) = d.feed(&input, &mut body) {
+                    return e;
+                }
+                &body
+            }
+            None => &input,
+        };
+        parser.feed(data, |ev| sub.on_data(ev, run_start_ns));
+        if dechunker.as_ref().is_some_and(|d| d.done) {
+            return "end of stream".into();
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) => return "eof".into(),
+            Ok(n) => {
+                input.clear();
+                input.extend_from_slice(&buf[..n]);
+            }
+            Err(e) => return e.to_string(),
+        }
+    }
+}
+
+async fn read_ws(
+    mut ws: Box<tokio_tungstenite::WebSocketStream<TcpStream>>,
+    sub: &Subscriber,
+    run_start_ns: u64,
+) -> String {
+    while let Some(msg) = ws.next().await {
+        match msg {
+            Ok(Message::Text(t)) => sub.on_data(t.as_bytes(), run_start_ns),
+            Ok(Message::Binary(b)) => sub.on_data(&b, run_start_ns),
+            Ok(Message::Close(_)) => return "websocket close".into(),
+            // Pings are answered by tungstenite on the next read.
+            Ok(_) => {}
+            Err(e) => return e.to_string(),
+        }
+    }
+    "eof".into()
+}
