@@ -1,4 +1,4 @@
--- The durable copy of every job's last state (PROTOCOL.md §5).
+-- The durable copy of every job's last state (README, "Durable state").
 -- jobcast writes behind into it; workers may write it directly; a trigger tells
 -- every gateway through NOTIFY jobcast_jobs when a snapshot changes.
 CREATE TABLE IF NOT EXISTS jobs (

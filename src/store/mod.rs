@@ -8,6 +8,7 @@ pub mod write_behind;
 
 use std::time::Duration;
 
+use anyhow::Context;
 use serde_json::Value;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
@@ -17,6 +18,19 @@ use crate::job::{DocRules, JobId, ProgressDoc};
 /// watcher's first state longer than this.
 pub const PG_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const PG_POOL_SIZE: u32 = 8;
+
+/// (version, SHA-384 of the text databases applied) of reworded migrations.
+const REWORDED_MIGRATIONS: &[(i64, &str)] = &[(
+    20261123000001,
+    "498fd940eebc3efb60dd5ec492f8ae53d749a538d1b090219c55a6584f89c6748fd364aec9b0e204720782f7d84fa2b6",
+)];
+
+fn hex_bytes(hex: &str) -> Option<Vec<u8>> {
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
 
 /// What Postgres knows of a job.
 #[derive(Debug)]
@@ -47,7 +61,38 @@ impl Store {
     }
 
     pub async fn migrate(&self) -> anyhow::Result<()> {
-        sqlx::migrate!("./migrations").run(&self.pool).await?;
+        let migrator = sqlx::migrate!("./migrations");
+        self.accept_reworded(&migrator).await?;
+        migrator.run(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Migrations whose comments were reworded after databases applied them
+    /// record the old text's checksum, which sqlx would refuse as a modified
+    /// migration. For exactly those versions and exactly the old checksum, the
+    /// record is moved to the new one; any other difference is still refused.
+    async fn accept_reworded(&self, migrator: &sqlx::migrate::Migrator) -> anyhow::Result<()> {
+        let table: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations')::text")
+                .fetch_one(&self.pool)
+                .await?;
+        if table.is_none() {
+            return Ok(());
+        }
+        for (version, old_hex) in REWORDED_MIGRATIONS {
+            let Some(migration) = migrator.iter().find(|m| m.version == *version) else {
+                continue;
+            };
+            let old = hex_bytes(old_hex).context("a checksum in REWORDED_MIGRATIONS")?;
+            sqlx::query(
+                "UPDATE _sqlx_migrations SET checksum = $1 WHERE version = $2 AND checksum = $3",
+            )
+            .bind(&*migration.checksum)
+            .bind(version)
+            .bind(old)
+            .execute(&self.pool)
+            .await?;
+        }
         Ok(())
     }
 

@@ -672,6 +672,45 @@ async fn junk_notifies_and_non_object_snapshots_are_ignored() {
 }
 
 #[tokio::test]
+async fn a_database_migrated_before_the_first_migrations_comment_was_reworded_still_migrates() {
+    let db = TestDb::create().await;
+    let store = migrated_store(&db).await;
+    let pool = db.pool().await;
+    // What such a database records: the checksum of the earlier text.
+    let old = "498fd940eebc3efb60dd5ec492f8ae53d749a538d1b090219c55a6584f89c6748fd364aec9b0e204720782f7d84fa2b6";
+    sqlx::query(
+        "UPDATE _sqlx_migrations SET checksum = decode($1, 'hex') WHERE version = 20261123000001",
+    )
+    .bind(old)
+    .execute(&pool)
+    .await
+    .unwrap();
+    store
+        .migrate()
+        .await
+        .expect("the reworded migration is accepted");
+    let (now,): (String,) = sqlx::query_as(
+        "SELECT encode(checksum, 'hex') FROM _sqlx_migrations WHERE version = 20261123000001",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_ne!(now, old, "the record moved to the current text");
+
+    // Any other difference is still refused.
+    sqlx::query(
+        "UPDATE _sqlx_migrations SET checksum = decode('00', 'hex') WHERE version = 20261123000001",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    assert!(
+        store.migrate().await.is_err(),
+        "a modified migration is refused"
+    );
+}
+
+#[tokio::test]
 async fn migrations_run_twice_and_concurrently_are_harmless() {
     // Two instances starting at once, then a third start: sqlx serialises them
     // with its own advisory lock; the SQL is idempotent besides.
