@@ -97,10 +97,7 @@ impl Feed {
 
     /// Passes `doc` through the `seq` gate and, if it is news, publishes it.
     pub fn offer(&self, doc: ProgressDoc, source: Source) -> Offer {
-        let mut gate = match self.gate.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut gate = crate::sync::lock(&self.gate);
         match (doc.seq, gate.last_seq) {
             (Some(seq), Some(last)) if seq <= last => return Offer::Stale,
             (None, _) if gate.last_json.as_ref() == Some(&doc.json) => return Offer::Duplicate,
@@ -132,10 +129,7 @@ impl Feed {
     /// Fixes the owner from the job's Postgres row, which outranks a document
     /// seen before the first load finished; later rows never move it.
     pub fn set_stored_owner(&self, owner: &str) {
-        let mut gate = match self.gate.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let mut gate = crate::sync::lock(&self.gate);
         match &gate.owner {
             Some(fixed) if &**fixed == owner => return,
             Some(_) if self.state.borrow().ready => return,

@@ -121,17 +121,11 @@ impl Hub {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<JobId, Entry>> {
-        match self.feeds.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::sync::lock(&self.feeds)
     }
 
     fn memory(&self) -> std::sync::MutexGuard<'_, OwnerMemory> {
-        match self.remembered.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::sync::lock(&self.remembered)
     }
 
     pub fn rules(&self) -> &DocRules {

@@ -40,6 +40,7 @@ pub mod startup;
 pub mod state;
 pub mod store;
 pub mod stream;
+pub mod sync;
 pub mod sys;
 pub mod telemetry;
 pub mod upstream;

@@ -62,10 +62,7 @@ impl Limits {
     }
 
     fn counts(&self) -> std::sync::MutexGuard<'_, Counts> {
-        match self.open.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::sync::lock(&self.open)
     }
 
     pub fn open_total(&self) -> usize {

@@ -52,10 +52,7 @@ impl Readiness {
     }
 
     pub fn report(&self) -> Report {
-        match self.report.read() {
-            Ok(r) => *r,
-            Err(poisoned) => *poisoned.into_inner(),
-        }
+        *crate::sync::read(&self.report)
     }
 
     async fn refresh(&self) {
@@ -74,10 +71,7 @@ impl Readiness {
             postgres,
             keyspace_events: self.keyspace.state(),
         };
-        match self.report.write() {
-            Ok(mut r) => *r = report,
-            Err(poisoned) => *poisoned.into_inner() = report,
-        }
+        *crate::sync::write(&self.report) = report;
     }
 
     /// Refreshes every [`REFRESH_PERIOD`] until `shutdown`.

@@ -43,7 +43,9 @@ impl std::fmt::Debug for RequestHeaders {
 }
 
 impl Credentials {
-    pub fn from_parts(headers: &HeaderMap, query: &str) -> Self {
+    /// Takes the header map by value: it is kept (for the auth hook) rather
+    /// than copied.
+    pub fn from_parts(headers: HeaderMap, query: &str) -> Self {
         let header_str = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
         let bearer = header_str("authorization").and_then(|v| {
             let (scheme, token) = v.trim().split_once(' ')?;
@@ -80,12 +82,14 @@ impl Credentials {
         ]
         .into_iter()
         .find_map(|(t, src)| t.filter(|t| !t.is_empty()).map(|t| (Secret::new(t), src)));
+        let origin = header_str("origin").map(str::to_owned);
+        let host = header_str("host").map(str::to_owned);
         Credentials {
             token,
             offers_ws_protocol,
-            origin: header_str("origin").map(str::to_owned),
-            host: header_str("host").map(str::to_owned),
-            headers: RequestHeaders(headers.clone()),
+            origin,
+            host,
+            headers: RequestHeaders(headers),
         }
     }
 }
@@ -130,7 +134,7 @@ pub fn credentials()
 -> impl Filter<Extract = (Credentials,), Error = std::convert::Infallible> + Clone {
     warp::header::headers_cloned()
         .and(warp::query::raw().or(warp::any().map(String::new)).unify())
-        .map(|headers: HeaderMap, query: String| Credentials::from_parts(&headers, &query))
+        .map(|headers: HeaderMap, query: String| Credentials::from_parts(headers, &query))
 }
 
 #[cfg(test)]
@@ -143,7 +147,7 @@ mod tests {
         for (k, v) in pairs {
             h.append(*k, HeaderValue::from_str(v).unwrap());
         }
-        Credentials::from_parts(&h, query)
+        Credentials::from_parts(h, query)
     }
 
     #[test]
@@ -205,7 +209,7 @@ mod properties {
             auth in "\\PC{0,60}", proto in "\\PC{0,60}", cookie in "\\PC{0,60}", query in "\\PC{0,60}"
         ) {
             let c = Credentials::from_parts(
-                &headers(&[("authorization", &auth), ("sec-websocket-protocol", &proto), ("cookie", &cookie)]),
+                headers(&[("authorization", &auth), ("sec-websocket-protocol", &proto), ("cookie", &cookie)]),
                 &query,
             );
             if let Some((token, _)) = &c.token {
@@ -216,7 +220,7 @@ mod properties {
         #[test]
         fn a_bearer_header_wins_over_every_other_source(token in "[A-Za-z0-9._-]{1,60}", other in "[A-Za-z0-9._-]{1,60}") {
             let c = Credentials::from_parts(
-                &headers(&[
+                headers(&[
                     ("authorization", &format!("Bearer {token}")),
                     ("sec-websocket-protocol", &format!("jobcast.v1, jobcast.bearer.{other}")),
                     ("cookie", &format!("jobcast_token={other}")),
@@ -236,7 +240,7 @@ mod properties {
                 (HeaderMap::new(), format!("x=1&access_token={token}"), TokenSource::Query),
             ];
             for (h, q, want) in cases {
-                let (found, source) = Credentials::from_parts(&h, &q).token.expect("a token");
+                let (found, source) = Credentials::from_parts(h, &q).token.expect("a token");
                 prop_assert_eq!(found.expose(), token.as_str());
                 prop_assert_eq!(source, want);
             }

@@ -92,10 +92,7 @@ impl Jwks {
     }
 
     fn current(&self) -> Arc<KeyMap> {
-        match self.keys.read() {
-            Ok(g) => g.clone(),
-            Err(p) => p.into_inner().clone(),
-        }
+        crate::sync::read(&self.keys).clone()
     }
 
     /// Whether the set holds a key with this id.
@@ -112,14 +109,8 @@ impl Jwks {
                 let mut kids: Vec<&str> = keys.keys().map(String::as_str).collect();
                 kids.sort_unstable();
                 info!(url = %self.url, why, keys = n, kids = ?kids, "JWK Set loaded");
-                match self.keys.write() {
-                    Ok(mut g) => *g = Arc::new(keys),
-                    Err(p) => *p.into_inner() = Arc::new(keys),
-                }
-                match self.max_age.write() {
-                    Ok(mut g) => *g = max_age,
-                    Err(p) => *p.into_inner() = max_age,
-                }
+                *crate::sync::write(&self.keys) = Arc::new(keys);
+                *crate::sync::write(&self.max_age) = max_age;
                 Ok(n)
             }
             Err(e) => {
@@ -149,10 +140,7 @@ impl Jwks {
     /// Time until the next timed refresh: the configured period, shortened to
     /// the set's `max-age`, and to [`RETRY_AFTER_FAILURE`] after a failure.
     fn next_wait(&self, last_ok: bool) -> Duration {
-        let max_age = match self.max_age.read() {
-            Ok(g) => *g,
-            Err(p) => *p.into_inner(),
-        };
+        let max_age = *crate::sync::read(&self.max_age);
         let mut wait = self.refresh_every;
         if let Some(age) = max_age {
             wait = wait.min(age.max(MIN_MAX_AGE));

@@ -120,9 +120,10 @@ where
         _ => ApiError::BadRequest(format!("{e}: the body must be a JSON object")),
     })?;
     if let Some(named) = &doc.owner {
-        let owner = match app.hub.feed(job.as_str()) {
-            Some(feed) if feed.snapshot().ready => feed.snapshot().owner.map(|o| o.to_string()),
-            _ => app.hub.fetch(&job, true).await.owner().map(str::to_owned),
+        // Known without I/O where a feed fixed or remembers it; else the sources.
+        let owner = match app.hub.known_owner(&job) {
+            Some(owner) => Some(owner.to_string()),
+            None => app.hub.fetch(&job, true).await.owner().map(str::to_owned),
         };
         if owner.is_some_and(|o| o != *named) {
             return Err(ApiError::Conflict(format!(

@@ -24,10 +24,7 @@ impl UpgradeSlot {
     }
 
     pub fn take(&self) -> Option<OnUpgrade> {
-        match self.0.lock() {
-            Ok(mut g) => g.take(),
-            Err(p) => p.into_inner().take(),
-        }
+        crate::sync::lock(&self.0).take()
     }
 }
 

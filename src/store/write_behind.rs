@@ -95,10 +95,7 @@ impl WriteBehind {
     }
 
     fn lock(&self) -> MutexGuard<'_, Pending> {
-        match self.inner.pending.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::sync::lock(&self.inner.pending)
     }
 
     /// Records `update` as the job's newest state to persist. Never blocks.
