@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::auth::jwks::Jwks;
 use crate::auth::{Claims, Verifier};
+use crate::config::RedisTarget;
 use crate::config::{Secret, Settings};
 use crate::http::origin::Origin;
 use crate::hub::Hub;
@@ -23,12 +24,15 @@ use crate::state::{AppState, SharedState};
 use crate::store::Store;
 use crate::store::retention;
 use crate::store::write_behind::WriteBehind;
+use crate::upstream::cluster_listener::ClusterListener;
 use crate::upstream::pg_listener::PgListener;
-use crate::upstream::redis_listener::RedisListener;
+use crate::upstream::redis_conn::Commands;
+use crate::upstream::redis_listener::{PubSubEndpoint, RedisListener};
 use crate::upstream::redis_reader::RedisReader;
 use crate::upstream::redis_selftest;
 use crate::upstream::redis_setup::KeyspaceMonitor;
 use crate::upstream::resync;
+use crate::upstream::sentinel::SentinelPrimary;
 
 pub struct App {
     addr: SocketAddr,
@@ -70,8 +74,14 @@ impl App {
         let rules = DocRules::from_settings(&settings);
         let auth_hook = crate::auth::hook::AuthHook::from_settings(&settings)?;
 
-        let reader = RedisReader::new(&settings.redis_url, &settings.key_prefix, rules.clone())
-            .context("REDIS_URL")?;
+        let target = settings.redis_target().map_err(anyhow::Error::msg)?;
+        info!(redis = %target.describe(), "redis");
+        let sentinel = match &target {
+            RedisTarget::Sentinel(t) => Some(SentinelPrimary::new(t.clone())),
+            _ => None,
+        };
+        let commands = Commands::new(&target, sentinel.clone()).context("REDIS_URL")?;
+        let reader = RedisReader::new(commands.clone(), &settings.key_prefix, rules.clone());
         let store = match &settings.database_url {
             None => {
                 warn!(
@@ -90,8 +100,13 @@ impl App {
                 Some(store)
             }
         };
+        if let Some(sentinel) = &sentinel
+            && sentinel.discover().await.is_none()
+        {
+            warn!("no sentinel names a reachable redis primary yet; starting anyway, asking again");
+        }
         let keyspace = Arc::new(KeyspaceMonitor::new(
-            reader.pool().clone(),
+            commands.clone(),
             settings.configure_redis,
         ));
         keyspace.check().await;
@@ -131,24 +146,57 @@ impl App {
             rules,
             redis_up.clone(),
         );
-        let listener = RedisListener::new(
-            hub.clone(),
-            &settings.redis_url,
-            settings.redis_db(),
-            &settings.key_prefix,
-            redis_up.clone(),
-            keyspace.clone(),
-        )?;
         redis_selftest::check(
-            listener.client(),
+            commands.probe_client().await,
             &reader,
-            listener.keyspace_prefix(),
+            &format!(
+                "__keyspace@{}__:{}",
+                settings.redis_db(),
+                settings.key_prefix
+            ),
             &settings.key_prefix,
         )
         .await
         .context("Redis permissions")?;
-        let readiness = Readiness::new(reader, store.clone(), keyspace.clone()).await;
-        tasks.push(tokio::spawn(listener.run(upstream_cmds, shutdown.clone())));
+        let readiness = Readiness::new(
+            reader,
+            store.clone(),
+            keyspace.clone(),
+            sentinel.clone(),
+            target.is_cluster().then(|| redis_up.clone()),
+        )
+        .await;
+        match &target {
+            RedisTarget::Cluster(seeds) => {
+                let listener = ClusterListener::new(
+                    hub.clone(),
+                    seeds.clone(),
+                    &settings.key_prefix,
+                    redis_up.clone(),
+                    keyspace.clone(),
+                );
+                tasks.push(tokio::spawn(listener.run(upstream_cmds, shutdown.clone())));
+            }
+            RedisTarget::Single(_) | RedisTarget::Sentinel(_) => {
+                let endpoint = match (&sentinel, commands.probe_client().await) {
+                    (Some(primary), _) => PubSubEndpoint::Sentinel(primary.clone()),
+                    (None, Some(client)) => PubSubEndpoint::Fixed(client),
+                    (None, None) => anyhow::bail!("REDIS_URL names no server"),
+                };
+                let listener = RedisListener::new(
+                    hub.clone(),
+                    endpoint,
+                    settings.redis_db(),
+                    &settings.key_prefix,
+                    redis_up.clone(),
+                    keyspace.clone(),
+                )?;
+                tasks.push(tokio::spawn(listener.run(upstream_cmds, shutdown.clone())));
+            }
+        }
+        if let Some(sentinel) = sentinel {
+            tasks.push(tokio::spawn(sentinel.run(shutdown.clone())));
+        }
         tasks.push(tokio::spawn(readiness.clone().run(shutdown.clone())));
         if settings.redis_check_secs > 0 {
             let period = Duration::from_secs(settings.redis_check_secs);

@@ -7,7 +7,9 @@
 //! When the connection fails, open streams stay open: the listener reconnects
 //! with backoff, then re-subscribes every watched job and reads each one's
 //! current state (a bounded number at a time), so nothing written meanwhile is
-//! missed.
+//! missed. Behind sentinels the connection goes to the primary they name, and
+//! when they name another one (failover) the listener moves there at once the
+//! same way, after re-applying the keyspace flags on it.
 //!
 //! A SUBSCRIBE that Redis refuses for one job (an ACL that allows only some
 //! channels) or leaves unanswered on a connection that still answers PING is
@@ -35,6 +37,7 @@ use crate::hub::{Hub, UpstreamCmd};
 use crate::job::JobId;
 use crate::upstream::backoff::Backoff;
 use crate::upstream::redis_setup::KeyspaceMonitor;
+use crate::upstream::sentinel::{Addr, SentinelPrimary};
 
 /// Bound on one SUBSCRIBE/UNSUBSCRIBE round trip; past it the connection is
 /// considered dead and rebuilt.
@@ -45,9 +48,40 @@ const RESUBSCRIBE_BATCH: usize = 500;
 const REFUSED_RETRY_START: Duration = Duration::from_secs(1);
 const REFUSED_RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// Where the pub/sub connection goes.
+pub enum PubSubEndpoint {
+    Fixed(redis::Client),
+    /// The primary the sentinels name now; a new one ends the connection.
+    Sentinel(Arc<SentinelPrimary>),
+}
+
+type Switches = Option<tokio::sync::watch::Receiver<Option<Addr>>>;
+
+impl PubSubEndpoint {
+    /// A pub/sub connection, and (behind sentinels) what tells of a new primary.
+    async fn connect(&self) -> redis::RedisResult<(redis::aio::PubSub, Switches)> {
+        match self {
+            PubSubEndpoint::Fixed(client) => Ok((client.get_async_pubsub().await?, None)),
+            PubSubEndpoint::Sentinel(primary) => {
+                // Watch first: a switch while connecting is then not missed.
+                let mut switches = primary.changed();
+                let (host, port) = primary.resolve().await.ok_or_else(|| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::IoError,
+                        "no sentinel names a reachable redis primary",
+                    ))
+                })?;
+                switches.borrow_and_update();
+                let client = redis::Client::open(primary.target().primary_info(&host, port))?;
+                Ok((client.get_async_pubsub().await?, Some(switches)))
+            }
+        }
+    }
+}
+
 pub struct RedisListener {
     hub: Arc<Hub>,
-    client: redis::Client,
+    endpoint: PubSubEndpoint,
     /// Re-checked on every reconnect: a restarted Redis has lost a CONFIG SET of
     /// its notification flags.
     keyspace: Arc<KeyspaceMonitor>,
@@ -60,7 +94,7 @@ pub struct RedisListener {
 impl RedisListener {
     pub fn new(
         hub: Arc<Hub>,
-        redis_url: &str,
+        endpoint: PubSubEndpoint,
         db: i64,
         prefix: &str,
         up: Arc<AtomicBool>,
@@ -68,16 +102,12 @@ impl RedisListener {
     ) -> anyhow::Result<Self> {
         Ok(RedisListener {
             hub,
-            client: redis::Client::open(redis_url)?,
+            endpoint,
             keyspace,
             prefix: prefix.to_owned(),
             keyspace_prefix: format!("__keyspace@{db}__:{prefix}"),
             up,
         })
-    }
-
-    pub fn client(&self) -> &redis::Client {
-        &self.client
     }
 
     /// `__keyspace@<db>__:PREFIX`.
@@ -110,10 +140,10 @@ impl RedisListener {
         loop {
             let connected = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                c = tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.client.get_async_pubsub()) => c,
+                c = tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.endpoint.connect()) => c,
             };
             match connected {
-                Ok(Ok(pubsub)) => {
+                Ok(Ok((pubsub, switches))) => {
                     backoff.reset();
                     if !was_up {
                         info!("redis pub/sub connection is back; re-subscribing watched jobs");
@@ -122,12 +152,19 @@ impl RedisListener {
                     }
                     let (sink, stream) = pubsub.split();
                     match self
-                        .serve(sink, stream, &mut cmds, &mut refused, &shutdown)
+                        .serve(sink, stream, switches, &mut cmds, &mut refused, &shutdown)
                         .await
                     {
                         Ended::Shutdown => return,
                         Ended::Lost(why) => {
                             warn!(error = %why, "redis pub/sub connection lost; streams stay open, reconnecting");
+                        }
+                        Ended::Switched => {
+                            // To the new primary at once; its flags are checked
+                            // (and set) before anything is subscribed there.
+                            self.set_up(false);
+                            was_up = false;
+                            continue;
                         }
                     }
                     self.set_up(false);
@@ -168,6 +205,7 @@ impl RedisListener {
         &self,
         mut sink: PubSubSink,
         mut stream: PubSubStream,
+        mut switches: Switches,
         cmds: &mut mpsc::UnboundedReceiver<UpstreamCmd>,
         refused: &mut Refused,
         shutdown: &CancellationToken,
@@ -202,8 +240,15 @@ impl RedisListener {
         let hub = self.hub.clone();
         tokio::spawn(async move { hub.reread_all().await });
         loop {
+            let switched = async {
+                match switches.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
+                true = switched => return Ended::Switched,
                 cmd = cmds.recv() => match cmd {
                     Some(UpstreamCmd::Subscribe(feed)) => {
                         let result = self.subscribe(&mut sink, &feed, refused).await;
@@ -302,16 +347,16 @@ impl RedisListener {
     /// subscriber now; the verdicts come back through `refused.verdicts`. A
     /// check that cannot be made counts as subscribed.
     fn confirm(&self, feeds: Vec<Arc<Feed>>, refused: &Refused) {
-        let pool = self.hub.reader().pool().clone();
+        let commands = self.hub.reader().commands().clone();
         let tx = refused.verdicts_tx.clone();
         let channels: Vec<String> = feeds.iter().flat_map(|f| self.channels(&f.job)).collect();
         tokio::spawn(async move {
             let counts = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
-                let mut conn = pool.get().await.ok()?;
+                let mut conn = commands.get().await.ok()?;
                 redis::cmd("PUBSUB")
                     .arg("NUMSUB")
                     .arg(&channels)
-                    .query_async::<Vec<(String, i64)>>(&mut *conn)
+                    .query_async::<Vec<(String, i64)>>(&mut conn)
                     .await
                     .ok()
             })
@@ -339,12 +384,7 @@ impl RedisListener {
         let channel = msg.get_channel_name();
         if let Some(job) = channel.strip_prefix(&self.keyspace_prefix) {
             metrics::counter!("jobcast_redis_events_total", "source" => "keyspace").increment(1);
-            let event = msg.get_payload_bytes();
-            // Removal keeps what watchers know; `expire`/`persist` change no value.
-            if matches!(
-                event,
-                b"del" | b"expired" | b"evicted" | b"expire" | b"persist" | b"rename_from"
-            ) {
+            if !changes_value(msg.get_payload_bytes()) {
                 return;
             }
             if let Some(feed) = self.hub.feed(job) {
@@ -360,9 +400,20 @@ impl RedisListener {
     }
 }
 
+/// Whether a keyspace event may have changed the key's value: removal keeps
+/// what watchers know, and `expire`/`persist` change no value.
+pub(crate) fn changes_value(event: &[u8]) -> bool {
+    !matches!(
+        event,
+        b"del" | b"expired" | b"evicted" | b"expire" | b"persist" | b"rename_from"
+    )
+}
+
 enum Ended {
     Shutdown,
     Lost(String),
+    /// The sentinels named another primary.
+    Switched,
 }
 
 /// Jobs whose SUBSCRIBE Redis refused, each with its retry backoff; a retry

@@ -1,16 +1,21 @@
 //! [`Publisher`]: a handle that writes progress documents for jobs through
-//! [`crate::wire`], over one multiplexed connection that reconnects by itself.
-//! Cheap to clone; connects on first use.
+//! [`crate::wire`], over one multiplexed connection that reconnects by itself
+//! (for a Redis Cluster, a cluster connection that follows MOVED and failover,
+//! and the channel is sharded). Cheap to clone; connects on first use.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use tokio::sync::OnceCell;
 
 use crate::job_id::JobId;
+use crate::redis_url::{RedisLocation, RedisUrlError};
 use crate::wire::{
-    DEFAULT_KEY_PREFIX, DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_TTL_SECS, write_script, write_state,
+    DEFAULT_KEY_PREFIX, DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_TTL_SECS, sharded_write_script,
+    write_script, write_state,
 };
 
 /// Bound on one write, so a hung Redis fails a worker's call instead of
@@ -23,12 +28,26 @@ pub enum PublishError {
     Redis(#[from] redis::RedisError),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("REDIS_URL {0}")]
+    Url(#[from] RedisUrlError),
+}
+
+/// Where writes go: one server, or a cluster.
+#[derive(Clone)]
+enum Target {
+    Single {
+        client: redis::Client,
+        conn: Arc<OnceCell<ConnectionManager>>,
+    },
+    Cluster {
+        client: ClusterClient,
+        conn: Arc<OnceCell<ClusterConnection>>,
+    },
 }
 
 #[derive(Clone)]
 pub struct Publisher {
-    client: redis::Client,
-    conn: Arc<OnceCell<ConnectionManager>>,
+    target: Target,
     script: Arc<redis::Script>,
     prefix: String,
     ttl_secs: u64,
@@ -37,15 +56,39 @@ pub struct Publisher {
 
 impl Publisher {
     /// A publisher with the default prefix, TTL and size limit. Connects lazily.
+    /// `redis+cluster://host:port[,host:port…]` names a Redis Cluster.
     pub fn connect(redis_url: &str) -> Result<Self, PublishError> {
         Self::connect_with_prefix(redis_url, DEFAULT_KEY_PREFIX)
     }
 
     pub fn connect_with_prefix(redis_url: &str, key_prefix: &str) -> Result<Self, PublishError> {
+        Self::connect_to(RedisLocation::parse(redis_url, false)?, key_prefix)
+    }
+
+    /// A publisher for an already parsed location (the gateway's settings).
+    pub fn connect_to(location: RedisLocation, key_prefix: &str) -> Result<Self, PublishError> {
+        let (target, script) = match location {
+            RedisLocation::Single(info) => (
+                Target::Single {
+                    client: redis::Client::open(info)?,
+                    conn: Arc::new(OnceCell::new()),
+                },
+                write_script(),
+            ),
+            RedisLocation::Cluster(seeds) => (
+                Target::Cluster {
+                    client: redis::cluster::ClusterClientBuilder::new(seeds)
+                        .connection_timeout(WRITE_TIMEOUT)
+                        .response_timeout(WRITE_TIMEOUT)
+                        .build()?,
+                    conn: Arc::new(OnceCell::new()),
+                },
+                sharded_write_script(),
+            ),
+        };
         Ok(Publisher {
-            client: redis::Client::open(redis_url)?,
-            conn: Arc::new(OnceCell::new()),
-            script: Arc::new(write_script()),
+            target,
+            script: Arc::new(script),
             prefix: key_prefix.to_owned(),
             ttl_secs: DEFAULT_TTL_SECS,
             max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
@@ -73,17 +116,28 @@ impl Publisher {
         format!("{}{}", self.prefix, job.as_str())
     }
 
-    /// SET + PUBLISH of `json` (a JSON object; not checked here) in one atomic
-    /// script. Returns how many channel subscribers received it.
+    /// SET + PUBLISH (SPUBLISH in a cluster) of `json` (a JSON object; not
+    /// checked here) in one atomic script. Returns how many channel
+    /// subscribers received it.
     pub async fn write(&self, job: &JobId, json: &[u8]) -> Result<i64, PublishError> {
         let key = self.key(job);
         let write = async {
-            let conn = self
-                .conn
-                .get_or_try_init(|| ConnectionManager::new(self.client.clone()))
-                .await?;
-            let mut conn = conn.clone();
-            write_state(&self.script, &mut conn, &key, json, self.ttl_secs).await
+            match &self.target {
+                Target::Single { client, conn } => {
+                    let mut conn = conn
+                        .get_or_try_init(|| ConnectionManager::new(client.clone()))
+                        .await?
+                        .clone();
+                    write_state(&self.script, &mut conn, &key, json, self.ttl_secs).await
+                }
+                Target::Cluster { client, conn } => {
+                    let mut conn = conn
+                        .get_or_try_init(|| client.get_async_connection())
+                        .await?
+                        .clone();
+                    write_state(&self.script, &mut conn, &key, json, self.ttl_secs).await
+                }
+            }
         };
         match tokio::time::timeout(WRITE_TIMEOUT, write).await {
             Ok(result) => Ok(result?),

@@ -2,6 +2,10 @@
 //! the same bytes on the job's channel, in ONE atomic script, so a subscriber
 //! never sees a message before the key holds its state. The gateway's
 //! `POST /jobs/{id}` writes through this same script.
+//!
+//! In a Redis Cluster the channel is sharded (`SPUBLISH`): the key and the
+//! channel have the same name, so they hash to the same slot and the one
+//! script still runs on the one primary that owns both.
 
 use redis::aio::ConnectionLike;
 
@@ -29,9 +33,24 @@ end
 return redis.call('PUBLISH', KEYS[1], ARGV[1])
 ";
 
+/// The same write for a cluster: the job channel is a shard channel.
+const SHARDED_WRITE_SCRIPT: &str = r"
+if tonumber(ARGV[2]) > 0 then
+  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+  redis.call('SET', KEYS[1], ARGV[1])
+end
+return redis.call('SPUBLISH', KEYS[1], ARGV[1])
+";
+
 /// The write script (its SHA is computed once; EVALSHA with a fallback to EVAL).
 pub fn write_script() -> redis::Script {
     redis::Script::new(WRITE_SCRIPT)
+}
+
+/// The write script for a Redis Cluster (`SPUBLISH` on the job's shard channel).
+pub fn sharded_write_script() -> redis::Script {
+    redis::Script::new(SHARDED_WRITE_SCRIPT)
 }
 
 /// SET `key` to `json` (TTL `ttl_secs`, 0 = none) and PUBLISH it on the channel
