@@ -375,22 +375,22 @@ impl ClusterListener {
                     self.dispatch(&channel, &payload);
                 }
             }
-            PushKind::Disconnection => {
+            // Only the current connection's: an older one's end is old news.
+            PushKind::Disconnection
                 if state
                     .nodes
                     .get(&addr)
-                    .is_some_and(|n| n.generation == generation)
-                {
-                    warn!(node = %addr, "lost a redis cluster primary's pub/sub connection; streams stay open, following the cluster");
-                    state.nodes.remove(&addr);
-                    for w in state.jobs.values_mut() {
-                        if w.node.as_deref() == Some(addr.as_str()) {
-                            w.node = None;
-                        }
+                    .is_some_and(|n| n.generation == generation) =>
+            {
+                warn!(node = %addr, "lost a redis cluster primary's pub/sub connection; streams stay open, following the cluster");
+                state.nodes.remove(&addr);
+                for w in state.jobs.values_mut() {
+                    if w.node.as_deref() == Some(addr.as_str()) {
+                        w.node = None;
                     }
-                    state.dirty = true;
-                    self.set_up(false);
                 }
+                state.dirty = true;
+                self.set_up(false);
             }
             // A node drops shard subscriptions of a slot that left it.
             PushKind::SUnsubscribe => {

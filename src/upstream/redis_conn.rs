@@ -85,7 +85,8 @@ enum Kind {
         info: ConnectionInfo,
     },
     Cluster {
-        client: ClusterClient,
+        /// Boxed: far larger than the other kinds' fields.
+        client: Box<ClusterClient>,
         seeds: Vec<ConnectionInfo>,
         /// Made on first use: jobcast starts while the cluster is down.
         conn: tokio::sync::Mutex<Option<ClusterConnection>>,
@@ -109,10 +110,12 @@ impl Commands {
                 info: info.clone(),
             },
             (RedisTarget::Cluster(seeds), _) => Kind::Cluster {
-                client: redis::cluster::ClusterClientBuilder::new(seeds.clone())
-                    .connection_timeout(REDIS_COMMAND_TIMEOUT)
-                    .response_timeout(REDIS_COMMAND_TIMEOUT)
-                    .build()?,
+                client: Box::new(
+                    redis::cluster::ClusterClientBuilder::new(seeds.clone())
+                        .connection_timeout(REDIS_COMMAND_TIMEOUT)
+                        .response_timeout(REDIS_COMMAND_TIMEOUT)
+                        .build()?,
+                ),
                 seeds: seeds.clone(),
                 conn: tokio::sync::Mutex::new(None),
             },
