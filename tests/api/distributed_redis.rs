@@ -319,6 +319,19 @@ async fn cluster_primary_killed_mid_stream_every_watcher_reaches_done() {
         jobcast::upstream::redis_setup::missing_flags(&flags).is_empty(),
         "the promoted replica has the keyspace flags: {flags:?}"
     );
+    // The last state of one job comes through the gateway's own POST, which
+    // writes SET + SPUBLISH on the slot's primary like a worker.
+    let mut publisher_claims = claims("service");
+    publisher_claims.roles = vec!["publisher".into()];
+    publisher_claims.jobs = vec![jobs[1].clone()];
+    let posted = reqwest::Client::new()
+        .post(gateway.url(&format!("/jobs/{}", jobs[1])))
+        .bearer_auth(sign(&publisher_claims))
+        .body(doc(13, true))
+        .send()
+        .await
+        .expect("POST /jobs/{id}");
+    assert_eq!(posted.status(), 201, "POST in a cluster");
     write_cluster_round(&setter, &publisher, &jobs, 13, true).await;
     watchers.assert_all_done(&jobs, 13).await;
 }

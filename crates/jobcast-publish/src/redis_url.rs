@@ -59,6 +59,9 @@ impl RedisLocation {
 /// `[user:password@]host:port[,host:port…][/[0]]`, each seed possibly written
 /// as a whole `redis://host:port` URL.
 fn parse_seeds(rest: &str) -> Result<Vec<ConnectionInfo>, RedisUrlError> {
+    // Seeds written as whole URLs after the first: `a:1,redis://b:2`.
+    let rest = rest.replace(",redis://", ",");
+    let rest = rest.as_str();
     let (auth, hosts) = match rest.rsplit_once('@') {
         Some((auth, hosts)) => (Some(auth), hosts),
         None => (None, rest),
@@ -72,7 +75,6 @@ fn parse_seeds(rest: &str) -> Result<Vec<ConnectionInfo>, RedisUrlError> {
     }
     let mut seeds = Vec::new();
     for seed in hosts.split(',').map(str::trim).filter(|s| !s.is_empty()) {
-        let seed = seed.strip_prefix("redis://").unwrap_or(seed);
         let seed = seed.trim_end_matches('/');
         let valid = seed.rsplit_once(':').is_some_and(|(host, port)| {
             !host.is_empty() && !host.contains('/') && port.parse::<u16>().is_ok_and(|p| p > 0)
