@@ -282,20 +282,7 @@ impl ClusterListener {
 
     async fn subscribe(&self, state: &mut State, addr: &str, job: &JobId) -> Result<(), String> {
         let mut conn = self.node(state, addr).await?;
-        let key = self.key(job);
-        let keyspace = format!("{}{}", self.keyspace_prefix, job.as_str());
-        let result = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
-            redis::cmd("SUBSCRIBE")
-                .arg(&keyspace)
-                .exec_async(&mut conn)
-                .await?;
-            redis::cmd("SSUBSCRIBE")
-                .arg(&key)
-                .exec_async(&mut conn)
-                .await
-        })
-        .await;
-        match result {
+        match self.both(&mut conn, job, ["SUBSCRIBE", "SSUBSCRIBE"]).await {
             Ok(Ok(())) => {
                 metrics::counter!("jobcast_redis_subscriptions_total").increment(1);
                 Ok(())
@@ -315,23 +302,32 @@ impl ClusterListener {
 
     /// Best effort: a node that is gone has dropped the subscriptions itself.
     async fn unsubscribe(&self, state: &mut State, addr: &str, job: &JobId) {
-        let Some(node) = state.nodes.get(addr) else {
-            return;
-        };
-        let mut conn = node.conn.clone();
-        let key = self.key(job);
+        if let Some(node) = state.nodes.get(addr) {
+            let mut conn = node.conn.clone();
+            let _ = self
+                .both(&mut conn, job, ["UNSUBSCRIBE", "SUNSUBSCRIBE"])
+                .await;
+        }
+    }
+
+    /// `commands[0]` on the job's keyspace channel, then `commands[1]` on its
+    /// shard channel, bounded together.
+    async fn both(
+        &self,
+        conn: &mut MultiplexedConnection,
+        job: &JobId,
+        commands: [&str; 2],
+    ) -> Result<redis::RedisResult<()>, tokio::time::error::Elapsed> {
         let keyspace = format!("{}{}", self.keyspace_prefix, job.as_str());
-        let _ = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
-            redis::cmd("UNSUBSCRIBE")
+        let key = self.key(job);
+        tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
+            redis::cmd(commands[0])
                 .arg(&keyspace)
-                .exec_async(&mut conn)
+                .exec_async(conn)
                 .await?;
-            redis::cmd("SUNSUBSCRIBE")
-                .arg(&key)
-                .exec_async(&mut conn)
-                .await
+            redis::cmd(commands[1]).arg(&key).exec_async(conn).await
         })
-        .await;
+        .await
     }
 
     /// The pub/sub connection to the primary at `addr`, made if needed.

@@ -215,6 +215,28 @@ impl Commands {
         out
     }
 
+    /// Where a pattern subscription must go to hear every key's keyspace
+    /// events (they are node-local): every primary of a cluster, else the one
+    /// server (behind sentinels, the current primary). Ask again after a
+    /// failover; connect with `redis::Client::open(info)`.
+    pub async fn primaries(&self) -> Result<Vec<ConnectionInfo>, ConnError> {
+        match &*self.kind {
+            Kind::Single { info, .. } => Ok(vec![info.clone()]),
+            Kind::Sentinel { primary, .. } => {
+                let (host, port) = primary.resolve().await.ok_or(ConnError::NoPrimary)?;
+                Ok(vec![primary.target().primary_info(&host, port)])
+            }
+            Kind::Cluster { seeds, .. } => {
+                let topology = self.topology().await?;
+                Ok(topology
+                    .primaries()
+                    .into_iter()
+                    .filter_map(|addr| cluster_topology::node_info(addr, &seeds[0].redis))
+                    .collect())
+            }
+        }
+    }
+
     /// The cluster's topology, asked of the seeds (an error outside a cluster).
     pub async fn topology(&self) -> Result<Topology, ConnError> {
         let Kind::Cluster { seeds, .. } = &*self.kind else {

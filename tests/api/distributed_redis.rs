@@ -163,6 +163,20 @@ async fn subscribers(
     counts.into_iter().map(|(_, n)| n).collect()
 }
 
+/// Asserts that jobcast set the keyspace-notification flags on `node`.
+async fn assert_keyspace_flags_on(node: &mut redis::aio::MultiplexedConnection, which: &str) {
+    let (_, flags): (String, String) = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(node)
+        .await
+        .unwrap_or_else(|e| panic!("CONFIG GET on {which}: {e}"));
+    assert!(
+        jobcast::upstream::redis_setup::missing_flags(&flags).is_empty(),
+        "jobcast set the keyspace flags on {which}: {flags:?}"
+    );
+}
+
 /// Asserts that on every primary, each job whose slot it owns has exactly one
 /// shard subscriber on its channel and one subscriber on its keyspace channel.
 async fn assert_one_subscription_per_job(cluster: &mut RedisCluster, jobs: &[String]) {
@@ -308,17 +322,7 @@ async fn cluster_primary_killed_mid_stream_every_watcher_reaches_done() {
     // per job there, and ends with `done`.
     watchers.wait_all_saw(12).await;
     assert_one_subscription_per_job(&mut cluster, &jobs).await;
-    let mut promoted = cluster.node(successor).await;
-    let (_, flags): (String, String) = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("notify-keyspace-events")
-        .query_async(&mut promoted)
-        .await
-        .expect("CONFIG GET on the promoted replica");
-    assert!(
-        jobcast::upstream::redis_setup::missing_flags(&flags).is_empty(),
-        "the promoted replica has the keyspace flags: {flags:?}"
-    );
+    assert_keyspace_flags_on(&mut cluster.node(successor).await, "the promoted replica").await;
     // The last state of one job comes through the gateway's own POST, which
     // writes SET + SPUBLISH on the slot's primary like a worker.
     let mut publisher_claims = claims("service");
@@ -441,16 +445,7 @@ async fn sentinel_failover_mid_stream_every_watcher_reaches_done() {
     );
     let mut primary = setup.primary().await;
     assert_eq!(setup.primary_port().await, new_primary);
-    let (_, flags): (String, String) = redis::cmd("CONFIG")
-        .arg("GET")
-        .arg("notify-keyspace-events")
-        .query_async(&mut primary)
-        .await
-        .expect("CONFIG GET on the new primary");
-    assert!(
-        jobcast::upstream::redis_setup::missing_flags(&flags).is_empty(),
-        "jobcast set the keyspace flags on the new primary: {flags:?}"
-    );
+    assert_keyspace_flags_on(&mut primary, "the new primary").await;
     let channels: Vec<String> = jobs.iter().map(|j| format!("{PREFIX}{j}")).collect();
     let counts = subscribers(&mut primary, "NUMSUB", &channels).await;
     assert!(

@@ -24,6 +24,8 @@ pub const DEFAULT_KEY_PREFIX: &str = "progress:job:";
 /// browser's `Number` holds exactly, so every client compares ids as jobcast does.
 pub const MAX_SEQ: i64 = (1 << 53) - 1;
 
+/// `PUBLISH` stands for the publish command: PUBLISH, or SPUBLISH in a
+/// cluster (the job channel is a shard channel there).
 const WRITE_SCRIPT: &str = r"
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
@@ -33,16 +35,6 @@ end
 return redis.call('PUBLISH', KEYS[1], ARGV[1])
 ";
 
-/// The same write for a cluster: the job channel is a shard channel.
-const SHARDED_WRITE_SCRIPT: &str = r"
-if tonumber(ARGV[2]) > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-return redis.call('SPUBLISH', KEYS[1], ARGV[1])
-";
-
 /// The write script (its SHA is computed once; EVALSHA with a fallback to EVAL).
 pub fn write_script() -> redis::Script {
     redis::Script::new(WRITE_SCRIPT)
@@ -50,7 +42,7 @@ pub fn write_script() -> redis::Script {
 
 /// The write script for a Redis Cluster (`SPUBLISH` on the job's shard channel).
 pub fn sharded_write_script() -> redis::Script {
-    redis::Script::new(SHARDED_WRITE_SCRIPT)
+    redis::Script::new(&WRITE_SCRIPT.replace("'PUBLISH'", "'SPUBLISH'"))
 }
 
 /// SET `key` to `json` (TTL `ttl_secs`, 0 = none) and PUBLISH it on the channel
