@@ -214,6 +214,32 @@ async fn assert_one_subscription_per_job(cluster: &mut RedisCluster, jobs: &[Str
     }
 }
 
+/// `jobcast publish JOB DOC` with only `env` (and the test secret) set;
+/// returns its stdout, asserting it succeeded.
+async fn cli_publish(env: &[(&str, &str)], job: &str, body: &str) -> String {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobcast"));
+    cmd.env_clear()
+        .env("JWT_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .args(["publish", job, body])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(STATE_BOUND, cmd.output())
+        .await
+        .expect("jobcast publish in time")
+        .expect("run jobcast publish");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "jobcast publish failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
 /// Retries one write until it lands (a failover refuses writes for a while).
 async fn until_written<F, Fut>(what: &str, mut write: F)
 where
@@ -336,6 +362,10 @@ async fn cluster_primary_killed_mid_stream_every_watcher_reaches_done() {
         .await
         .expect("POST /jobs/{id}");
     assert_eq!(posted.status(), 201, "POST in a cluster");
+    // And one through `jobcast publish`: its SPUBLISH reaches the gateway's
+    // one shard subscription on the slot's primary.
+    let out = cli_publish(&[("REDIS_URL", &cluster.url())], &jobs[3], &doc(13, true)).await;
+    assert!(out.contains("(1 channel subscribers)"), "{out}");
     write_cluster_round(&setter, &publisher, &jobs, 13, true).await;
     watchers.assert_all_done(&jobs, 13).await;
 }
@@ -451,6 +481,19 @@ async fn sentinel_failover_mid_stream_every_watcher_reaches_done() {
     assert!(
         counts.iter().all(|n| *n == 1),
         "one subscription per job on the new primary: {counts:?}"
+    );
+    let out = cli_publish(
+        &[
+            ("REDIS_SENTINELS", &sentinels),
+            ("REDIS_SENTINEL_MASTER", MASTER_NAME),
+        ],
+        &jobs[1],
+        &doc(7, true),
+    )
+    .await;
+    assert!(
+        out.contains("(1 channel subscribers)"),
+        "jobcast publish found the new primary: {out}"
     );
     until_written("the terminal round", || write_round(7, true)).await;
     watchers.assert_all_done(&jobs, 7).await;
