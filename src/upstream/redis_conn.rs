@@ -13,6 +13,7 @@ use deadpool_redis::{Manager, Pool, PoolConfig, Runtime, Timeouts};
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+use redis::cluster_routing::{MultipleNodeRoutingInfo, ResponsePolicy, RoutingInfo};
 use redis::{Cmd, ConnectionInfo, Pipeline, RedisFuture, Value};
 
 use crate::upstream::cluster_topology::{self, Topology};
@@ -174,6 +175,25 @@ impl Commands {
                 Ok(Conn::Pooled(p.get().await?))
             }
         }
+    }
+
+    /// Does Redis answer? In a cluster: does any primary answer (one primary
+    /// down is a failover in progress, which the listener reports, not a
+    /// Redis that is gone).
+    pub async fn ping(&self) -> Result<(), ConnError> {
+        match self.get().await? {
+            Conn::Cluster(mut c) => {
+                let any_primary = RoutingInfo::MultiNode((
+                    MultipleNodeRoutingInfo::AllMasters,
+                    Some(ResponsePolicy::OneSucceeded),
+                ));
+                c.route_command(&redis::cmd("PING"), any_primary).await?;
+            }
+            mut conn => {
+                redis::cmd("PING").query_async::<String>(&mut conn).await?;
+            }
+        }
+        Ok(())
     }
 
     /// A connection to every node that must carry the keyspace flags: the one

@@ -171,13 +171,9 @@ impl RedisReader {
     }
 
     pub async fn ping(&self) -> bool {
-        bounded(async {
-            let mut conn = self.commands.get().await?;
-            let pong: String = redis::cmd("PING").query_async(&mut conn).await?;
-            Ok(pong)
-        })
-        .await
-        .is_ok()
+        bounded(async { Ok(self.commands.ping().await?) })
+            .await
+            .is_ok()
     }
 }
 

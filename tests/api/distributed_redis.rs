@@ -143,6 +143,59 @@ impl Watchers {
     }
 }
 
+/// Every change of `/readyz` (`status/redis`), polled every 20 ms.
+struct ReadyzLog {
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReadyzLog {
+    fn start(gateway: &Gateway) -> ReadyzLog {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let stop = CancellationToken::new();
+        let (url, log, halt) = (gateway.url("/readyz"), seen.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while !halt.is_cancelled() {
+                if let Ok(res) = client.get(&url).send().await
+                    && let Ok(body) = res.json::<serde_json::Value>().await
+                {
+                    let word = format!("{}/{}", body["status"], body["redis"]);
+                    let mut seen = log.lock().expect("readyz log");
+                    if seen.last() != Some(&word) {
+                        seen.push(word);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        ReadyzLog { seen, stop, task }
+    }
+
+    /// Waits until `/readyz` is `ready` again, then asserts it was
+    /// `degraded` with `"redis":"failover"` meanwhile.
+    async fn assert_degraded_then_ready(self) {
+        let seen = self.seen.clone();
+        wait_until(STATE_BOUND, "/readyz is ready again", || {
+            let seen = seen.clone();
+            async move {
+                let seen = seen.lock().expect("readyz log");
+                seen.iter().any(|s| s.contains("failover"))
+                    && seen.last().is_some_and(|s| s.starts_with("\"ready\""))
+            }
+        })
+        .await;
+        self.stop.cancel();
+        self.task.await.expect("readyz poller");
+        let seen = self.seen.lock().expect("readyz log").clone();
+        assert!(
+            seen.contains(&"\"degraded\"/\"failover\"".to_owned()),
+            "/readyz went degraded (redis failover) and back: {seen:?}"
+        );
+    }
+}
+
 fn doc(seq: u64, terminal: bool) -> String {
     let status = if terminal { "completed" } else { "running" };
     format!(r#"{{"seq":{seq},"status":"{status}","owner_id":"alice","overall_progress":{seq}}}"#)
@@ -338,6 +391,8 @@ async fn cluster_primary_killed_mid_stream_every_watcher_reaches_done() {
         async move { seen.load(Ordering::Acquire) >= 4 }
     })
     .await;
+    assert_eq!(gateway.readyz().await["status"], "ready");
+    let readyz = ReadyzLog::start(&gateway);
     let victim = cluster
         .primary_of_slot(key_slot(format!("{PREFIX}{}", jobs[0]).as_bytes()))
         .await;
@@ -347,6 +402,7 @@ async fn cluster_primary_killed_mid_stream_every_watcher_reaches_done() {
     // Assert: every stream goes on from the new primary, one subscription
     // per job there, and ends with `done`.
     watchers.wait_all_saw(12).await;
+    readyz.assert_degraded_then_ready().await;
     assert_one_subscription_per_job(&mut cluster, &jobs).await;
     assert_keyspace_flags_on(&mut cluster.node(successor).await, "the promoted replica").await;
     // The last state of one job comes through the gateway's own POST, which
@@ -421,26 +477,7 @@ async fn sentinel_failover_mid_stream_every_watcher_reaches_done() {
     let watchers = Watchers::start(&gateway, &jobs).await;
     watchers.wait_all_saw(1).await;
     assert_eq!(gateway.readyz().await["status"], "ready");
-    let statuses = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-    let stop = CancellationToken::new();
-    let poller = {
-        let (url, statuses, stop) = (gateway.url("/readyz"), statuses.clone(), stop.clone());
-        tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            while !stop.is_cancelled() {
-                if let Ok(res) = client.get(&url).send().await
-                    && let Ok(body) = res.json::<serde_json::Value>().await
-                {
-                    let word = format!("{}/{}", body["status"], body["redis"]);
-                    let mut seen = statuses.lock().expect("statuses");
-                    if seen.last() != Some(&word) {
-                        seen.push(word);
-                    }
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
+    let readyz = ReadyzLog::start(&gateway);
 
     // Act: a forced failover between two rounds of writes.
     until_written("round 2", || write_round(2, false)).await;
@@ -451,28 +488,7 @@ async fn sentinel_failover_mid_stream_every_watcher_reaches_done() {
 
     // Assert
     watchers.wait_all_saw(6).await;
-    let client = reqwest::Client::new();
-    let url = gateway.url("/readyz");
-    wait_until(STATE_BOUND, "/readyz is ready again", || {
-        let (client, url) = (client.clone(), url.clone());
-        async move {
-            match client.get(&url).send().await {
-                Ok(r) => r
-                    .json::<serde_json::Value>()
-                    .await
-                    .is_ok_and(|b| b["status"] == "ready"),
-                Err(_) => false,
-            }
-        }
-    })
-    .await;
-    stop.cancel();
-    poller.await.expect("readyz poller");
-    let seen = statuses.lock().expect("statuses").clone();
-    assert!(
-        seen.iter().any(|s| s.starts_with("\"degraded\"")),
-        "/readyz went degraded during the failover: {seen:?}"
-    );
+    readyz.assert_degraded_then_ready().await;
     let mut primary = setup.primary().await;
     assert_eq!(setup.primary_port().await, new_primary);
     assert_keyspace_flags_on(&mut primary, "the new primary").await;
