@@ -26,3 +26,10 @@ pub enum UpstreamCmd {
     Subscribe(Arc<Feed>),
     Unsubscribe(JobId),
 }
+
+/// How a listener's connection stopped serving: the loop that owns it either
+/// returns (shutdown) or reconnects with backoff (lost).
+pub(crate) enum Ended {
+    Shutdown,
+    Lost(String),
+}

@@ -25,6 +25,7 @@ use crate::event::Source;
 use crate::fanout::Feed;
 use crate::job::{JobId, ProgressDoc};
 use crate::store::{Store, StoredJob};
+use crate::upstream::Ended;
 use crate::upstream::backoff::Backoff;
 use crate::upstream::loader::Loader;
 
@@ -41,11 +42,6 @@ pub struct PgListener {
     /// Is the Redis pub/sub connection up? Decides what a row without `seq` means
     /// (see [`PgListener::is_echo`]).
     redis_up: Arc<AtomicBool>,
-}
-
-enum Ended {
-    Shutdown,
-    Lost(String),
 }
 
 impl PgListener {

@@ -32,6 +32,7 @@ use tracing::{info, warn};
 use crate::event::Source;
 use crate::fanout::Feed;
 use crate::job::JobId;
+use crate::upstream::Ended;
 use crate::upstream::UpstreamCmd;
 use crate::upstream::backoff::Backoff;
 use crate::upstream::loader::Loader;
@@ -351,11 +352,6 @@ impl RedisListener {
             }
         }
     }
-}
-
-enum Ended {
-    Shutdown,
-    Lost(String),
 }
 
 /// Jobs whose SUBSCRIBE Redis refused, each with its retry backoff; a retry
