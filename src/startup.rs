@@ -23,6 +23,7 @@ use crate::state::{AppState, SharedState};
 use crate::store::Store;
 use crate::store::retention;
 use crate::store::write_behind::WriteBehind;
+use crate::upstream::loader::Loader;
 use crate::upstream::pg_listener::PgListener;
 use crate::upstream::redis_listener::RedisListener;
 use crate::upstream::redis_reader::RedisReader;
@@ -124,15 +125,17 @@ impl App {
         };
         let redis_up = Arc::new(AtomicBool::new(false));
         let write_behind = store.clone().map(WriteBehind::new);
-        let (hub, upstream_cmds) = Hub::new(
+        let (hub, upstream_cmds) = Hub::new(write_behind.clone());
+        let loader = Loader::new(
+            hub.clone(),
             reader.clone(),
             store.clone(),
-            write_behind.clone(),
-            rules,
+            rules.clone(),
             redis_up.clone(),
         );
         let listener = RedisListener::new(
-            hub.clone(),
+            loader.clone(),
+            reader.clone(),
             &settings.redis_url,
             settings.redis_db(),
             &settings.key_prefix,
@@ -147,7 +150,7 @@ impl App {
         )
         .await
         .context("Redis permissions")?;
-        let readiness = Readiness::new(reader, store.clone(), keyspace.clone()).await;
+        let readiness = Readiness::new(reader.clone(), store.clone(), keyspace.clone()).await;
         tasks.push(tokio::spawn(listener.run(upstream_cmds, shutdown.clone())));
         tasks.push(tokio::spawn(readiness.clone().run(shutdown.clone())));
         if settings.redis_check_secs > 0 {
@@ -159,7 +162,7 @@ impl App {
         }
         if settings.resync_secs > 0 {
             tasks.push(tokio::spawn(resync::run(
-                hub.clone(),
+                loader.clone(),
                 Duration::from_secs(settings.resync_secs),
                 redis_up.clone(),
                 shutdown.clone(),
@@ -167,7 +170,7 @@ impl App {
         }
         if let (Some(store), Some(wb)) = (store, &write_behind) {
             tasks.push(tokio::spawn(wb.clone().run(shutdown.clone())));
-            let pg = PgListener::new(hub.clone(), store.clone(), redis_up.clone());
+            let pg = PgListener::new(loader.clone(), store.clone(), redis_up.clone());
             tasks.push(tokio::spawn(pg.run(shutdown.clone())));
             tasks.push(tokio::spawn(retention::run(
                 store,
@@ -190,6 +193,9 @@ impl App {
             connect_rate: crate::limits::rate::ConnectRate::new(settings.max_connect_rate),
             settings,
             hub,
+            loader,
+            redis: reader,
+            rules,
             verifier,
             auth_hook,
             shutdown,
