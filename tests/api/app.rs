@@ -2,8 +2,6 @@
 //! port 0, against the test's own `redis-server` (and database, when asked), with
 //! helpers to mint tokens and write job state like a worker.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -14,6 +12,7 @@ use jobcast::startup::App;
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::Gateway;
 use crate::support::{RedisServer, TestDb};
 
 pub const SECRET: &str = "integration-test-secret-of-32-bytes-or-more";
@@ -118,6 +117,17 @@ pub fn sign_with(claims: &Claims, secret: &str) -> String {
     .expect("sign")
 }
 
+/// An `Authorization` header value for `token`.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// A progress document as a worker writes it: owned by `alice`, with
+/// `overall_progress` equal to `seq`.
+pub fn doc(seq: i64, status: &str) -> String {
+    format!(r#"{{"seq":{seq},"owner_id":"alice","status":"{status}","overall_progress":{seq}}}"#)
+}
+
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
@@ -130,6 +140,11 @@ impl TestApp {
     /// A token for user `sub`.
     pub fn token(&self, sub: &str) -> String {
         sign(&claims(sub))
+    }
+
+    /// `Bearer <token for sub>`, for an `Authorization` header.
+    pub fn bearer(&self, sub: &str) -> String {
+        bearer(&self.token(sub))
     }
 
     pub fn key(&self, job: &str) -> String {
@@ -177,5 +192,15 @@ impl TestApp {
                 .expect("drained in time")
                 .expect("join");
         }
+    }
+}
+
+impl Gateway for TestApp {
+    fn url(&self, path: &str) -> String {
+        TestApp::url(self, path)
+    }
+
+    fn ws_url(&self, path: &str) -> String {
+        TestApp::ws_url(self, path)
     }
 }

@@ -16,8 +16,8 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::app::{Options, TestApp, spawn_app, spawn_app_with};
-use crate::clients::{Sse, Ws, ws_connect};
+use crate::app::{Options, TestApp, doc, spawn_app, spawn_app_with};
+use crate::clients::{Gateway as _, Sse, Ws};
 use crate::support::Nginx;
 
 /// Events per latency run, and the pause between two writes.
@@ -30,12 +30,6 @@ const MAX_LATENCY: Duration = Duration::from_millis(100);
 const READ_TIMEOUT: &str = "2s";
 const IDLE: Duration = Duration::from_secs(6);
 
-fn doc(seq: i64) -> String {
-    format!(
-        r#"{{"seq":{seq},"owner_id":"alice","status":"running","stage":"solving","overall_progress":{seq}}}"#
-    )
-}
-
 /// A gateway whose SSE and WS heartbeats come every `heartbeat_secs`.
 async fn app_with_heartbeat(heartbeat_secs: u64) -> TestApp {
     spawn_app_with(Options {
@@ -46,26 +40,28 @@ async fn app_with_heartbeat(heartbeat_secs: u64) -> TestApp {
 }
 
 async fn sse_through(nginx: &Nginx, app: &TestApp, job: &str) -> Sse {
-    let bearer = format!("Bearer {}", app.token("alice"));
-    Sse::connect(
-        &nginx.url(&format!("/jobs/{job}/events")),
-        &[
-            ("authorization", bearer.as_str()),
-            // What every browser sends: the proxy would gzip if it could.
-            ("accept-encoding", "gzip"),
-        ],
-    )
-    .await
+    let bearer = app.bearer("alice");
+    nginx
+        .sse_with(
+            &format!("/jobs/{job}/events"),
+            &[
+                ("authorization", bearer.as_str()),
+                // What every browser sends: the proxy would gzip if it could.
+                ("accept-encoding", "gzip"),
+            ],
+        )
+        .await
 }
 
 async fn ws_through(nginx: &Nginx, app: &TestApp, job: &str) -> Ws {
     let proto = format!("jobcast.v1, jobcast.bearer.{}", app.token("alice"));
-    ws_connect(
-        &nginx.ws_url(&format!("/jobs/{job}/ws")),
-        &[("sec-websocket-protocol", &proto)],
-    )
-    .await
-    .unwrap_or_else(|(status, body)| panic!("ws upgrade through nginx: {status} {body}"))
+    nginx
+        .ws_with(
+            &format!("/jobs/{job}/ws"),
+            &[("sec-websocket-protocol", &proto)],
+        )
+        .await
+        .unwrap_or_else(|(status, body)| panic!("ws upgrade through nginx: {status} {body}"))
 }
 
 /// A client under measurement: it must hand over the event `seq` next.
@@ -95,7 +91,10 @@ async fn measure_latencies(app: &TestApp, job: &str, mut client: Client<'_>) -> 
     let mut latencies = Vec::new();
     for seq in 2..2 + EVENTS {
         let written = Instant::now();
-        let _: () = redis.set_ex(&key, doc(seq), 7200).await.expect("SET");
+        let _: () = redis
+            .set_ex(&key, doc(seq, "running"), 7200)
+            .await
+            .expect("SET");
         client.expect_progress(seq).await;
         latencies.push(written.elapsed());
         // Pacing, not synchronisation: the writes are meant to be spaced out.
@@ -117,7 +116,7 @@ fn assert_all_within(latencies: &[Duration], bound: Duration, what: &str) {
 #[tokio::test]
 async fn sse_events_cross_strict_nginx_uncompressed_within_100ms_each() {
     let app = spawn_app().await;
-    app.set("job1", &doc(1)).await;
+    app.set("job1", &doc(1, "running")).await;
     let nginx = Nginx::strict(app.addr.port()).start().await;
 
     let mut s = sse_through(&nginx, &app, "job1").await;
@@ -143,7 +142,7 @@ async fn sse_events_cross_strict_nginx_uncompressed_within_100ms_each() {
 #[tokio::test]
 async fn ws_frames_cross_strict_nginx_within_100ms_each() {
     let app = spawn_app().await;
-    app.set("job1", &doc(1)).await;
+    app.set("job1", &doc(1, "running")).await;
     let nginx = Nginx::strict(app.addr.port()).start().await;
 
     let mut ws = ws_through(&nginx, &app, "job1").await;
@@ -164,7 +163,7 @@ async fn ws_frames_cross_strict_nginx_within_100ms_each() {
 #[tokio::test]
 async fn sse_stream_idle_for_three_read_timeouts_stays_open_on_heartbeats() {
     let app = app_with_heartbeat(1).await;
-    app.set("job1", &doc(1)).await;
+    app.set("job1", &doc(1, "running")).await;
     let nginx = Nginx::strict(app.addr.port())
         .read_timeout(READ_TIMEOUT)
         .start()
@@ -194,7 +193,7 @@ async fn sse_stream_idle_for_three_read_timeouts_stays_open_on_heartbeats() {
     );
 
     let written = Instant::now();
-    app.publish("job1", &doc(2)).await;
+    app.publish("job1", &doc(2, "running")).await;
     assert_eq!(s.expect("progress").await.id.as_deref(), Some("2"));
     let latency = written.elapsed();
     eprintln!("SSE after {IDLE:?} idle: {pings} pings, next event in {latency:?}");
@@ -204,7 +203,7 @@ async fn sse_stream_idle_for_three_read_timeouts_stays_open_on_heartbeats() {
 #[tokio::test]
 async fn ws_idle_for_three_read_timeouts_stays_open_on_pings() {
     let app = app_with_heartbeat(1).await;
-    app.set("job1", &doc(1)).await;
+    app.set("job1", &doc(1, "running")).await;
     let nginx = Nginx::strict(app.addr.port())
         .read_timeout(READ_TIMEOUT)
         .start()
@@ -236,7 +235,7 @@ async fn ws_idle_for_three_read_timeouts_stays_open_on_pings() {
     );
 
     let written = Instant::now();
-    app.publish("job1", &doc(2)).await;
+    app.publish("job1", &doc(2, "running")).await;
     assert_eq!(ws.expect("progress").await["id"], "2");
     let latency = written.elapsed();
     eprintln!("WS after {IDLE:?} idle: {pings} pings, next frame in {latency:?}");
@@ -248,7 +247,7 @@ async fn ws_idle_for_three_read_timeouts_stays_open_on_pings() {
 #[tokio::test]
 async fn strict_nginx_cuts_an_sse_stream_without_heartbeats() {
     let app = app_with_heartbeat(60).await;
-    app.set("job1", &doc(1)).await;
+    app.set("job1", &doc(1, "running")).await;
     let nginx = Nginx::strict(app.addr.port())
         .read_timeout(READ_TIMEOUT)
         .start()

@@ -21,7 +21,7 @@ use tokio::process::{Child, ChildStdout, Command};
 
 use crate::app::{Options, SECRET, TestApp, spawn_app, spawn_app_with};
 use crate::child::ChildApp;
-use crate::clients::Sse;
+use crate::clients::{Gateway as _, Sse};
 use crate::support::{RedisServer, free_port};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -201,11 +201,9 @@ async fn same_documents_as_rust(ending: &str) {
         let s = match &mut sse {
             Some(s) => s,
             None => {
-                let mut s = Sse::connect(
-                    &app.url(&format!("/jobs/{py_job}/events")),
-                    &[("authorization", &format!("Bearer {}", app.token("alice")))],
-                )
-                .await;
+                let mut s = app
+                    .sse(&format!("/jobs/{py_job}/events"), &app.bearer("alice"))
+                    .await;
                 assert_eq!(s.status, 200);
                 s.expect("connected").await;
                 sse.insert(s)
@@ -305,11 +303,9 @@ async fn python_tracker_group_adds_the_job_to_the_group_set_with_the_ttl() {
 // ---------------------------------------------------------------- asyncio, context managers
 
 async fn watch_to_done(app: &TestApp, job: &str) -> Vec<Value> {
-    let mut s = Sse::connect(
-        &app.url(&format!("/jobs/{job}/events")),
-        &[("authorization", &format!("Bearer {}", app.token("alice")))],
-    )
-    .await;
+    let mut s = app
+        .sse(&format!("/jobs/{job}/events"), &app.bearer("alice"))
+        .await;
     assert_eq!(s.status, 200, "{job}");
     s.expect("connected").await;
     let mut docs = Vec::new();
@@ -577,14 +573,15 @@ async fn fastapi_and_celery_examples_create_a_job_whose_token_watches_it_to_done
 
     // The token the endpoint handed out watches the job the task ran.
     for token in [&result["job"]["token"], &result["renewed"]] {
-        let mut s = Sse::connect(
-            &app.url(&format!("/jobs/{job}/events")),
-            &[(
-                "authorization",
-                &format!("Bearer {}", token.as_str().unwrap()),
-            )],
-        )
-        .await;
+        let mut s = app
+            .sse_with(
+                &format!("/jobs/{job}/events"),
+                &[(
+                    "authorization",
+                    &format!("Bearer {}", token.as_str().unwrap()),
+                )],
+            )
+            .await;
         assert_eq!(s.status, 200);
         s.expect("connected").await;
         let last = s.expect("progress").await.json();

@@ -76,7 +76,6 @@ impl TestDb {
             .await
             .unwrap_or_else(|e| panic!("TestDb: pool on {}: {e}", self.name))
     }
-
 }
 
 impl Drop for TestDb {
