@@ -167,6 +167,22 @@ impl TestApp {
         let _: i64 = c.publish(self.key(job), doc).await.expect("PUBLISH");
     }
 
+    /// Replaces the job's key with a hash of `fields` (`DEL`, then `HSET`).
+    pub async fn set_hash(&self, job: &str, fields: &[(&str, &str)]) {
+        let mut c = self.redis().await;
+        let _: () = c.del(self.key(job)).await.expect("DEL");
+        let _: () = c.hset_multiple(self.key(job), fields).await.expect("HSET");
+    }
+
+    /// Whether the job's key exists.
+    pub async fn exists(&self, job: &str) -> bool {
+        self.redis()
+            .await
+            .exists(self.key(job))
+            .await
+            .expect("EXISTS")
+    }
+
     /// Subscribers of a channel, from Redis itself.
     pub async fn numsub(&self, channel: &str) -> i64 {
         let mut c = self.redis().await;

@@ -4,7 +4,8 @@
 use base64::Engine;
 use jobcast::auth::claims::now_secs;
 
-use crate::app::{Options, TestApp, bearer, claims, sign, sign_with, spawn_app, spawn_app_with};
+use crate::app::{TestApp, bearer, claims, sign, sign_with, spawn_app};
+use crate::auth_causes::app_checking_audience_and_issuer;
 use crate::clients::{Gateway as _, ws_connect};
 
 async fn sse_status(
@@ -98,15 +99,7 @@ async fn bad_tokens_are_401_on_both_transports() {
 
 #[tokio::test]
 async fn audience_and_issuer_are_checked_where_configured() {
-    let app = spawn_app_with(Options {
-        tweak: Box::new(|s| {
-            s.jwt_audience = Some("jobcast".into());
-            s.jwt_issuer = Some("https://issuer.test".into());
-        }),
-        ..Default::default()
-    })
-    .await;
-    app.set("j", r#"{"seq":1,"owner_id":"alice"}"#).await;
+    let app = app_checking_audience_and_issuer().await;
     #[derive(serde::Serialize)]
     struct WithAud {
         sub: &'static str,

@@ -42,8 +42,9 @@ fn with_aud_iss(aud: &str, iss: &str) -> String {
     .unwrap()
 }
 
-#[tokio::test]
-async fn each_refused_token_names_its_cause_in_the_challenge_and_the_body() {
+/// A gateway that wants `aud` "jobcast" and `iss` "https://issuer.test", with
+/// job `j` (alice's) in Redis.
+pub async fn app_checking_audience_and_issuer() -> TestApp {
     let app = spawn_app_with(Options {
         tweak: Box::new(|s| {
             s.jwt_audience = Some("jobcast".into());
@@ -53,6 +54,12 @@ async fn each_refused_token_names_its_cause_in_the_challenge_and_the_body() {
     })
     .await;
     app.set("j", r#"{"seq":1,"owner_id":"alice"}"#).await;
+    app
+}
+
+#[tokio::test]
+async fn each_refused_token_names_its_cause_in_the_challenge_and_the_body() {
+    let app = app_checking_audience_and_issuer().await;
     let mut expired = serde_json::to_value(claims("alice")).unwrap();
     expired["exp"] = (now_secs() - 120).into();
     expired["aud"] = "jobcast".into();

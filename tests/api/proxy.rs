@@ -39,6 +39,27 @@ async fn app_with_heartbeat(heartbeat_secs: u64) -> TestApp {
     .await
 }
 
+/// A gateway with `heartbeat_secs`, job `job1` at seq 1, behind a strict
+/// nginx with the short read timeout.
+async fn behind_strict_nginx(heartbeat_secs: u64) -> (TestApp, Nginx) {
+    let app = app_with_heartbeat(heartbeat_secs).await;
+    app.set("job1", &doc(1, "running")).await;
+    let nginx = Nginx::strict(app.addr.port())
+        .read_timeout(READ_TIMEOUT)
+        .start()
+        .await;
+    (app, nginx)
+}
+
+/// [`behind_strict_nginx`], with an SSE stream through it past its first state.
+async fn idle_sse_through_strict_nginx(heartbeat_secs: u64) -> (TestApp, Nginx, Sse) {
+    let (app, nginx) = behind_strict_nginx(heartbeat_secs).await;
+    let mut s = sse_through(&nginx, &app, "job1").await;
+    assert_eq!(s.expect("connected").await.json()["job_id"], "job1");
+    assert_eq!(s.expect("progress").await.id.as_deref(), Some("1"));
+    (app, nginx, s)
+}
+
 async fn sse_through(nginx: &Nginx, app: &TestApp, job: &str) -> Sse {
     let bearer = app.bearer("alice");
     nginx
@@ -162,15 +183,7 @@ async fn ws_frames_cross_strict_nginx_within_100ms_each() {
 
 #[tokio::test]
 async fn sse_stream_idle_for_three_read_timeouts_stays_open_on_heartbeats() {
-    let app = app_with_heartbeat(1).await;
-    app.set("job1", &doc(1, "running")).await;
-    let nginx = Nginx::strict(app.addr.port())
-        .read_timeout(READ_TIMEOUT)
-        .start()
-        .await;
-    let mut s = sse_through(&nginx, &app, "job1").await;
-    assert_eq!(s.expect("connected").await.json()["job_id"], "job1");
-    assert_eq!(s.expect("progress").await.id.as_deref(), Some("1"));
+    let (app, nginx, mut s) = idle_sse_through_strict_nginx(1).await;
 
     // Nothing but heartbeats for three read timeouts. Each read is bounded by
     // one read timeout: a ping must come at least that often.
@@ -202,12 +215,7 @@ async fn sse_stream_idle_for_three_read_timeouts_stays_open_on_heartbeats() {
 
 #[tokio::test]
 async fn ws_idle_for_three_read_timeouts_stays_open_on_pings() {
-    let app = app_with_heartbeat(1).await;
-    app.set("job1", &doc(1, "running")).await;
-    let nginx = Nginx::strict(app.addr.port())
-        .read_timeout(READ_TIMEOUT)
-        .start()
-        .await;
+    let (app, nginx) = behind_strict_nginx(1).await;
     let mut ws = ws_through(&nginx, &app, "job1").await;
     assert_eq!(ws.expect("connected").await["job_id"], "job1");
     assert_eq!(ws.expect("progress").await["id"], "1");
@@ -246,15 +254,7 @@ async fn ws_idle_for_three_read_timeouts_stays_open_on_pings() {
 /// the same idle stream after one read timeout.
 #[tokio::test]
 async fn strict_nginx_cuts_an_sse_stream_without_heartbeats() {
-    let app = app_with_heartbeat(60).await;
-    app.set("job1", &doc(1, "running")).await;
-    let nginx = Nginx::strict(app.addr.port())
-        .read_timeout(READ_TIMEOUT)
-        .start()
-        .await;
-    let mut s = sse_through(&nginx, &app, "job1").await;
-    assert_eq!(s.expect("connected").await.json()["job_id"], "job1");
-    assert_eq!(s.expect("progress").await.id.as_deref(), Some("1"));
+    let (_app, _nginx, mut s) = idle_sse_through_strict_nginx(60).await;
 
     let idle_start = Instant::now();
     let end = s.next_within(Duration::from_secs(5)).await;

@@ -266,9 +266,7 @@ async fn post_refuses_bad_requests_with_400() {
         assert_eq!(err["error"], "bad_request", "{why}");
         assert!(err["message"].is_string(), "{why}");
     }
-    let mut conn = app.redis().await;
-    let exists: bool = conn.exists(app.key("ok-1")).await.unwrap();
-    assert!(!exists, "nothing was written");
+    assert!(!app.exists("ok-1").await, "nothing was written");
 }
 
 #[tokio::test]
@@ -499,9 +497,7 @@ async fn cli_publish_refuses_what_the_gateway_would_drop() {
         assert!(!out.status.success(), "{job} {doc}");
         assert!(!out.stderr.is_empty());
     }
-    let mut conn = app.redis().await;
-    let exists: bool = conn.exists(app.key("ok")).await.unwrap();
-    assert!(!exists);
+    assert!(!app.exists("ok").await, "nothing was written");
 }
 
 #[tokio::test]

@@ -5,7 +5,6 @@
 
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use serde_json::Value;
 
 use crate::app::{Options, SECRET, TestApp, bearer, claims, sign, spawn_app, spawn_app_with};
@@ -104,9 +103,7 @@ async fn a_publisher_token_publishes_only_to_the_jobs_it_names() {
     let (status, _) = post(&app, "any-job", &publisher(&["*"]), doc).await;
     assert_eq!(status, 201, "`*` is every job");
 
-    let mut conn = app.redis().await;
-    let exists: bool = conn.exists(app.key("other")).await.unwrap();
-    assert!(!exists, "a refused POST writes nothing");
+    assert!(!app.exists("other").await, "a refused POST writes nothing");
 }
 
 #[tokio::test]
@@ -133,9 +130,7 @@ async fn post_takes_its_token_from_the_authorization_header_only() {
             .contains("Authorization")
     );
 
-    let mut conn = app.redis().await;
-    let exists: bool = conn.exists(app.key("csrf")).await.unwrap();
-    assert!(!exists, "nothing was published");
+    assert!(!app.exists("csrf").await, "nothing was published");
     let (status, _) = post(&app, "csrf", &token, doc).await;
     assert_eq!(status, 201, "the same token in the header works");
 }

@@ -56,24 +56,16 @@ async fn sse_stream_carries_every_kind_of_worker_write_until_done() {
     app.publish("job1", &doc(4, "running")).await;
     assert_eq!(s.expect("progress").await.id.as_deref(), Some("4"));
     // HSET (the key becomes a hash; a field that parses as JSON is embedded)
-    let _: () = redis::cmd("DEL")
-        .arg(app.key("job1"))
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("HSET")
-        .arg(app.key("job1"))
-        .arg("seq")
-        .arg(5)
-        .arg("owner_id")
-        .arg("alice")
-        .arg("endpoint_a")
-        .arg(r#"{"status":"processed"}"#)
-        .arg("status")
-        .arg("running")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    app.set_hash(
+        "job1",
+        &[
+            ("seq", "5"),
+            ("owner_id", "alice"),
+            ("endpoint_a", r#"{"status":"processed"}"#),
+            ("status", "running"),
+        ],
+    )
+    .await;
     let hashed = s.expect("progress").await;
     assert_eq!(hashed.id.as_deref(), Some("5"));
     assert_eq!(hashed.json()["endpoint_a"]["status"], "processed");

@@ -30,21 +30,8 @@ async fn ws_stream_carries_updates_until_done_then_closes_1000() {
     assert_eq!(ws.expect("progress").await["id"], "2");
     app.publish("job1", &doc(3, "running")).await;
     assert_eq!(ws.expect("progress").await["id"], "3");
-    let mut r = app.redis().await;
-    let _: () = redis::cmd("DEL")
-        .arg(app.key("job1"))
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("HSET")
-        .arg(app.key("job1"))
-        .arg("seq")
-        .arg(4)
-        .arg("owner_id")
-        .arg("alice")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    app.set_hash("job1", &[("seq", "4"), ("owner_id", "alice")])
+        .await;
     assert_eq!(ws.expect("progress").await["id"], "4");
     app.set("job1", &doc(5, "cancelled")).await;
     assert_eq!(ws.expect("progress").await["id"], "5");
