@@ -151,7 +151,7 @@ fn sign_value(claims: &serde_json::Value) -> String {
 /// by a probe, EventSource hiding the status) and on long-poll.
 #[tokio::test]
 async fn the_browser_client_reports_the_cause_of_a_refused_token() {
-    use crate::support::{Chromium, wait_for};
+    use crate::support::Chromium;
     use std::time::Duration;
 
     let app = spawn_app_with(Options::default()).await;
@@ -159,15 +159,8 @@ async fn the_browser_client_reports_the_cause_of_a_refused_token() {
     let bad = sign_with(&claims("alice"), "another-secret-of-32-bytes-or-more!!");
     let browser = Chromium::launch().await;
     let page = browser.new_page().await;
-    page.goto(&app.url("/healthz")).await;
-    wait_for(Duration::from_secs(10), "the origin page loads", || async {
-        page.eval("document.readyState")
-            .await
-            .ok()
-            .filter(|v| v == "complete")
-            .map(|_| ())
-    })
-    .await;
+    page.open(&app.url("/healthz"), Duration::from_secs(10))
+        .await;
     for transport in ["sse", "poll"] {
         let script = format!(
             r#"(async () => {{

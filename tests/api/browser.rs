@@ -239,15 +239,7 @@ async fn client_renews_an_expired_token_through_get_token_and_resumes() {
         let browser = Chromium::launch().await;
         let page = browser.new_page().await;
         // Any page of the gateway's origin will do: the test drives the module.
-        page.goto(&app.url("/healthz")).await;
-        wait_for(PAGE_TIMEOUT, "the origin page loads", || async {
-            page.eval("document.readyState")
-                .await
-                .ok()
-                .filter(|v| v == "complete")
-                .map(|_| ())
-        })
-        .await;
+        page.open(&app.url("/healthz"), PAGE_TIMEOUT).await;
         let script = format!(
             r#"(async () => {{
                 const m = await import('/static/jobcast.js');

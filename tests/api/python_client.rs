@@ -240,11 +240,16 @@ async fn same_documents_as_rust(ending: &str) {
     };
     assert_eq!(done["status"], want_status);
     drop(stdin);
+    exits_cleanly(&mut child, "driver exits").await;
+}
+
+/// Waits (bounded) for `child` to exit, and asserts it exited 0.
+async fn exits_cleanly(child: &mut tokio::process::Child, what: &str) {
     let status = tokio::time::timeout(LINE_TIMEOUT, child.wait())
         .await
-        .expect("driver exits")
-        .unwrap();
-    assert!(status.success());
+        .unwrap_or_else(|_| panic!("{what}: no exit within {LINE_TIMEOUT:?}"))
+        .expect("wait");
+    assert!(status.success(), "{what}: {status:?}");
 }
 
 #[tokio::test]
@@ -485,11 +490,7 @@ async fn python_watch_resumes_after_the_gateway_restarts() {
     write(&redis, "restart-1", 4, "completed").await;
     expect_seq(&mut lines, 4).await;
     assert_eq!(next_line(&mut lines, "END after done").await, "END");
-    let status = tokio::time::timeout(LINE_TIMEOUT, child.wait())
-        .await
-        .expect("watch() returned at done")
-        .unwrap();
-    assert!(status.success());
+    exits_cleanly(&mut child, "watch() returned at done").await;
 }
 
 #[tokio::test]
@@ -622,9 +623,5 @@ async fn python_watch_renews_an_expired_token_through_its_callable() {
     write(&app.redis, "renew-1", 2, "completed").await;
     expect_seq(&mut lines, 2).await;
     assert_eq!(next_line(&mut lines, "END after done").await, "END");
-    let status = tokio::time::timeout(LINE_TIMEOUT, child.wait())
-        .await
-        .expect("watch() returned at done")
-        .unwrap();
-    assert!(status.success());
+    exits_cleanly(&mut child, "watch() returned at done").await;
 }

@@ -327,6 +327,17 @@ impl Page {
         }
     }
 
+    /// Loads `url` and waits (bounded) until its document is complete.
+    pub async fn open(&self, url: &str, timeout: Duration) {
+        self.goto(url).await;
+        self.wait_js(
+            "location.href !== 'about:blank' && document.readyState === 'complete'",
+            &format!("{url} loads"),
+            timeout,
+        )
+        .await;
+    }
+
     /// Reloads the page, as the user's F5 does (localStorage stays).
     pub async fn reload(&self) {
         self.call("Page.reload", json!({ "ignoreCache": false }))
