@@ -73,7 +73,7 @@ if ! python3 -c 'import jwt, cryptography' 2>/dev/null; then
         jobcast_apt_install python3-jwt python3-cryptography
 fi
 if command -v node >/dev/null 2>&1 && [[ ! -d examples/node/node_modules ]]; then
-    npm install --prefix examples/node --no-audit --no-fund --silent || echo "test.sh: npm install failed; the Node example test will be skipped"
+    npm install --prefix examples/node --no-audit --no-fund --silent || echo "test.sh: npm install failed; the Node example test will fail"
 fi
 
 step "tools: Python venv (.jobcast/venv): the jobcast package (clients/python), schemathesis, the examples' frameworks"

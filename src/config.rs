@@ -427,12 +427,6 @@ impl Settings {
         Duration::from_secs(self.heartbeat_secs.max(1))
     }
 
-    pub fn is_terminal(&self, status: &str) -> bool {
-        self.terminal_statuses
-            .iter()
-            .any(|t| t.trim().eq_ignore_ascii_case(status))
-    }
-
     /// The Redis db number from `REDIS_URL` (keyspace channels name it); 0 in
     /// a cluster, which has no other.
     pub fn redis_db(&self) -> i64 {

@@ -1,6 +1,7 @@
 //! The wire form of events, encoded ONCE per job update and shared by every
-//! watcher: SSE bytes and WebSocket text for `progress` and `done`, plus the small
-//! per-connection control events (`connected`, `error`, pings).
+//! watcher: SSE bytes and WebSocket text for `progress` and `done`. The small
+//! per-connection control events live with their transport (`stream::sse`,
+//! `stream::ws`).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -161,42 +162,6 @@ impl Update {
     }
 }
 
-/// The start of every SSE stream: `retry:`, optional padding, `connected`.
-pub fn sse_preamble(job: &JobId, retry_ms: u64, padding: usize) -> Bytes {
-    let mut b = BytesMut::with_capacity(64 + padding);
-    b.put_slice(format!("retry: {retry_ms}\n\n").as_bytes());
-    if padding > 0 {
-        b.put_slice(b":");
-        b.put_bytes(b' ', padding);
-        b.put_slice(b"\n\n");
-    }
-    let data = json!({"job_id": job.as_str()});
-    b.put_slice(format!("event: connected\ndata: {data}\n\n").as_bytes());
-    b.freeze()
-}
-
-pub const SSE_PING: &[u8] = b": ping\n\n";
-
-pub fn sse_error(code: &str) -> Bytes {
-    Bytes::from(format!(
-        "event: error\ndata: {}\n\n",
-        json!({"error": code})
-    ))
-}
-
-/// The last words of a stream the server drains: reconnect after `retry_ms`.
-pub fn sse_retry(retry_ms: u64) -> Bytes {
-    Bytes::from(format!("retry: {retry_ms}\n\n"))
-}
-
-pub fn ws_connected(job: &JobId) -> String {
-    json!({"event": "connected", "job_id": job.as_str()}).to_string()
-}
-
-pub fn ws_error(code: &str) -> String {
-    json!({"event": "error", "error": code}).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,13 +225,5 @@ mod tests {
         assert_ne!(a, event_id(&doc(r#"{"p":2}"#)));
         assert!(a.starts_with('h') && a.len() == 17);
         assert_eq!(&*event_id(&doc(r#"{"seq":7}"#)), "7");
-    }
-
-    #[test]
-    fn preamble_pads_after_retry() {
-        let job = JobId::parse("j1").unwrap();
-        let p = sse_preamble(&job, 2000, 10);
-        let text = std::str::from_utf8(&p).unwrap();
-        assert!(text.starts_with("retry: 2000\n\n:          \n\nevent: connected\n"));
     }
 }

@@ -4,14 +4,16 @@
 //!
 //! ```text
 //! worker ─ SET/HSET/PUBLISH ─▶ Redis ──▶ upstream/redis_listener  (one pub/sub connection)
-//!                                           │ keyspace event → upstream/redis_reader (one read, coalesced)
-//!                                           │ channel message → job::ProgressDoc::parse
 //!        ─ UPDATE jobs ──────▶ Postgres ─▶ upstream/pg_listener
 //!                                           ▼
-//!                                         hub         job id → feed; one subscription per job
+//!                                         upstream/loader  reads (redis_reader, then Postgres), parses
+//!                                           ▼
+//!                                         hub         registry: job id → feed; one subscription per job
 //!                                           ▼
 //!                                         fanout      latest state (watch) behind the seq gate,
 //!                                           │         encoded once (event) for every watcher
+//!                                           ▼
+//!                                         stream/watcher  one lifecycle: steps for every transport
 //!                  ┌────────────────────────┼──────────────────────┐
 //!                  ▼                        ▼                      ▼
 //!            stream/sse               stream/ws              stream/poll

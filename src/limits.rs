@@ -65,10 +65,6 @@ impl Limits {
         crate::sync::lock(&self.open)
     }
 
-    pub fn open_total(&self) -> usize {
-        self.counts().total
-    }
-
     pub fn acquire(
         self: &Arc<Self>,
         user: &str,

@@ -25,6 +25,7 @@ use crate::store::Store;
 use crate::store::retention;
 use crate::store::write_behind::WriteBehind;
 use crate::upstream::cluster_listener::ClusterListener;
+use crate::upstream::loader::Loader;
 use crate::upstream::pg_listener::PgListener;
 use crate::upstream::redis_conn::Commands;
 use crate::upstream::redis_listener::{PubSubEndpoint, RedisListener};
@@ -139,11 +140,12 @@ impl App {
         };
         let redis_up = Arc::new(AtomicBool::new(false));
         let write_behind = store.clone().map(WriteBehind::new);
-        let (hub, upstream_cmds) = Hub::new(
+        let (hub, upstream_cmds) = Hub::new(write_behind.clone());
+        let loader = Loader::new(
+            hub.clone(),
             reader.clone(),
             store.clone(),
-            write_behind.clone(),
-            rules,
+            rules.clone(),
             redis_up.clone(),
         );
         redis_selftest::check(
@@ -159,7 +161,7 @@ impl App {
         .await
         .context("Redis permissions")?;
         let readiness = Readiness::new(
-            reader,
+            reader.clone(),
             store.clone(),
             keyspace.clone(),
             sentinel.clone(),
@@ -169,7 +171,7 @@ impl App {
         match &target {
             RedisTarget::Cluster(seeds) => {
                 let listener = ClusterListener::new(
-                    hub.clone(),
+                    loader.clone(),
                     seeds.clone(),
                     &settings.key_prefix,
                     redis_up.clone(),
@@ -184,7 +186,8 @@ impl App {
                     (None, None) => anyhow::bail!("REDIS_URL names no server"),
                 };
                 let listener = RedisListener::new(
-                    hub.clone(),
+                    loader.clone(),
+                    reader.clone(),
                     endpoint,
                     settings.redis_db(),
                     &settings.key_prefix,
@@ -207,7 +210,7 @@ impl App {
         }
         if settings.resync_secs > 0 {
             tasks.push(tokio::spawn(resync::run(
-                hub.clone(),
+                loader.clone(),
                 Duration::from_secs(settings.resync_secs),
                 redis_up.clone(),
                 shutdown.clone(),
@@ -215,7 +218,7 @@ impl App {
         }
         if let (Some(store), Some(wb)) = (store, &write_behind) {
             tasks.push(tokio::spawn(wb.clone().run(shutdown.clone())));
-            let pg = PgListener::new(hub.clone(), store.clone(), redis_up.clone());
+            let pg = PgListener::new(loader.clone(), store.clone(), redis_up.clone());
             tasks.push(tokio::spawn(pg.run(shutdown.clone())));
             tasks.push(tokio::spawn(retention::run(
                 store,
@@ -238,6 +241,9 @@ impl App {
             connect_rate: crate::limits::rate::ConnectRate::new(settings.max_connect_rate),
             settings,
             hub,
+            loader,
+            redis: reader,
+            rules,
             verifier,
             auth_hook,
             shutdown,

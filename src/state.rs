@@ -1,5 +1,6 @@
-//! What every handler shares: settings, the hub, the token verifier, limits, the
-//! shutdown token and the health of the upstreams. Built once by `startup`.
+//! What every handler shares: settings, the hub, the loader, the Redis
+//! connections, the token verifier, limits, the shutdown token and the health
+//! of the upstreams. Built once by `startup`.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
@@ -11,13 +12,22 @@ use crate::auth::hook::AuthHook;
 use crate::config::Settings;
 use crate::http::origin::Origin;
 use crate::hub::Hub;
+use crate::job::DocRules;
 use crate::limits::Limits;
 use crate::limits::rate::ConnectRate;
 use crate::readiness::Readiness;
+use crate::upstream::loader::Loader;
+use crate::upstream::redis_reader::RedisReader;
 
 pub struct AppState {
     pub settings: Settings,
     pub hub: Arc<Hub>,
+    /// Reads a job's state from Redis, then Postgres (snapshots, publish checks).
+    pub loader: Arc<Loader>,
+    /// Pooled Redis commands (`POST /jobs/{id}` writes through it).
+    pub redis: RedisReader,
+    /// What a valid document is (`JOBCAST_MAX_DOCUMENT_BYTES`, terminal statuses).
+    pub rules: DocRules,
     pub verifier: Verifier,
     /// `JOBCAST_AUTH_URL`: the app decides for requests without a valid JWT.
     pub auth_hook: Option<Arc<AuthHook>>,

@@ -2,6 +2,7 @@
 //! `Authorization: Bearer`, the `jobcast.bearer.<jwt>` WebSocket subprotocol,
 //! the `jobcast_token` cookie, the `access_token` query parameter.
 
+use headers::HeaderMapExt as _;
 use warp::Filter;
 use warp::http::HeaderMap;
 
@@ -66,13 +67,8 @@ impl Credentials {
             .find_map(|p| p.strip_prefix(WS_BEARER_PREFIX))
             .map(str::to_owned);
         let cookie = headers
-            .get_all("cookie")
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(';'))
-            .filter_map(|kv| kv.trim().split_once('='))
-            .find(|(k, _)| *k == COOKIE_NAME)
-            .map(|(_, v)| v.to_owned());
+            .typed_get::<headers::Cookie>()
+            .and_then(|c| c.get(COOKIE_NAME).map(str::to_owned));
         let query_token = query_param(query, "access_token");
         let token = [
             (bearer, TokenSource::Header),
@@ -94,39 +90,12 @@ impl Credentials {
     }
 }
 
-/// One query parameter, percent-decoded.
+/// One query parameter (`application/x-www-form-urlencoded`: `+` is a space,
+/// malformed escapes stay as they are, bytes that are not UTF-8 become U+FFFD).
 pub fn query_param(query: &str, name: &str) -> Option<String> {
-    query.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
-        (k == name).then(|| percent_decode(v))
-    })
-}
-
-fn percent_decode(s: &str) -> String {
-    fn hex(b: u8) -> Option<u8> {
-        (b as char).to_digit(16).map(|d| d as u8)
-    }
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'+' => out.push(b' '),
-            b'%' => match (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            ) {
-                (Some(h), Some(l)) => {
-                    out.push(h * 16 + l);
-                    i += 2;
-                }
-                _ => out.push(b'%'),
-            },
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }
 
 /// A filter extracting [`Credentials`] from any request.

@@ -1,6 +1,15 @@
 //! Browsers on other origins: for an `Origin` listed in
 //! `JOBCAST_ALLOWED_ORIGINS`, every response carries the allow headers and
 //! preflights are answered. Same-origin requests need none of this.
+//!
+//! Not `warp::cors()`, which cannot keep this behaviour: it compares the
+//! `Origin` header byte for byte with its list (`https://app.example.test:443`
+//! would not match `https://app.example.test`, nor a host in other case), and
+//! it rejects (403) every request whose `Origin` is not listed, so a page the
+//! gateway serves itself, or a non-browser client sending an `Origin`, would be
+//! refused instead of served without the allow headers. It also answers
+//! preflights only on routes it wraps, where this answers `OPTIONS` on any
+//! path without turning another method's 404 into a 405.
 
 use std::convert::Infallible;
 

@@ -29,7 +29,7 @@ async fn get(job: String, app: SharedState, creds: Credentials) -> Result<Respon
     let job = parse_job(&job)?;
     let (claims, _) = authenticate(&app, &creds, &job, None).await?;
     let _slot = app.limits.acquire(&claims.sub, Transport::Snapshot)?;
-    let fetched = app.hub.fetch(&job, true).await;
+    let fetched = app.loader.fetch(&job, true).await;
     if fetched.unavailable {
         return Err(ApiError::Unavailable(
             "neither Redis nor Postgres answered; retry later".into(),
@@ -112,7 +112,7 @@ where
     }
     let claims = verify(&app, &creds).await?;
     authorize_publish(&claims, &job)?;
-    let rules = app.hub.rules();
+    let rules = &app.rules;
     let body = read_bounded(declared_len, body, rules.max_bytes).await?;
     let doc = ProgressDoc::parse(&body, rules).map_err(|e| match e {
         DocError::TooLarge => too_large(rules.max_bytes),
@@ -123,7 +123,12 @@ where
         // Known without I/O where a feed fixed or remembers it; else the sources.
         let owner = match app.hub.known_owner(&job) {
             Some(owner) => Some(owner.to_string()),
-            None => app.hub.fetch(&job, true).await.owner().map(str::to_owned),
+            None => app
+                .loader
+                .fetch(&job, true)
+                .await
+                .owner()
+                .map(str::to_owned),
         };
         if owner.is_some_and(|o| o != *named) {
             return Err(ApiError::Conflict(format!(
@@ -131,8 +136,7 @@ where
             )));
         }
     }
-    app.hub
-        .reader()
+    app.redis
         .write(&job, &doc.json, PUBLISH_TTL_SECS)
         .await
         .map_err(|e| ApiError::Unavailable(format!("could not write to Redis: {e}")))?;

@@ -1,12 +1,14 @@
 //! One watcher → one client. [`open`] is the door every transport goes through
 //! (job id → token → limits → join the job's feed → first state → ownership), so
 //! a stream that cannot be opened is refused with its status code before any
-//! event is written. `sse`, `ws` and `poll` then write the feed's states.
+//! event is written. `watcher` runs the stream's lifecycle; `sse`, `ws` and
+//! `poll` turn its steps into bytes, frames or responses.
 
 pub mod cursor;
 pub mod poll;
 pub mod reconnect;
 pub mod sse;
+pub mod watcher;
 pub mod ws;
 
 use std::time::Duration;
@@ -183,8 +185,8 @@ pub fn revocation(opened: &mut Opened) -> std::pin::Pin<Box<dyn Future<Output = 
 }
 
 /// Counts a closed stream with why it closed.
-pub fn closed(transport: Transport, reason: &'static str) {
-    metrics::counter!("jobcast_connections_closed_total", "transport" => transport.as_str(), "reason" => reason)
+pub fn closed(transport: Transport, reason: watcher::CloseReason) {
+    metrics::counter!("jobcast_connections_closed_total", "transport" => transport.as_str(), "reason" => reason.as_str())
         .increment(1);
 }
 

@@ -16,7 +16,8 @@ use crate::error::ApiError;
 use crate::event::Update;
 use crate::limits::Transport;
 use crate::state::SharedState;
-use crate::stream::cursor::{FeedCursor, delivered, is_news, seen_id};
+use crate::stream::cursor::{delivered, is_news, seen_id};
+use crate::stream::watcher::{CloseReason, JobStep, JobWatch};
 use crate::stream::{closed, open};
 
 pub async fn handle(
@@ -51,16 +52,10 @@ async fn poll(
     let timeout = parse_timeout(&query)?;
     let after = seen_id(query_param(&query, "after").as_deref());
     let opened = open(&app, &job, &creds, Transport::Poll).await?;
-    let (mut cursor, current) = FeedCursor::start(&opened);
-    if let Some(update) = current {
-        if is_news(&update, after.as_deref()) {
-            closed(Transport::Poll, "answered");
-            return Ok(answer(&update).await);
-        }
-        if update.done.is_some() {
-            closed(Transport::Poll, "done");
-            return Ok(no_content());
-        }
+    let mut watch = JobWatch::start(&opened, after.as_deref());
+    if watch.end_seen() {
+        closed(Transport::Poll, CloseReason::Done);
+        return Ok(no_content());
     }
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
@@ -68,17 +63,17 @@ async fn poll(
         tokio::select! {
             _ = &mut deadline => break,
             _ = app.shutdown.cancelled() => break,
-            next = cursor.next() => match next {
+            step = watch.next() => match step {
                 None => break,
-                Some(update) if is_news(&update, after.as_deref()) => {
-                    closed(Transport::Poll, "answered");
+                Some(JobStep::Progress(update)) if is_news(&update, after.as_deref()) => {
+                    closed(Transport::Poll, CloseReason::Answered);
                     return Ok(answer(&update).await);
                 }
                 Some(_) => {}
             },
         }
     }
-    closed(Transport::Poll, "timeout");
+    closed(Transport::Poll, CloseReason::Timeout);
     Ok(no_content())
 }
 

@@ -1,28 +1,26 @@
 //! The Server-Sent Events writer. The response body IS the watcher: a stream
-//! that hyper's connection task polls, which reads its job's feed (latest state
-//! only) and yields pre-encoded, shared bytes. No task or queue of its own, so a
+//! that hyper's connection task polls, which turns the [`Watcher`]'s steps into
+//! pre-encoded, shared bytes. No task or queue of its own, so a
 //! watcher costs one connection's buffers and a feed receiver, and a state
 //! reaches the socket with one wake-up. Headers defeat proxy compression and
 //! buffering.
 
 use std::convert::Infallible;
-use std::pin::Pin;
-use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::json;
 use sync_wrapper::SyncStream;
-use tokio::time::{Interval, Sleep};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 
 use crate::auth::Credentials;
-use crate::event::{self, Update};
 use crate::http::stall::StallFlag;
+use crate::job::JobId;
 use crate::limits::Transport;
 use crate::state::SharedState;
-use crate::stream::cursor::{FeedCursor, delivered, is_news, seen_id};
-use crate::stream::{Opened, closed, heartbeat_timer, open, reconnect, revocation};
+use crate::stream::cursor::{delivered, seen_id};
+use crate::stream::watcher::{CloseReason, Step, Watcher};
+use crate::stream::{Opened, closed, open, reconnect};
 
 pub async fn handle(
     app: SharedState,
@@ -31,22 +29,26 @@ pub async fn handle(
     last_event_id: Option<String>,
     stall: Option<StallFlag>,
 ) -> Result<Response, Infallible> {
-    let opened = match open(&app, &job, &creds, Transport::Sse).await {
+    let mut opened = match open(&app, &job, &creds, Transport::Sse).await {
         Ok(o) => o,
         Err(e) => return Ok(e.into_response()),
     };
-    let last_event_id = seen_id(last_event_id.as_deref());
+    let seen = seen_id(last_event_id.as_deref());
+    let watcher = Watcher::new(&app, &mut opened, seen.as_deref());
     // An ended job whose end the client has seen: 204 stops EventSource for good.
-    if let Some(update) = &opened.state.latest
-        && update.done.is_some()
-        && !is_news(update, last_event_id.as_deref())
-    {
-        closed(Transport::Sse, "already_done");
+    if watcher.job.end_seen() {
+        closed(Transport::Sse, CloseReason::AlreadyDone);
         return Ok(
             warp::reply::with_status(warp::reply::reply(), StatusCode::NO_CONTENT).into_response(),
         );
     }
-    let writer = SseWriter::new(app, opened, last_event_id, stall);
+    let writer = SseWriter {
+        app,
+        opened,
+        watcher,
+        preamble_sent: false,
+        stall,
+    };
     let body = futures::stream::unfold(writer, |mut w| async move {
         let chunk = w.next_chunk().await?;
         Some((Ok::<Bytes, Infallible>(chunk), w))
@@ -75,35 +77,14 @@ pub fn stream_headers(h: &mut warp::http::HeaderMap) {
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
 }
 
-enum Phase {
-    /// `retry:`, padding and `connected` come next.
-    Preamble,
-    /// The state `open` authorised against (or newer) comes next, if any.
-    First,
-    Live,
-    /// Nothing more after what is owed.
-    Ended,
-}
-
 /// One watcher's stream. Dropped by hyper when the client goes away, which
 /// releases the job's subscription and the connection slot.
 struct SseWriter {
     app: SharedState,
     opened: Opened,
-    cursor: FeedCursor,
-    first: Option<Arc<Update>>,
-    last_event_id: Option<String>,
-    phase: Phase,
-    /// A terminal state whose `done` is owed after its `progress` event.
-    owed_done: Option<Arc<Update>>,
-    heartbeat: Interval,
-    expiry: Pin<Box<Sleep>>,
-    /// The app revoked the session (auth hook callers only).
-    revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
-    /// Registered once with the shutdown token, not on every poll.
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
-    /// Why the stream ended (the closed-connections metric); unset = client gone.
-    ended: Option<&'static str>,
+    watcher: Watcher,
+    /// `retry:`, padding and `connected` come first.
+    preamble_sent: bool,
     /// Set by the connection when it was cut for not reading.
     stall: Option<StallFlag>,
 }
@@ -111,115 +92,80 @@ struct SseWriter {
 impl Drop for SseWriter {
     fn drop(&mut self) {
         let stalled = self.stall.as_ref().is_some_and(StallFlag::is_set);
-        let reason = match self.ended {
+        let reason = match self.watcher.ended() {
             Some(reason) => reason,
-            None if stalled => "write_stalled",
-            None => "client_gone",
+            None if stalled => CloseReason::WriteStalled,
+            None => CloseReason::ClientGone,
         };
         closed(Transport::Sse, reason);
-        tracing::debug!(parent: &self.opened.span, reason, "sse stream ended");
+        tracing::debug!(parent: &self.opened.span, reason = reason.as_str(), "sse stream ended");
     }
 }
 
 impl SseWriter {
-    fn new(
-        app: SharedState,
-        mut opened: Opened,
-        last_event_id: Option<String>,
-        stall: Option<StallFlag>,
-    ) -> Self {
-        let revoked = revocation(&mut opened);
-        let (cursor, first) = FeedCursor::start(&opened);
-        let heartbeat = heartbeat_timer(app.settings.heartbeat());
-        let expiry = Box::pin(tokio::time::sleep(opened.token_ttl()));
-        let shutdown = Box::pin(app.shutdown.clone().cancelled_owned());
-        SseWriter {
-            app,
-            opened,
-            cursor,
-            first,
-            last_event_id,
-            phase: Phase::Preamble,
-            owed_done: None,
-            heartbeat,
-            expiry,
-            revoked,
-            shutdown,
-            ended: None,
-            stall,
-        }
-    }
-
-    fn end(&mut self, reason: &'static str) {
-        self.ended = Some(reason);
-        self.phase = Phase::Ended;
-    }
-
-    /// A progress event for `update`; a terminal one owes its `done` next.
-    fn progress(&mut self, update: Arc<Update>) -> Bytes {
-        delivered(&update, Transport::Sse);
-        let bytes = update.sse.clone();
-        if update.done.is_some() {
-            self.owed_done = Some(update);
-            self.end("done");
-        }
-        bytes
-    }
-
     /// The next chunk to write, or `None` to end the response.
     async fn next_chunk(&mut self) -> Option<Bytes> {
-        if let Some(update) = self.owed_done.take() {
-            // `done` promises the end state is durable: bounded wait.
-            update.durable.wait(event::DURABLE_WAIT).await;
-            return update.done.as_ref().map(|(sse, _)| sse.clone());
+        if !self.preamble_sent {
+            self.preamble_sent = true;
+            let s = &self.app.settings;
+            return Some(sse_preamble(
+                &self.opened.job,
+                reconnect::stream_retry_ms(s),
+                s.sse_padding,
+            ));
         }
-        match self.phase {
-            Phase::Ended => return None,
-            Phase::Preamble => {
-                self.phase = Phase::First;
-                let s = &self.app.settings;
-                return Some(event::sse_preamble(
-                    &self.opened.job,
-                    reconnect::stream_retry_ms(s),
-                    s.sse_padding,
-                ));
+        Some(match self.watcher.next().await? {
+            Step::Progress(update) => {
+                delivered(&update, Transport::Sse);
+                update.sse.clone()
             }
-            Phase::First => {
-                self.phase = Phase::Live;
-                if let Some(update) = self.first.take() {
-                    if is_news(&update, self.last_event_id.as_deref()) {
-                        return Some(self.progress(update));
-                    }
-                    if let Some((done, _)) = &update.done {
-                        self.end("done");
-                        update.durable.wait(event::DURABLE_WAIT).await;
-                        return Some(done.clone());
-                    }
-                }
-            }
-            Phase::Live => {}
-        }
-        tokio::select! {
-            _ = &mut self.shutdown => {
-                self.end("shutdown");
-                Some(event::sse_retry(reconnect::drain_retry_ms(&self.app.settings)))
-            }
-            _ = &mut self.expiry => {
-                self.end("token_expired");
-                Some(event::sse_error("token_expired"))
-            }
-            _ = &mut self.revoked => {
-                self.end("revoked");
-                Some(event::sse_error("forbidden"))
-            }
-            _ = self.heartbeat.tick() => Some(Bytes::from_static(event::SSE_PING)),
-            next = self.cursor.next() => match next {
-                Some(update) => Some(self.progress(update)),
-                None => {
-                    self.end("feed_closed");
-                    None
-                }
-            },
-        }
+            Step::Done(update) => update.done.as_ref()?.0.clone(),
+            Step::Heartbeat => Bytes::from_static(SSE_PING),
+            Step::Expired => sse_error("token_expired"),
+            Step::Revoked => sse_error("forbidden"),
+            Step::Shutdown => sse_retry(reconnect::drain_retry_ms(&self.app.settings)),
+            Step::FeedClosed => return None,
+        })
+    }
+}
+
+/// The start of every SSE stream: `retry:`, optional padding, `connected`.
+pub fn sse_preamble(job: &JobId, retry_ms: u64, padding: usize) -> Bytes {
+    let mut b = BytesMut::with_capacity(64 + padding);
+    b.put_slice(format!("retry: {retry_ms}\n\n").as_bytes());
+    if padding > 0 {
+        b.put_slice(b":");
+        b.put_bytes(b' ', padding);
+        b.put_slice(b"\n\n");
+    }
+    let data = json!({"job_id": job.as_str()});
+    b.put_slice(format!("event: connected\ndata: {data}\n\n").as_bytes());
+    b.freeze()
+}
+
+pub const SSE_PING: &[u8] = b": ping\n\n";
+
+pub fn sse_error(code: &str) -> Bytes {
+    Bytes::from(format!(
+        "event: error\ndata: {}\n\n",
+        json!({"error": code})
+    ))
+}
+
+/// The last words of a stream the server drains: reconnect after `retry_ms`.
+pub fn sse_retry(retry_ms: u64) -> Bytes {
+    Bytes::from(format!("retry: {retry_ms}\n\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn preamble_pads_after_retry() {
+        let job = JobId::parse("j1").unwrap();
+        let p = sse_preamble(&job, 2000, 10);
+        let text = std::str::from_utf8(&p).unwrap();
+        assert!(text.starts_with("retry: 2000\n\n:          \n\nevent: connected\n"));
     }
 }

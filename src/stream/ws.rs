@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
+use serde_json::json;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -25,12 +26,13 @@ use warp::reply::{Reply, Response};
 use crate::auth::credentials::WS_PROTOCOL;
 use crate::auth::{Credentials, TokenSource};
 use crate::error::ApiError;
-use crate::event::{self, Update};
 use crate::http::upgrade::WsHandshake;
+use crate::job::JobId;
 use crate::limits::Transport;
 use crate::state::SharedState;
-use crate::stream::cursor::{FeedCursor, delivered, is_news, seen_id};
-use crate::stream::{Opened, closed, heartbeat_timer, open, reconnect, revocation};
+use crate::stream::cursor::{delivered, seen_id};
+use crate::stream::watcher::{CloseReason, Step, Watcher};
+use crate::stream::{Opened, closed, open, reconnect};
 
 /// Pings a client may leave unanswered before the connection is closed.
 const MAX_MISSED_PONGS: u32 = 2;
@@ -92,7 +94,7 @@ pub async fn handle(
                     run(app, opened, socket, last_event_id).await;
                 }
                 Err(e) => {
-                    closed(Transport::Ws, "upgrade_failed");
+                    closed(Transport::Ws, CloseReason::UpgradeFailed);
                     tracing::debug!(error = %e, "websocket upgrade failed");
                 }
             }
@@ -117,108 +119,87 @@ pub async fn handle(
 }
 
 async fn run(app: SharedState, mut opened: Opened, socket: Socket, last_event_id: Option<String>) {
-    let revoked = revocation(&mut opened);
-    let reason = serve(&app, &opened, socket, last_event_id, revoked).await;
+    let seen = seen_id(last_event_id.as_deref());
+    let watcher = Watcher::new(&app, &mut opened, seen.as_deref());
+    let reason = serve(&app, &opened.job, watcher, socket).await;
     closed(Transport::Ws, reason);
-    tracing::debug!(reason, "websocket ended");
+    tracing::debug!(reason = reason.as_str(), "websocket ended");
 }
 
 async fn serve(
     app: &SharedState,
-    opened: &Opened,
+    job: &JobId,
+    mut watcher: Watcher,
     socket: Socket,
-    last_event_id: Option<String>,
-    mut revoked: std::pin::Pin<Box<dyn Future<Output = ()> + Send>>,
-) -> &'static str {
+) -> CloseReason {
     let (mut tx, mut rx_client) = socket.split();
     macro_rules! send {
         ($msg:expr) => {
             match tokio::time::timeout(WS_SEND_TIMEOUT, tx.send($msg)).await {
                 Ok(Ok(())) => {}
-                _ => return "client_gone",
+                _ => return CloseReason::ClientGone,
             }
         };
     }
-    send!(Message::text(event::ws_connected(&opened.job)));
-    let (mut cursor, first) = FeedCursor::start(opened);
-    if let Some(update) = first {
-        if is_news(&update, seen_id(last_event_id.as_deref()).as_deref()) {
-            send!(text(&update.ws));
-            delivered(&update, Transport::Ws);
-        }
-        if update.done.is_some() {
-            return send_done(&mut tx, &update).await;
-        }
-    }
-    let mut heartbeat = heartbeat_timer(app.settings.heartbeat());
+    send!(Message::text(ws_connected(job)));
     let mut missed_pongs = 0u32;
-    let expiry = tokio::time::sleep(opened.token_ttl());
-    tokio::pin!(expiry);
-    // Registered once with the shutdown token, not on every loop.
-    let shutdown = app.shutdown.cancelled();
-    tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = &mut shutdown => {
-                // The reason names when to come back, spread over the drain window.
-                let reason = reconnect::ws_drain_reason(reconnect::drain_retry_ms(&app.settings));
-                let _ = tokio::time::timeout(Duration::from_millis(500),
-                    tx.send(close(CloseCode::Restart, reason))).await;
-                return "shutdown";
-            }
-            _ = &mut expiry => {
-                send!(Message::text(event::ws_error("token_expired")));
-                let _ = tx.send(close(CloseCode::Policy, "token expired")).await;
-                return "token_expired";
-            }
-            _ = &mut revoked => {
-                send!(Message::text(event::ws_error("forbidden")));
-                let _ = tx.send(close(CloseCode::Policy, "session revoked")).await;
-                return "revoked";
-            }
-            _ = heartbeat.tick() => {
-                if missed_pongs >= MAX_MISSED_PONGS {
-                    let _ = tx.send(close(CloseCode::Away, "no pong")).await;
-                    return "no_pong";
+            step = watcher.next() => match step {
+                None | Some(Step::FeedClosed) => return CloseReason::FeedClosed,
+                Some(Step::Progress(update)) => {
+                    send!(text(&update.ws));
+                    delivered(&update, Transport::Ws);
                 }
-                missed_pongs += 1;
-                send!(Message::Ping(Default::default()));
-            }
+                Some(Step::Done(update)) => {
+                    if let Some((_, done)) = &update.done {
+                        send!(text(done));
+                    }
+                    let _ = tx.send(close(CloseCode::Normal, "done")).await;
+                    return CloseReason::Done;
+                }
+                Some(Step::Heartbeat) => {
+                    if missed_pongs >= MAX_MISSED_PONGS {
+                        let _ = tx.send(close(CloseCode::Away, "no pong")).await;
+                        return CloseReason::NoPong;
+                    }
+                    missed_pongs += 1;
+                    send!(Message::Ping(Default::default()));
+                }
+                Some(Step::Shutdown) => {
+                    // The reason names when to come back, spread over the drain window.
+                    let reason = reconnect::ws_drain_reason(reconnect::drain_retry_ms(&app.settings));
+                    let _ = tokio::time::timeout(Duration::from_millis(500),
+                        tx.send(close(CloseCode::Restart, reason))).await;
+                    return CloseReason::Shutdown;
+                }
+                Some(Step::Expired) => {
+                    send!(Message::text(ws_error("token_expired")));
+                    let _ = tx.send(close(CloseCode::Policy, "token expired")).await;
+                    return CloseReason::TokenExpired;
+                }
+                Some(Step::Revoked) => {
+                    send!(Message::text(ws_error("forbidden")));
+                    let _ = tx.send(close(CloseCode::Policy, "session revoked")).await;
+                    return CloseReason::Revoked;
+                }
+            },
             incoming = rx_client.next() => match incoming {
                 Some(Ok(Message::Pong(_))) => missed_pongs = 0,
-                Some(Ok(Message::Close(_))) => return "client_closed",
+                Some(Ok(Message::Close(_))) => return CloseReason::ClientClosed,
                 Some(Ok(_)) => {}
-                Some(Err(_)) | None => return "client_gone",
+                Some(Err(_)) | None => return CloseReason::ClientGone,
             },
-            next = cursor.next() => {
-                let Some(update) = next else { return "feed_closed" };
-                send!(text(&update.ws));
-                delivered(&update, Transport::Ws);
-                if update.done.is_some() {
-                    return send_done(&mut tx, &update).await;
-                }
-            }
         }
     }
 }
 
-/// Writes `done` once the terminal state is durable (`done` promises that);
-/// the wait is bounded — then closes with 1000.
-async fn send_done<S>(tx: &mut S, update: &Update) -> &'static str
-where
-    S: futures::Sink<Message> + Unpin,
-{
-    update.durable.wait(event::DURABLE_WAIT).await;
-    if let Some((_, done)) = &update.done
-        && !matches!(
-            tokio::time::timeout(WS_SEND_TIMEOUT, tx.send(text(done))).await,
-            Ok(Ok(()))
-        )
-    {
-        return "client_gone";
-    }
-    let _ = tx.send(close(CloseCode::Normal, "done")).await;
-    "done"
+pub fn ws_connected(job: &JobId) -> String {
+    json!({"event": "connected", "job_id": job.as_str()}).to_string()
+}
+
+pub fn ws_error(code: &str) -> String {
+    json!({"event": "error", "error": code}).to_string()
 }
 
 /// A text frame over the job's shared encoding: no copy per watcher. The bytes

@@ -26,10 +26,11 @@ use tracing::{debug, info, warn};
 
 use crate::event::Source;
 use crate::fanout::Feed;
-use crate::hub::{Hub, UpstreamCmd};
 use crate::job::JobId;
+use crate::upstream::UpstreamCmd;
 use crate::upstream::backoff::Backoff;
 use crate::upstream::cluster_topology::{self, Topology, key_slot};
+use crate::upstream::loader::Loader;
 use crate::upstream::redis_setup::KeyspaceMonitor;
 
 /// Period of the topology re-read while nothing seems wrong.
@@ -58,7 +59,7 @@ struct Watched {
 }
 
 pub struct ClusterListener {
-    hub: Arc<Hub>,
+    loader: Arc<Loader>,
     seeds: Vec<ConnectionInfo>,
     prefix: String,
     keyspace_prefix: String,
@@ -80,14 +81,14 @@ struct State {
 
 impl ClusterListener {
     pub fn new(
-        hub: Arc<Hub>,
+        loader: Arc<Loader>,
         seeds: Vec<ConnectionInfo>,
         prefix: &str,
         up: Arc<AtomicBool>,
         keyspace: Arc<KeyspaceMonitor>,
     ) -> Self {
         ClusterListener {
-            hub,
+            loader,
             seeds,
             prefix: prefix.to_owned(),
             // A cluster has only db 0.
@@ -155,10 +156,10 @@ impl ClusterListener {
                         state.jobs.insert(job.clone(), Watched { feed: feed.clone(), node: None });
                         self.place(&mut state, &job).await;
                         // Subscribed (or not): the first read runs after it either way.
-                        self.hub.request_read(&feed);
+                        self.loader.request_read(&feed);
                     }
                     Some(UpstreamCmd::Unsubscribe(job)) => {
-                        if self.hub.is_watched(&job) {
+                        if self.loader.is_watched(&job) {
                             continue; // re-joined meanwhile; its Subscribe follows
                         }
                         if let Some(Watched { node: Some(addr), .. }) = state.jobs.remove(&job) {
@@ -276,7 +277,7 @@ impl ClusterListener {
         }
         if placed {
             // Whatever was written while the job was not subscribed here.
-            self.hub.request_read(&feed);
+            self.loader.request_read(&feed);
         }
     }
 
@@ -415,14 +416,14 @@ impl ClusterListener {
         if let Some(job) = channel.strip_prefix(&self.keyspace_prefix) {
             metrics::counter!("jobcast_redis_events_total", "source" => "keyspace").increment(1);
             if crate::upstream::redis_listener::changes_value(payload)
-                && let Some(feed) = self.hub.feed(job)
+                && let Some(feed) = self.loader.feed(job)
             {
-                self.hub.request_read(&feed);
+                self.loader.request_read(&feed);
             }
         } else if let Some(job) = channel.strip_prefix(&self.prefix) {
             metrics::counter!("jobcast_redis_events_total", "source" => "channel").increment(1);
-            if let Some(feed) = self.hub.feed(job) {
-                self.hub.offer_raw(&feed, payload, Source::RedisChannel);
+            if let Some(feed) = self.loader.feed(job) {
+                self.loader.offer_raw(&feed, payload, Source::RedisChannel);
             }
         }
     }

@@ -1,7 +1,7 @@
 //! `LISTEN jobcast_jobs`: Postgres as a push source. The
 //! trigger of `migrations/` NOTIFYs the job id whenever a row's snapshot
 //! changes; for a job with watchers here the listener reads the row and offers
-//! its snapshot to the hub, exactly as a Redis event would be. So a worker that
+//! its snapshot to the loader, exactly as a Redis event would be. So a worker that
 //! only updates `jobs` is pushed live, and so is every update while Redis is down.
 //!
 //! The seq gate of the feed drops what watchers already have, which includes the
@@ -23,10 +23,11 @@ use tracing::{debug, info, warn};
 
 use crate::event::Source;
 use crate::fanout::Feed;
-use crate::hub::Hub;
 use crate::job::{JobId, ProgressDoc};
 use crate::store::{Store, StoredJob};
+use crate::upstream::Ended;
 use crate::upstream::backoff::Backoff;
+use crate::upstream::loader::Loader;
 
 /// The NOTIFY channel of the `jobs` trigger.
 pub const CHANNEL: &str = "jobcast_jobs";
@@ -36,22 +37,17 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const RESYNC_CONCURRENCY: usize = 4;
 
 pub struct PgListener {
-    hub: Arc<Hub>,
+    loader: Arc<Loader>,
     store: Store,
     /// Is the Redis pub/sub connection up? Decides what a row without `seq` means
     /// (see [`PgListener::is_echo`]).
     redis_up: Arc<AtomicBool>,
 }
 
-enum Ended {
-    Shutdown,
-    Lost(String),
-}
-
 impl PgListener {
-    pub fn new(hub: Arc<Hub>, store: Store, redis_up: Arc<AtomicBool>) -> Self {
+    pub fn new(loader: Arc<Loader>, store: Store, redis_up: Arc<AtomicBool>) -> Self {
         PgListener {
-            hub,
+            loader,
             store,
             redis_up,
         }
@@ -79,6 +75,8 @@ impl PgListener {
                         Ended::Lost(why) => {
                             warn!(error = %why, "postgres LISTEN connection lost; Redis streams go on, reconnecting");
                         }
+                        // A Redis primary switch; never a Postgres ending.
+                        Ended::Switched => {}
                     }
                     set_up(false);
                     was_up = false;
@@ -135,7 +133,7 @@ impl PgListener {
             debug!(payload, "NOTIFY payload is not a job id; ignored");
             return;
         };
-        let Some(feed) = self.hub.feed(job.as_str()) else {
+        let Some(feed) = self.loader.feed(job.as_str()) else {
             debug!(job = %job, "NOTIFY for a job without watchers here; ignored");
             return;
         };
@@ -144,7 +142,7 @@ impl PgListener {
 
     /// Re-reads every watched job's row (after a (re)connect).
     async fn resync(&self) {
-        let feeds = self.hub.feeds();
+        let feeds = self.loader.feeds();
         if feeds.is_empty() {
             return;
         }
@@ -169,7 +167,7 @@ impl PgListener {
                     debug!(job = %job, "row without seq matches what Redis gave; ignored");
                     return;
                 }
-                self.hub.offer(feed, doc, Source::Postgres);
+                self.loader.offer(feed, doc, Source::Postgres);
             }
             // Not an object, or no snapshot yet: `load` said why where it matters.
             Ok(Some(StoredJob { doc: None, .. })) => {

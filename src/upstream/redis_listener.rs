@@ -1,8 +1,8 @@
 //! The one dedicated Redis pub/sub connection of this gateway. For every job with
 //! watchers it holds two subscriptions, the keyspace channel
 //! `__keyspace@<db>__:PREFIX{job}` and the job channel `PREFIX{job}`, taking them
-//! and dropping them on the hub's command. A keyspace event asks the hub for a
-//! (coalesced) read of the key; a channel message is a document itself.
+//! and dropping them on the hub's command. A keyspace event asks the loader for
+//! a (coalesced) read of the key; a channel message is a document itself.
 //!
 //! When the connection fails, open streams stay open: the listener reconnects
 //! with backoff, then re-subscribes every watched job and reads each one's
@@ -33,9 +33,12 @@ use tracing::{info, warn};
 
 use crate::event::Source;
 use crate::fanout::Feed;
-use crate::hub::{Hub, UpstreamCmd};
 use crate::job::JobId;
+use crate::upstream::Ended;
+use crate::upstream::UpstreamCmd;
 use crate::upstream::backoff::Backoff;
+use crate::upstream::loader::Loader;
+use crate::upstream::redis_reader::RedisReader;
 use crate::upstream::redis_setup::KeyspaceMonitor;
 use crate::upstream::sentinel::{Addr, SentinelPrimary};
 
@@ -80,7 +83,9 @@ impl PubSubEndpoint {
 }
 
 pub struct RedisListener {
-    hub: Arc<Hub>,
+    loader: Arc<Loader>,
+    /// Pooled connections, for the `PUBSUB NUMSUB` that confirms a SUBSCRIBE.
+    reader: RedisReader,
     endpoint: PubSubEndpoint,
     /// Re-checked on every reconnect: a restarted Redis has lost a CONFIG SET of
     /// its notification flags.
@@ -93,7 +98,8 @@ pub struct RedisListener {
 
 impl RedisListener {
     pub fn new(
-        hub: Arc<Hub>,
+        loader: Arc<Loader>,
+        reader: RedisReader,
         endpoint: PubSubEndpoint,
         db: i64,
         prefix: &str,
@@ -101,7 +107,8 @@ impl RedisListener {
         keyspace: Arc<KeyspaceMonitor>,
     ) -> anyhow::Result<Self> {
         Ok(RedisListener {
-            hub,
+            loader,
+            reader,
             endpoint,
             keyspace,
             prefix: prefix.to_owned(),
@@ -192,7 +199,7 @@ impl RedisListener {
                     _ = shutdown.cancelled() => return,
                     _ = &mut delay => break,
                     cmd = cmds.recv() => match cmd {
-                        Some(UpstreamCmd::Subscribe(feed)) => self.hub.request_read(&feed),
+                        Some(UpstreamCmd::Subscribe(feed)) => self.loader.request_read(&feed),
                         Some(UpstreamCmd::Unsubscribe(_)) => {}
                         None => return,
                     },
@@ -212,7 +219,7 @@ impl RedisListener {
     ) -> Ended {
         // Re-subscribe what is watched, then read each job's current state: an
         // update written while we were away arrives through that read.
-        let feeds = self.hub.feeds();
+        let feeds = self.loader.feeds();
         for chunk in feeds.chunks(RESUBSCRIBE_BATCH) {
             let channels: Vec<String> = chunk.iter().flat_map(|f| self.channels(&f.job)).collect();
             match bounded(sink.subscribe(&channels)).await {
@@ -237,8 +244,8 @@ impl RedisListener {
             }
         }
         self.set_up(true);
-        let hub = self.hub.clone();
-        tokio::spawn(async move { hub.reread_all().await });
+        let loader = self.loader.clone();
+        tokio::spawn(async move { loader.reread_all().await });
         loop {
             let switched = async {
                 match switches.as_mut() {
@@ -254,13 +261,13 @@ impl RedisListener {
                         let result = self.subscribe(&mut sink, &feed, refused).await;
                         // Subscribed (or not): either way the first read runs now,
                         // after the subscription, so nothing between is lost.
-                        self.hub.request_read(&feed);
+                        self.loader.request_read(&feed);
                         if let Err(lost) = result {
                             return lost;
                         }
                     }
                     Some(UpstreamCmd::Unsubscribe(job)) => {
-                        if self.hub.is_watched(&job) {
+                        if self.loader.is_watched(&job) {
                             continue; // re-joined meanwhile; its Subscribe follows
                         }
                         // Refused or not, UNSUBSCRIBE is harmless and drops
@@ -293,7 +300,7 @@ impl RedisListener {
                     } else if refused.forget(&feed.job) {
                         info!(job = %feed.job, "redis accepted the job's SUBSCRIBE after refusing it");
                         // Read what was missed while unsubscribed.
-                        self.hub.request_read(&feed);
+                        self.loader.request_read(&feed);
                     }
                 }
                 msg = stream.next() => match msg {
@@ -347,22 +354,11 @@ impl RedisListener {
     /// subscriber now; the verdicts come back through `refused.verdicts`. A
     /// check that cannot be made counts as subscribed.
     fn confirm(&self, feeds: Vec<Arc<Feed>>, refused: &Refused) {
-        let commands = self.hub.reader().commands().clone();
+        let reader = self.reader.clone();
         let tx = refused.verdicts_tx.clone();
         let channels: Vec<String> = feeds.iter().flat_map(|f| self.channels(&f.job)).collect();
         tokio::spawn(async move {
-            let counts = tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
-                let mut conn = commands.get().await.ok()?;
-                redis::cmd("PUBSUB")
-                    .arg("NUMSUB")
-                    .arg(&channels)
-                    .query_async::<Vec<(String, i64)>>(&mut conn)
-                    .await
-                    .ok()
-            })
-            .await
-            .ok()
-            .flatten();
+            let counts = reader.subscriber_counts(&channels).await.ok();
             for (i, feed) in feeds.into_iter().enumerate() {
                 let subscribed = counts.as_ref().is_none_or(|c| {
                     c.get(2 * i..2 * i + 2)
@@ -375,9 +371,7 @@ impl RedisListener {
 
     /// Is `feed` still the feed of a watched job (not left by every watcher)?
     fn is_current(&self, feed: &Arc<Feed>) -> bool {
-        self.hub
-            .feed(feed.job.as_str())
-            .is_some_and(|f| Arc::ptr_eq(&f, feed))
+        self.loader.is_current(feed)
     }
 
     fn dispatch(&self, msg: &redis::Msg) {
@@ -387,13 +381,13 @@ impl RedisListener {
             if !changes_value(msg.get_payload_bytes()) {
                 return;
             }
-            if let Some(feed) = self.hub.feed(job) {
-                self.hub.request_read(&feed);
+            if let Some(feed) = self.loader.feed(job) {
+                self.loader.request_read(&feed);
             }
         } else if let Some(job) = channel.strip_prefix(&self.prefix) {
             metrics::counter!("jobcast_redis_events_total", "source" => "channel").increment(1);
-            if let Some(feed) = self.hub.feed(job) {
-                self.hub
+            if let Some(feed) = self.loader.feed(job) {
+                self.loader
                     .offer_raw(&feed, msg.get_payload_bytes(), Source::RedisChannel);
             }
         }
@@ -407,13 +401,6 @@ pub(crate) fn changes_value(event: &[u8]) -> bool {
         event,
         b"del" | b"expired" | b"evicted" | b"expire" | b"persist" | b"rename_from"
     )
-}
-
-enum Ended {
-    Shutdown,
-    Lost(String),
-    /// The sentinels named another primary.
-    Switched,
 }
 
 /// Jobs whose SUBSCRIBE Redis refused, each with its retry backoff; a retry

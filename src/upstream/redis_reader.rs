@@ -170,6 +170,22 @@ impl RedisReader {
         .await
     }
 
+    /// `PUBSUB NUMSUB`: how many subscribers each channel has, in order.
+    pub async fn subscriber_counts(
+        &self,
+        channels: &[String],
+    ) -> Result<Vec<(String, i64)>, RedisError> {
+        bounded(async {
+            let mut conn = self.commands.get().await?;
+            Ok(redis::cmd("PUBSUB")
+                .arg("NUMSUB")
+                .arg(channels)
+                .query_async(&mut conn)
+                .await?)
+        })
+        .await
+    }
+
     pub async fn ping(&self) -> bool {
         bounded(async { Ok(self.commands.ping().await?) })
             .await

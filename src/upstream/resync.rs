@@ -11,12 +11,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
-use crate::hub::Hub;
+use crate::upstream::loader::Loader;
 
 /// Runs until `shutdown`. While the pub/sub connection is down nothing is read:
 /// its reconnect re-reads every watched job itself.
 pub async fn run(
-    hub: Arc<Hub>,
+    loader: Arc<Loader>,
     period: Duration,
     redis_up: Arc<AtomicBool>,
     shutdown: CancellationToken,
@@ -35,7 +35,7 @@ pub async fn run(
         let started = tokio::time::Instant::now();
         tokio::select! {
             _ = shutdown.cancelled() => return,
-            _ = hub.reread_all() => {}
+            _ = loader.reread_all() => {}
         }
         metrics::counter!("jobcast_resyncs_total").increment(1);
         debug!(took = ?started.elapsed(), "re-read every watched job");

@@ -2,8 +2,6 @@
 //! port 0, against the test's own `redis-server` (and database, when asked), with
 //! helpers to mint tokens and write job state like a worker.
 
-#![allow(dead_code)]
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -14,6 +12,7 @@ use jobcast::startup::App;
 use redis::AsyncCommands;
 use tokio_util::sync::CancellationToken;
 
+use crate::clients::Gateway;
 use crate::support::{RedisServer, TestDb};
 
 pub const SECRET: &str = "integration-test-secret-of-32-bytes-or-more";
@@ -118,6 +117,17 @@ pub fn sign_with(claims: &Claims, secret: &str) -> String {
     .expect("sign")
 }
 
+/// An `Authorization` header value for `token`.
+pub fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// A progress document as a worker writes it: owned by `alice`, with
+/// `overall_progress` equal to `seq`.
+pub fn doc(seq: i64, status: &str) -> String {
+    format!(r#"{{"seq":{seq},"owner_id":"alice","status":"{status}","overall_progress":{seq}}}"#)
+}
+
 impl TestApp {
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
@@ -130,6 +140,11 @@ impl TestApp {
     /// A token for user `sub`.
     pub fn token(&self, sub: &str) -> String {
         sign(&claims(sub))
+    }
+
+    /// `Bearer <token for sub>`, for an `Authorization` header.
+    pub fn bearer(&self, sub: &str) -> String {
+        bearer(&self.token(sub))
     }
 
     pub fn key(&self, job: &str) -> String {
@@ -150,6 +165,22 @@ impl TestApp {
     pub async fn publish(&self, job: &str, doc: &str) {
         let mut c = self.redis().await;
         let _: i64 = c.publish(self.key(job), doc).await.expect("PUBLISH");
+    }
+
+    /// Replaces the job's key with a hash of `fields` (`DEL`, then `HSET`).
+    pub async fn set_hash(&self, job: &str, fields: &[(&str, &str)]) {
+        let mut c = self.redis().await;
+        let _: () = c.del(self.key(job)).await.expect("DEL");
+        let _: () = c.hset_multiple(self.key(job), fields).await.expect("HSET");
+    }
+
+    /// Whether the job's key exists.
+    pub async fn exists(&self, job: &str) -> bool {
+        self.redis()
+            .await
+            .exists(self.key(job))
+            .await
+            .expect("EXISTS")
     }
 
     /// Subscribers of a channel, from Redis itself.
@@ -177,5 +208,15 @@ impl TestApp {
                 .expect("drained in time")
                 .expect("join");
         }
+    }
+}
+
+impl Gateway for TestApp {
+    fn url(&self, path: &str) -> String {
+        TestApp::url(self, path)
+    }
+
+    fn ws_url(&self, path: &str) -> String {
+        TestApp::ws_url(self, path)
     }
 }

@@ -4,8 +4,9 @@
 use base64::Engine;
 use jobcast::auth::claims::now_secs;
 
-use crate::app::{Options, TestApp, claims, sign, sign_with, spawn_app, spawn_app_with};
-use crate::clients::{Sse, ws_connect};
+use crate::app::{TestApp, bearer, claims, sign, sign_with, spawn_app};
+use crate::auth_causes::app_checking_audience_and_issuer;
+use crate::clients::{Gateway as _, ws_connect};
 
 async fn sse_status(
     app: &TestApp,
@@ -49,10 +50,6 @@ async fn ws_status(
         Ok(_) => (101, serde_json::Value::Null),
         Err((status, body)) => (status, serde_json::from_str(&body).unwrap_or_default()),
     }
-}
-
-fn bearer(t: &str) -> String {
-    format!("Bearer {t}")
 }
 
 fn alg_none_token() -> String {
@@ -102,15 +99,7 @@ async fn bad_tokens_are_401_on_both_transports() {
 
 #[tokio::test]
 async fn audience_and_issuer_are_checked_where_configured() {
-    let app = spawn_app_with(Options {
-        tweak: Box::new(|s| {
-            s.jwt_audience = Some("jobcast".into());
-            s.jwt_issuer = Some("https://issuer.test".into());
-        }),
-        ..Default::default()
-    })
-    .await;
-    app.set("j", r#"{"seq":1,"owner_id":"alice"}"#).await;
+    let app = app_checking_audience_and_issuer().await;
     #[derive(serde::Serialize)]
     struct WithAud {
         sub: &'static str,
@@ -152,7 +141,7 @@ async fn audience_and_issuer_are_checked_where_configured() {
             .0,
         401
     );
-    let mut ok = Sse::connect(&app.url("/jobs/j/events"), &[("authorization", &good)]).await;
+    let mut ok = app.sse("/jobs/j/events", &good).await;
     assert_eq!(ok.status, 200);
     ok.expect("connected").await;
 }
@@ -183,11 +172,11 @@ async fn another_users_job_is_403_and_claims_or_admin_allow() {
     admin.roles = vec!["admin".into()];
     for token in [sign(&named), sign(&admin)] {
         let auth = bearer(&token);
-        let mut s = Sse::connect(&app.url("/jobs/j/events"), &[("authorization", &auth)]).await;
+        let mut s = app.sse("/jobs/j/events", &auth).await;
         assert_eq!(s.status, 200);
         s.expect("connected").await;
         assert!(
-            ws_connect(&app.ws_url("/jobs/j/ws"), &[("authorization", &auth)])
+            app.ws_with("/jobs/j/ws", &[("authorization", &auth)])
                 .await
                 .is_ok()
         );
@@ -231,24 +220,18 @@ async fn token_is_read_from_cookie_query_and_subprotocol() {
     let app = spawn_app().await;
     app.set("j", r#"{"seq":1,"owner_id":"alice"}"#).await;
     let token = app.token("alice");
-    let mut s = Sse::connect(
-        &app.url(&format!("/jobs/j/events?access_token={token}")),
-        &[],
-    )
-    .await;
+    let mut s = app
+        .sse_with(&format!("/jobs/j/events?access_token={token}"), &[])
+        .await;
     assert_eq!(s.status, 200);
     s.expect("connected").await;
     let cookie = format!("theme=dark; jobcast_token={token}");
-    let mut s = Sse::connect(&app.url("/jobs/j/events"), &[("cookie", &cookie)]).await;
+    let mut s = app.sse_with("/jobs/j/events", &[("cookie", &cookie)]).await;
     assert_eq!(s.status, 200);
     s.expect("connected").await;
     // Header wins over a bad query token.
     let auth = bearer(&token);
-    let s = Sse::connect(
-        &app.url("/jobs/j/events?access_token=bad"),
-        &[("authorization", &auth)],
-    )
-    .await;
+    let s = app.sse("/jobs/j/events?access_token=bad", &auth).await;
     assert_eq!(s.status, 200);
 }
 
@@ -266,12 +249,9 @@ async fn cookie_websocket_from_foreign_origin_is_refused() {
     assert_eq!((status, body["error"].as_str()), (403, Some("forbidden")));
     let own = format!("http://{}", app.addr);
     assert!(
-        ws_connect(
-            &app.ws_url("/jobs/j/ws"),
-            &[("cookie", &cookie), ("origin", &own)]
-        )
-        .await
-        .is_ok()
+        app.ws_with("/jobs/j/ws", &[("cookie", &cookie), ("origin", &own)])
+            .await
+            .is_ok()
     );
 }
 
@@ -283,10 +263,8 @@ async fn streams_end_with_token_expired_on_both_transports() {
     c.exp = now_secs() + 2;
     let auth = bearer(&sign(&c));
 
-    let mut s = Sse::connect(&app.url("/jobs/j/events"), &[("authorization", &auth)]).await;
-    let mut ws = ws_connect(&app.ws_url("/jobs/j/ws"), &[("authorization", &auth)])
-        .await
-        .unwrap();
+    let mut s = app.sse("/jobs/j/events", &auth).await;
+    let mut ws = app.ws("/jobs/j/ws", &auth).await;
     s.expect("connected").await;
     s.expect("progress").await;
     let err = s.expect("error").await;

@@ -42,8 +42,9 @@ fn with_aud_iss(aud: &str, iss: &str) -> String {
     .unwrap()
 }
 
-#[tokio::test]
-async fn each_refused_token_names_its_cause_in_the_challenge_and_the_body() {
+/// A gateway that wants `aud` "jobcast" and `iss` "https://issuer.test", with
+/// job `j` (alice's) in Redis.
+pub async fn app_checking_audience_and_issuer() -> TestApp {
     let app = spawn_app_with(Options {
         tweak: Box::new(|s| {
             s.jwt_audience = Some("jobcast".into());
@@ -53,6 +54,12 @@ async fn each_refused_token_names_its_cause_in_the_challenge_and_the_body() {
     })
     .await;
     app.set("j", r#"{"seq":1,"owner_id":"alice"}"#).await;
+    app
+}
+
+#[tokio::test]
+async fn each_refused_token_names_its_cause_in_the_challenge_and_the_body() {
+    let app = app_checking_audience_and_issuer().await;
     let mut expired = serde_json::to_value(claims("alice")).unwrap();
     expired["exp"] = (now_secs() - 120).into();
     expired["aud"] = "jobcast".into();
@@ -144,7 +151,7 @@ fn sign_value(claims: &serde_json::Value) -> String {
 /// by a probe, EventSource hiding the status) and on long-poll.
 #[tokio::test]
 async fn the_browser_client_reports_the_cause_of_a_refused_token() {
-    use crate::support::{Chromium, wait_for};
+    use crate::support::Chromium;
     use std::time::Duration;
 
     let app = spawn_app_with(Options::default()).await;
@@ -152,15 +159,8 @@ async fn the_browser_client_reports_the_cause_of_a_refused_token() {
     let bad = sign_with(&claims("alice"), "another-secret-of-32-bytes-or-more!!");
     let browser = Chromium::launch().await;
     let page = browser.new_page().await;
-    page.goto(&app.url("/healthz")).await;
-    wait_for(Duration::from_secs(10), "the origin page loads", || async {
-        page.eval("document.readyState")
-            .await
-            .ok()
-            .filter(|v| v == "complete")
-            .map(|_| ())
-    })
-    .await;
+    page.open(&app.url("/healthz"), Duration::from_secs(10))
+        .await;
     for transport in ["sse", "poll"] {
         let script = format!(
             r#"(async () => {{

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::app::{Options, TestApp, claims, sign, spawn_app_with};
+use crate::app::{Options, TestApp, bearer, claims, sign, spawn_app_with};
 use crate::child::ChildApp;
-use crate::clients::{Sse, ws_connect};
+use crate::clients::{Gateway as _, Sse};
 use crate::support::{RedisServer, SessionApp};
 
 async fn gateway(session: &SessionApp, cache_secs: u64) -> TestApp {
@@ -49,17 +49,15 @@ async fn the_apps_user_gets_in_with_their_session_cookie_on_every_route() {
     session.grant("alice", "j");
     let cookie = session.sign_in("alice");
 
-    let mut sse = Sse::connect(&app.url("/jobs/j/events"), &[("cookie", &cookie)]).await;
+    let mut sse = app.sse_with("/jobs/j/events", &[("cookie", &cookie)]).await;
     assert_eq!(sse.status, 200);
     sse.expect("connected").await;
     assert_eq!(sse.expect("progress").await.json()["seq"], 1);
     let own = format!("http://{}", app.addr);
-    let mut ws = ws_connect(
-        &app.ws_url("/jobs/j/ws"),
-        &[("cookie", &cookie), ("origin", &own)],
-    )
-    .await
-    .expect("upgrade");
+    let mut ws = app
+        .ws_with("/jobs/j/ws", &[("cookie", &cookie), ("origin", &own)])
+        .await
+        .expect("upgrade");
     ws.expect("connected").await;
     assert_eq!(get(&app, "/jobs/j/poll", Some(&cookie)).await.0, 200);
     let (status, doc) = get(&app, "/jobs/j", Some(&cookie)).await;
@@ -100,17 +98,18 @@ async fn refusals_map_to_401_and_403_and_a_foreign_origin_websocket_is_refused()
         assert_eq!(status, 401, "unknown session on {path}");
     }
     assert!(matches!(
-        ws_connect(&app.ws_url("/jobs/j/ws"), &[("cookie", &bob)]).await,
+        app.ws_with("/jobs/j/ws", &[("cookie", &bob)]).await,
         Err((403, _))
     ));
     // Cross-site WebSocket hijacking: alice's cookie from another origin.
     let alice = session.sign_in("alice");
     let calls = session.calls();
-    let refused = ws_connect(
-        &app.ws_url("/jobs/j/ws"),
-        &[("cookie", &alice), ("origin", "https://evil.example")],
-    )
-    .await;
+    let refused = app
+        .ws_with(
+            "/jobs/j/ws",
+            &[("cookie", &alice), ("origin", "https://evil.example")],
+        )
+        .await;
     assert!(matches!(refused, Err((403, _))), "foreign origin refused");
     assert_eq!(session.calls(), calls, "the app is not even asked");
 }
@@ -121,14 +120,10 @@ async fn a_valid_jwt_is_checked_the_jwt_way_and_never_asks_the_app() {
     let app = gateway(&session, 30).await;
     app.set("j", r#"{"seq":1,"owner_id":"alice"}"#).await;
     let jwt = sign(&claims("alice"));
-    let mut sse = Sse::connect(
-        &app.url("/jobs/j/events"),
-        &[("authorization", &format!("Bearer {jwt}"))],
-    )
-    .await;
+    let mut sse = app.sse("/jobs/j/events", &bearer(&jwt)).await;
     sse.expect("connected").await;
     // A valid JWT of another user is refused by ownership, not sent to the app.
-    let mallory = format!("Bearer {}", sign(&claims("mallory")));
+    let mallory = bearer(&sign(&claims("mallory")));
     let res = reqwest::Client::new()
         .get(app.url("/jobs/j"))
         .header("authorization", &mallory)
@@ -147,15 +142,13 @@ async fn a_revoked_session_ends_its_open_streams_with_forbidden() {
     session.grant("alice", "j");
     let cookie = session.sign_in("alice");
     let own = format!("http://{}", app.addr);
-    let mut sse = Sse::connect(&app.url("/jobs/j/events"), &[("cookie", &cookie)]).await;
+    let mut sse = app.sse_with("/jobs/j/events", &[("cookie", &cookie)]).await;
     sse.expect("connected").await;
     sse.expect("progress").await;
-    let mut ws = ws_connect(
-        &app.ws_url("/jobs/j/ws"),
-        &[("cookie", &cookie), ("origin", &own)],
-    )
-    .await
-    .expect("upgrade");
+    let mut ws = app
+        .ws_with("/jobs/j/ws", &[("cookie", &cookie), ("origin", &own)])
+        .await
+        .expect("upgrade");
     ws.expect("connected").await;
     ws.expect("progress").await;
 

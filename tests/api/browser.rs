@@ -23,7 +23,7 @@ const STEP_INTERVAL: Duration = Duration::from_millis(150);
 const STAGES: [&str; 4] = ["queued", "fetching_data", "solving", "writing_report"];
 
 /// Progress document `seq` of `total` (`seq == total` completes the job).
-fn doc(seq: i64, total: i64) -> String {
+fn progress_doc(seq: i64, total: i64) -> String {
     let pct = (seq - 1) as f64 * 100.0 / (total - 1) as f64;
     // Equal quarters; the last one ends at 100%.
     let quarter = 100.0 / STAGES.len() as f64;
@@ -80,7 +80,7 @@ async fn drive_job(app: &TestApp, job: &str, total: i64) {
     let key = app.key(job);
     for seq in 2..=total {
         let _: () = redis
-            .set_ex(&key, doc(seq, total), 7200)
+            .set_ex(&key, progress_doc(seq, total), 7200)
             .await
             .expect("SET");
         // Pacing, not synchronisation: a job that takes a moment.
@@ -93,7 +93,7 @@ async fn drive_job(app: &TestApp, job: &str, total: i64) {
 /// page shows 100% and "done". Leaves a screenshot named `shot`.
 async fn page_follows_job_to_done(nginx: &Nginx, app: &TestApp, transport: &str, shot: &str) {
     let total = STEPS + 1;
-    app.set("job1", &doc(1, total)).await;
+    app.set("job1", &progress_doc(1, total)).await;
     let browser = Chromium::launch().await;
     let page = browser.new_page().await;
 
@@ -159,7 +159,7 @@ async fn page_reload_mid_job_resumes_without_duplicate_or_backwards_step() {
     let app = spawn_app().await;
     let nginx = Nginx::strict(app.addr.port()).start().await;
     let total = 30;
-    app.set("job1", &doc(1, total)).await;
+    app.set("job1", &progress_doc(1, total)).await;
     let browser = Chromium::launch().await;
     let page = browser.new_page().await;
     page.goto(&page_url(&nginx, &app, "job1", "")).await;
@@ -176,7 +176,7 @@ async fn page_reload_mid_job_resumes_without_duplicate_or_backwards_step() {
                 .expect("redis");
             for seq in 2..=total {
                 let _: () = redis
-                    .set_ex(&key, doc(seq, total), 7200)
+                    .set_ex(&key, progress_doc(seq, total), 7200)
                     .await
                     .expect("SET");
                 tokio::time::sleep(Duration::from_millis(100)).await;
@@ -230,7 +230,7 @@ async fn client_renews_an_expired_token_through_get_token_and_resumes() {
     for transport in ["sse", "ws"] {
         let app = spawn_app().await;
         let job = format!("renew-{transport}");
-        app.set(&job, &doc(1, 6)).await;
+        app.set(&job, &progress_doc(1, 6)).await;
         let mut short = crate::app::claims("alice");
         short.exp = jobcast::auth::claims::now_secs() + 3;
         let short = crate::app::sign(&short);
@@ -239,15 +239,7 @@ async fn client_renews_an_expired_token_through_get_token_and_resumes() {
         let browser = Chromium::launch().await;
         let page = browser.new_page().await;
         // Any page of the gateway's origin will do: the test drives the module.
-        page.goto(&app.url("/healthz")).await;
-        wait_for(PAGE_TIMEOUT, "the origin page loads", || async {
-            page.eval("document.readyState")
-                .await
-                .ok()
-                .filter(|v| v == "complete")
-                .map(|_| ())
-        })
-        .await;
+        page.open(&app.url("/healthz"), PAGE_TIMEOUT).await;
         let script = format!(
             r#"(async () => {{
                 const m = await import('/static/jobcast.js');
@@ -280,7 +272,7 @@ async fn client_renews_an_expired_token_through_get_token_and_resumes() {
         )
         .await;
         for seq in 2..=6 {
-            app.set(&job, &doc(seq, 6)).await;
+            app.set(&job, &progress_doc(seq, 6)).await;
             tokio::time::sleep(STEP_INTERVAL).await;
         }
         page.wait_js(

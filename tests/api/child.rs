@@ -2,8 +2,6 @@
 //! process can show — its own memory, its own metrics registry, its log lines on
 //! stderr, and its reaction to signals.
 
-#![allow(dead_code)]
-
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
@@ -125,6 +123,14 @@ impl ChildApp {
         self.child.id().expect("running")
     }
 
+    /// Waits (bounded) until the process has exited, and returns how.
+    pub async fn exited(&mut self) -> std::process::ExitStatus {
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait())
+            .await
+            .expect("the process exits in time")
+            .expect("wait")
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }
@@ -145,17 +151,6 @@ impl ChildApp {
             .find_map(|l| l.strip_prefix("VmRSS:"))
             .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
             .unwrap_or(0)
-    }
-
-    /// One sample of a metric from `/metrics` (sum over matching label sets).
-    pub async fn metric(&self, name: &str, labels: &str) -> f64 {
-        let text = reqwest::get(self.url("/metrics"))
-            .await
-            .expect("scrape")
-            .text()
-            .await
-            .expect("body");
-        metric_value(&text, name, labels)
     }
 }
 
@@ -212,4 +207,14 @@ pub fn metric_value(text: &str, name: &str, labels: &str) -> f64 {
                 .flatten()
         })
         .sum()
+}
+
+impl crate::clients::Gateway for ChildApp {
+    fn url(&self, path: &str) -> String {
+        ChildApp::url(self, path)
+    }
+
+    fn ws_url(&self, path: &str) -> String {
+        ChildApp::ws_url(self, path)
+    }
 }

@@ -1,8 +1,7 @@
 //! Real clients for the tests: an SSE client that parses the event stream off a
-//! plain HTTP response, and a WebSocket client (tokio-tungstenite). Every read has
-//! a bound.
-
-#![allow(dead_code)]
+//! plain HTTP response, a WebSocket client (tokio-tungstenite), and
+//! [`Gateway`], the stream and `/metrics` helpers every gateway under test
+//! (in-process, child process, behind nginx) offers. Every read has a bound.
 
 use std::time::Duration;
 
@@ -10,6 +9,55 @@ use futures::{SinkExt, StreamExt};
 use reqwest::header::HeaderMap;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+/// A gateway the tests talk to: given its URLs, opens streams and scrapes
+/// `/metrics`.
+pub trait Gateway {
+    fn url(&self, path: &str) -> String;
+    fn ws_url(&self, path: &str) -> String;
+
+    /// Opens the SSE stream at `path` with this `Authorization` header value.
+    async fn sse(&self, path: &str, authorization: &str) -> Sse {
+        self.sse_with(path, &[("authorization", authorization)])
+            .await
+    }
+
+    /// Opens the SSE stream at `path` with these request headers.
+    async fn sse_with(&self, path: &str, headers: &[(&str, &str)]) -> Sse {
+        Sse::connect(&self.url(path), headers).await
+    }
+
+    /// Opens the WebSocket at `path` with this `Authorization` header value;
+    /// panics when the upgrade is refused.
+    async fn ws(&self, path: &str, authorization: &str) -> Ws {
+        self.ws_with(path, &[("authorization", authorization)])
+            .await
+            .unwrap_or_else(|(status, body)| panic!("ws {path} refused: {status} {body}"))
+    }
+
+    /// Opens the WebSocket at `path` with these request headers; `Err` carries
+    /// the status and body of a refused upgrade.
+    async fn ws_with(&self, path: &str, headers: &[(&str, &str)]) -> Result<Ws, (u16, String)> {
+        ws_connect(&self.ws_url(path), headers).await
+    }
+
+    /// The `/metrics` page. An in-process gateway shares the process-wide
+    /// recorder with every other test: assert there only on values no other
+    /// test moves, or use a `ChildApp`.
+    async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("scrape /metrics")
+            .text()
+            .await
+            .expect("/metrics body")
+    }
+
+    /// One sample of a metric (summed over matching label sets).
+    async fn metric(&self, name: &str, labels: &str) -> f64 {
+        crate::child::metric_value(&self.metrics().await, name, labels)
+    }
+}
 
 /// Default bound on waiting for one event.
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(5);

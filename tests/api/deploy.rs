@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::app::{claims, sign};
+use crate::app::{bearer, claims, sign};
 use crate::child::ChildApp;
-use crate::clients::Sse;
+use crate::clients::Gateway as _;
 use crate::support::{RedisServer, TestDb};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -184,18 +184,14 @@ async fn dashboard_and_alerts_name_only_served_metrics_and_show_every_one() {
     };
     redis.set("progress:job:m-1", &doc(1, "running")).await;
     let token = sign(&claims("alice"));
-    let auth = format!("Bearer {token}");
-    let mut s = Sse::connect(&app.url("/jobs/m-1/events"), &[("authorization", &auth)]).await;
+    let auth = bearer(&token);
+    let mut s = app.sse("/jobs/m-1/events", &auth).await;
     assert_eq!(s.status, 200);
     s.expect("connected").await;
     s.expect("progress").await;
-    let over = Sse::connect(&app.url("/jobs/m-1/events"), &[("authorization", &auth)]).await;
+    let over = app.sse("/jobs/m-1/events", &auth).await;
     assert_eq!(over.status, 429);
-    let forged = Sse::connect(
-        &app.url("/jobs/m-1/events"),
-        &[("authorization", "Bearer x.y.z")],
-    )
-    .await;
+    let forged = app.sse("/jobs/m-1/events", "Bearer x.y.z").await;
     assert_eq!(forged.status, 401);
     redis.set("progress:job:m-1", &doc(2, "running")).await;
     redis.publish("progress:job:m-1", &doc(2, "running")).await;

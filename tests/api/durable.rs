@@ -19,7 +19,7 @@ use sqlx::PgPool;
 use tokio::time::Instant;
 
 use crate::app::{Options, TestApp, spawn_app_with};
-use crate::clients::{Sse, Ws, ws_connect};
+use crate::clients::{Gateway as _, Sse, Ws};
 use crate::support::{TestDb, wait_for, wait_until};
 use pg_proxy::PgProxy;
 
@@ -38,28 +38,18 @@ async fn pool(app: &TestApp) -> PgPool {
     app.db.as_ref().expect("test has a database").pool().await
 }
 
-fn bearer(app: &TestApp, sub: &str) -> String {
-    format!("Bearer {}", app.token(sub))
-}
-
 async fn sse_watch(app: &TestApp, job: &str, auth: &str) -> Sse {
-    let mut sse = Sse::connect(
-        &app.url(&format!("/jobs/{job}/events")),
-        &[("authorization", auth)],
-    )
-    .await;
+    let mut sse = app.sse(&format!("/jobs/{job}/events"), auth).await;
     assert_eq!(sse.status, 200, "SSE stream on {job} opens");
     sse.expect("connected").await;
     sse
 }
 
 async fn ws_watch(app: &TestApp, job: &str, auth: &str) -> Ws {
-    let mut ws = ws_connect(
-        &app.ws_url(&format!("/jobs/{job}/ws")),
-        &[("authorization", auth)],
-    )
-    .await
-    .unwrap_or_else(|(status, body)| panic!("ws on {job} refused: {status} {body}"));
+    let mut ws = app
+        .ws_with(&format!("/jobs/{job}/ws"), &[("authorization", auth)])
+        .await
+        .unwrap_or_else(|(status, body)| panic!("ws on {job} refused: {status} {body}"));
     ws.expect("connected").await;
     ws
 }
@@ -134,7 +124,7 @@ async fn redis_crash_keeps_streams_open_and_pushes_from_postgres() {
     let job = "crash";
     app.set(job, r#"{"seq":1,"owner_id":"alice","stage":"start"}"#)
         .await;
-    let auth = bearer(&app, "alice");
+    let auth = app.bearer("alice");
     let mut sses = join_all((0..50).map(|_| sse_watch(&app, job, &auth))).await;
     let mut wss = join_all((0..50).map(|_| ws_watch(&app, job, &auth))).await;
     let firsts = join_all(
@@ -219,7 +209,7 @@ async fn deleted_or_expired_key_serves_the_postgres_snapshot() {
     // Arrange: two jobs watched once, so their states are written behind.
     let app = pg_app().await;
     let pool = pool(&app).await;
-    let auth = bearer(&app, "alice");
+    let auth = app.bearer("alice");
     for job in ["gone", "expired"] {
         app.set(job, r#"{"seq":7,"owner_id":"alice","stage":"kept"}"#)
             .await;
@@ -290,7 +280,7 @@ async fn job_written_only_to_postgres_streams_live() {
            VALUES ('pgonly', 'alice', 'running', '{"seq":1,"stage":"queued"}', 1)"#,
     )
     .await;
-    let auth = bearer(&app, "alice");
+    let auth = app.bearer("alice");
     let mut sse = sse_watch(&app, "pgonly", &auth).await;
     let mut ws = ws_watch(&app, "pgonly", &auth).await;
     assert_eq!(
@@ -346,7 +336,7 @@ async fn write_behind_holds_the_last_seq_after_a_burst_and_terminal_before_done(
     // Arrange: one watched job.
     let app = pg_app().await;
     let pool = pool(&app).await;
-    let auth = bearer(&app, "alice");
+    let auth = app.bearer("alice");
     let job = "burst";
     app.set(job, r#"{"seq":0,"owner_id":"alice"}"#).await;
     let mut sse = sse_watch(&app, job, &auth).await;
@@ -553,7 +543,7 @@ async fn postgres_down_mid_stream_leaves_redis_streams_and_recovers() {
     })
     .await;
     let pool = pool(&app).await; // direct, not through the proxy
-    let auth = bearer(&app, "alice");
+    let auth = app.bearer("alice");
     app.set("pgdown", r#"{"seq":1,"owner_id":"alice"}"#).await;
     let mut sse = sse_watch(&app, "pgdown", &auth).await;
     assert_eq!(
@@ -629,7 +619,7 @@ async fn junk_notifies_and_non_object_snapshots_are_ignored() {
     // Arrange: a watched job with its row.
     let app = pg_app().await;
     let pool = pool(&app).await;
-    let auth = bearer(&app, "alice");
+    let auth = app.bearer("alice");
     app.set("junk", r#"{"seq":1,"owner_id":"alice"}"#).await;
     let mut sse = sse_watch(&app, "junk", &auth).await;
     sse_progress(&mut sse, Duration::from_secs(5)).await;
@@ -738,7 +728,7 @@ async fn shutdown_writes_states_still_waiting_for_their_interval() {
     // waits out the one-second interval in the queue.
     let mut app = pg_app().await;
     let pool = pool(&app).await;
-    let auth = bearer(&app, "alice");
+    let auth = app.bearer("alice");
     app.set("flush", r#"{"seq":1,"owner_id":"alice"}"#).await;
     let mut sse = sse_watch(&app, "flush", &auth).await;
     sse_progress(&mut sse, Duration::from_secs(5)).await;
@@ -761,7 +751,7 @@ async fn documents_without_seq_are_not_echoed_back_from_postgres() {
     // Arrange: a worker that sends no seq; jobcast names its events.
     let app = pg_app().await;
     let pool = pool(&app).await;
-    let auth = bearer(&app, "alice");
+    let auth = app.bearer("alice");
     // Spacing and key order that jsonb does not keep: the row's copy differs
     // in bytes from what watchers already have.
     app.set("noseq", r#"{"p":1, "owner_id":"alice"}"#).await;

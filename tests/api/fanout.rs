@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::app::{Options, spawn_app, spawn_app_with};
-use crate::clients::{Sse, ws_connect};
+use crate::app::{Options, bearer, spawn_app, spawn_app_with};
+use crate::clients::{Gateway as _, Sse};
 use crate::support::wait_until;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,19 +17,17 @@ async fn two_hundred_watchers_cost_one_subscription_per_channel() {
     })
     .await;
     app.set("hot", r#"{"seq":1,"owner_id":"alice"}"#).await;
-    let auth = format!("Bearer {}", app.token("alice"));
+    let auth = app.bearer("alice");
 
     let mut sse = Vec::new();
     for _ in 0..150 {
-        let mut s = Sse::connect(&app.url("/jobs/hot/events"), &[("authorization", &auth)]).await;
+        let mut s = app.sse("/jobs/hot/events", &auth).await;
         s.expect("connected").await;
         sse.push(s);
     }
     let mut ws = Vec::new();
     for _ in 0..50 {
-        let mut w = ws_connect(&app.ws_url("/jobs/hot/ws"), &[("authorization", &auth)])
-            .await
-            .unwrap();
+        let mut w = app.ws("/jobs/hot/ws", &auth).await;
         w.expect("connected").await;
         ws.push(w);
     }
@@ -66,8 +64,8 @@ async fn two_hundred_watchers_cost_one_subscription_per_channel() {
 async fn set_and_publish_of_the_same_seq_deliver_once_and_lower_seq_never_follows() {
     let app = spawn_app().await;
     app.set("j", r#"{"seq":1,"owner_id":"alice"}"#).await;
-    let auth = format!("Bearer {}", app.token("alice"));
-    let mut s = Sse::connect(&app.url("/jobs/j/events"), &[("authorization", &auth)]).await;
+    let auth = app.bearer("alice");
+    let mut s = app.sse("/jobs/j/events", &auth).await;
     s.expect("connected").await;
     s.expect("progress").await;
 
@@ -124,7 +122,7 @@ async fn slow_watcher_gets_latest_state_not_backlog() {
     let fast_seen = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0));
     let mut fast = Sse::connect(
         &format!("http://127.0.0.1:{port}/jobs/slow/events"),
-        &[("authorization", &format!("Bearer {token}"))],
+        &[("authorization", &bearer(&token))],
     )
     .await;
     fast.expect("connected").await;

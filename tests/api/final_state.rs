@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::app::{Options, claims, sign, spawn_app, spawn_app_with};
+use crate::app::{Options, bearer, claims, sign, spawn_app, spawn_app_with};
 use crate::child::ChildApp;
-use crate::clients::Sse;
+use crate::clients::{Gateway as _, Sse};
 use crate::support::{RedisServer, TestDb, wait_until};
 
 fn auth_for(user: &str) -> String {
-    format!("Bearer {}", sign(&claims(user)))
+    bearer(&sign(&claims(user)))
 }
 
 /// An SSE client that sends its request and never reads: its receive buffer
@@ -71,11 +71,7 @@ async fn seq_outside_0_to_2_pow_53_is_refused_by_post_and_dropped_from_redis() {
     }
 
     app.set("big", r#"{"seq":1,"owner_id":"alice"}"#).await;
-    let mut sse = Sse::connect(
-        &app.url("/jobs/big/events"),
-        &[("authorization", &auth_for("alice"))],
-    )
-    .await;
+    let mut sse = app.sse("/jobs/big/events", &auth_for("alice")).await;
     sse.expect("connected").await;
     sse.expect("progress").await;
     app.publish("big", r#"{"seq":18446744073709551615}"#).await;
@@ -94,11 +90,7 @@ async fn seq_outside_0_to_2_pow_53_is_refused_by_post_and_dropped_from_redis() {
 async fn a_document_without_seq_does_not_make_the_next_seq_stale() {
     let app = spawn_app().await;
     app.set("mixed", r#"{"seq":1,"owner_id":"alice"}"#).await;
-    let mut sse = Sse::connect(
-        &app.url("/jobs/mixed/events"),
-        &[("authorization", &auth_for("alice"))],
-    )
-    .await;
+    let mut sse = app.sse("/jobs/mixed/events", &auth_for("alice")).await;
     sse.expect("connected").await;
     assert_eq!(sse.expect("progress").await.id.as_deref(), Some("1"));
 
@@ -120,8 +112,7 @@ async fn an_id_from_an_earlier_feed_never_hides_the_final_state() {
     app.set("reborn", r#"{"p":1,"owner_id":"alice"}"#).await;
 
     // A first watcher sees the first state, then leaves: the job's feed goes.
-    let mut first =
-        Sse::connect(&app.url("/jobs/reborn/events"), &[("authorization", &auth)]).await;
+    let mut first = app.sse("/jobs/reborn/events", &auth).await;
     first.expect("connected").await;
     let seen = first.expect("progress").await.id.expect("an id");
     drop(first);
@@ -137,11 +128,12 @@ async fn an_id_from_an_earlier_feed_never_hides_the_final_state() {
 
     // A client resuming with its old id, or with a counter-style id, still ends.
     for old in [seen.as_str(), "1", "2"] {
-        let mut again = Sse::connect(
-            &app.url("/jobs/reborn/events"),
-            &[("authorization", &auth), ("last-event-id", old)],
-        )
-        .await;
+        let mut again = app
+            .sse_with(
+                "/jobs/reborn/events",
+                &[("authorization", &auth), ("last-event-id", old)],
+            )
+            .await;
         assert_eq!(again.status, 200, "resuming with {old}");
         again.expect("connected").await;
         let end = again.expect("progress").await;
@@ -181,11 +173,7 @@ async fn a_client_that_stops_reading_is_cut_after_the_stall_bound() {
         .set("progress:job:stall", r#"{"seq":1,"owner_id":"alice"}"#)
         .await;
     let auth = auth_for("alice");
-    let mut pacer = Sse::connect(
-        &child.url("/jobs/stall/events"),
-        &[("authorization", &auth)],
-    )
-    .await;
+    let mut pacer = child.sse("/jobs/stall/events", &auth).await;
     pacer.expect("connected").await;
     pacer.expect("progress").await;
     let _frozen = unread_sse(child.port, "/jobs/stall/events", &auth).await;
@@ -243,8 +231,7 @@ async fn sigterm_writes_the_last_state_even_while_a_frozen_client_holds_the_drai
         .set("progress:job:last", r#"{"seq":1,"owner_id":"alice"}"#)
         .await;
     let auth = auth_for("alice");
-    let mut pacer =
-        Sse::connect(&child.url("/jobs/last/events"), &[("authorization", &auth)]).await;
+    let mut pacer = child.sse("/jobs/last/events", &auth).await;
     pacer.expect("connected").await;
     pacer.expect("progress").await;
     let _frozen = unread_sse(child.port, "/jobs/last/events", &auth).await;
@@ -283,7 +270,7 @@ async fn snapshots_meet_the_per_user_limit_like_streams() {
     let auth = auth_for("alice");
     let mut held = Vec::new();
     for _ in 0..2 {
-        let mut s = Sse::connect(&app.url("/jobs/snap/events"), &[("authorization", &auth)]).await;
+        let mut s = app.sse("/jobs/snap/events", &auth).await;
         s.expect("connected").await;
         held.push(s);
     }

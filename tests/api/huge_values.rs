@@ -4,9 +4,9 @@
 
 use std::time::Duration;
 
-use crate::app::{claims, sign};
+use crate::app::{bearer, claims, sign};
 use crate::child::ChildApp;
-use crate::clients::Sse;
+use crate::clients::Gateway as _;
 use crate::support::{RedisServer, wait_until};
 
 const BIG_STRING_BYTES: u64 = 200 * 1024 * 1024;
@@ -31,10 +31,10 @@ async fn huge_values_are_dropped_as_too_large_without_being_read() {
         .await
         .expect("build the wide hash");
     let app = ChildApp::spawn(&redis.url(), &[]).await;
-    let auth = format!("Bearer {}", sign(&claims("alice")));
+    let auth = bearer(&sign(&claims("alice")));
     let mut admin = claims("ops");
     admin.roles = vec!["admin".into()];
-    let admin = format!("Bearer {}", sign(&admin));
+    let admin = bearer(&sign(&admin));
 
     redis
         .set("progress:job:big", r#"{"seq":1,"owner_id":"alice"}"#)
@@ -42,10 +42,10 @@ async fn huge_values_are_dropped_as_too_large_without_being_read() {
     redis
         .set("progress:job:other", r#"{"seq":1,"owner_id":"alice"}"#)
         .await;
-    let mut big = Sse::connect(&app.url("/jobs/big/events"), &[("authorization", &auth)]).await;
+    let mut big = app.sse("/jobs/big/events", &auth).await;
     big.expect("connected").await;
     big.expect("progress").await;
-    let mut other = Sse::connect(&app.url("/jobs/other/events"), &[("authorization", &auth)]).await;
+    let mut other = app.sse("/jobs/other/events", &auth).await;
     other.expect("connected").await;
     other.expect("progress").await;
     let baseline = app.peak_rss_kib();

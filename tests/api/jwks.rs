@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use crate::app::{Options, SECRET, TestApp, spawn_app_with};
 use crate::child::ChildApp;
+use crate::clients::Gateway as _;
 use crate::support::idp::{Idp, TokenSpec};
 use crate::support::jwks_server::JwksServer;
 use crate::support::{RedisServer, wait_until};

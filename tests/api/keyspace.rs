@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use jobcast::upstream::redis_setup::missing_flags;
 
-use crate::app::{Options, claims, sign, spawn_app_with};
+use crate::app::{Options, bearer, claims, sign, spawn_app_with};
 use crate::child::ChildApp;
+use crate::clients::Gateway as _;
 use crate::support::{RedisServer, wait_until};
 
 #[tokio::test]
@@ -49,9 +50,8 @@ async fn without_config_jobcast_still_serves_channels() {
     })
     .await;
     app.set("j", r#"{"seq":1,"owner_id":"alice"}"#).await;
-    let auth = format!("Bearer {}", app.token("alice"));
-    let mut s =
-        crate::clients::Sse::connect(&app.url("/jobs/j/events"), &[("authorization", &auth)]).await;
+    let auth = app.bearer("alice");
+    let mut s = app.sse("/jobs/j/events", &auth).await;
     s.expect("connected").await;
     s.expect("progress").await;
     app.publish("j", r#"{"seq":2,"owner_id":"alice"}"#).await;
@@ -82,10 +82,8 @@ async fn notifications_turned_off_by_another_app_are_turned_back_on() {
     })
     .await;
     app.set("off", r#"{"seq":1,"owner_id":"alice"}"#).await;
-    let auth = format!("Bearer {}", app.token("alice"));
-    let mut s =
-        crate::clients::Sse::connect(&app.url("/jobs/off/events"), &[("authorization", &auth)])
-            .await;
+    let auth = app.bearer("alice");
+    let mut s = app.sse("/jobs/off/events", &auth).await;
     s.expect("connected").await;
     s.expect("progress").await;
 
@@ -131,10 +129,8 @@ async fn a_set_only_job_reaches_done_without_notifications_and_readyz_says_so() 
     redis
         .set("progress:job:quiet", r#"{"seq":1,"owner_id":"alice"}"#)
         .await;
-    let auth = format!("Bearer {}", sign(&claims("alice")));
-    let mut s =
-        crate::clients::Sse::connect(&app.url("/jobs/quiet/events"), &[("authorization", &auth)])
-            .await;
+    let auth = bearer(&sign(&claims("alice")));
+    let mut s = app.sse("/jobs/quiet/events", &auth).await;
     s.expect("connected").await;
     s.expect("progress").await;
 

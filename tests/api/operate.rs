@@ -3,9 +3,9 @@
 
 use std::time::{Duration, Instant};
 
-use crate::app::{Options, claims, sign, spawn_app_with};
+use crate::app::{Options, bearer, claims, sign, spawn_app_with};
 use crate::child::ChildApp;
-use crate::clients::{Sse, ws_connect};
+use crate::clients::Gateway as _;
 use crate::support::{RedisServer, wait_until};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -15,25 +15,18 @@ async fn metrics_move_as_a_scripted_scenario_plays() {
     redis
         .set("progress:job:m", r#"{"seq":1,"owner_id":"alice"}"#)
         .await;
-    let auth = format!("Bearer {}", sign(&claims("alice")));
+    let auth = bearer(&sign(&claims("alice")));
 
-    let before = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let before = app.metrics().await;
     assert!(
         before.contains("jobcast_redis_up"),
         "metrics are exposed before any traffic"
     );
 
-    let mut sse = Sse::connect(&app.url("/jobs/m/events"), &[("authorization", &auth)]).await;
+    let mut sse = app.sse("/jobs/m/events", &auth).await;
     sse.expect("connected").await;
     sse.expect("progress").await;
-    let mut ws = ws_connect(&app.ws_url("/jobs/m/ws"), &[("authorization", &auth)])
-        .await
-        .unwrap();
+    let mut ws = app.ws("/jobs/m/ws", &auth).await;
     ws.expect("connected").await;
     ws.expect("progress").await;
     assert_eq!(
@@ -71,12 +64,7 @@ async fn metrics_move_as_a_scripted_scenario_plays() {
         .unwrap();
     assert_eq!(bad.status(), 401);
 
-    let text = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     let m = |name: &str, labels: &str| crate::child::metric_value(&text, name, labels);
     assert_eq!(
         m("jobcast_events_delivered_total", r#"transport="sse""#),
@@ -121,7 +109,7 @@ async fn metrics_move_as_a_scripted_scenario_plays() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_logs_parse_and_never_hold_a_token() {
     let redis = RedisServer::start().await;
-    let app = ChildApp::spawn(
+    let mut app = ChildApp::spawn(
         &redis.url(),
         &[
             ("JOBCAST_LOG_FORMAT", "json".into()),
@@ -157,7 +145,10 @@ async fn json_logs_parse_and_never_hold_a_token() {
         .await
         .unwrap();
 
+    // Every line is in the log once the process has exited.
     app.signal(libc::SIGTERM);
+    let status = app.exited().await;
+    assert!(status.success(), "clean exit, got {status:?}");
     let log = app.log();
     assert!(log.lines().count() > 5, "trace logging wrote lines: {log}");
     for line in log.lines() {
@@ -188,23 +179,18 @@ async fn connection_limits_answer_429_and_recover_below_them() {
     app.set("j", r#"{"seq":1,"owner_id":"alice"}"#).await;
     let mut c = claims("bob");
     c.jobs = vec!["j".into()];
-    let (alice, bob) = (
-        format!("Bearer {}", app.token("alice")),
-        format!("Bearer {}", sign(&c)),
-    );
+    let (alice, bob) = (app.bearer("alice"), bearer(&sign(&c)));
     let mut carol_c = claims("carol");
     carol_c.jobs = vec!["*".into()];
-    let carol = format!("Bearer {}", sign(&carol_c));
+    let carol = bearer(&sign(&carol_c));
 
-    let mut a1 = Sse::connect(&app.url("/jobs/j/events"), &[("authorization", &alice)]).await;
+    let mut a1 = app.sse("/jobs/j/events", &alice).await;
     a1.expect("connected").await;
-    let mut a2 = ws_connect(&app.ws_url("/jobs/j/ws"), &[("authorization", &alice)])
-        .await
-        .unwrap();
+    let mut a2 = app.ws("/jobs/j/ws", &alice).await;
     a2.expect("connected").await;
-    let a3 = Sse::connect(&app.url("/jobs/j/events"), &[("authorization", &alice)]).await;
+    let a3 = app.sse("/jobs/j/events", &alice).await;
     assert_eq!(a3.status, 429, "per-user limit");
-    let mut b1 = Sse::connect(&app.url("/jobs/j/events"), &[("authorization", &bob)]).await;
+    let mut b1 = app.sse("/jobs/j/events", &bob).await;
     b1.expect("connected").await;
     let res = reqwest::Client::new()
         .get(app.url("/jobs/j/events"))
@@ -218,7 +204,8 @@ async fn connection_limits_answer_429_and_recover_below_them() {
         "too_many_connections"
     );
     assert!(matches!(
-        ws_connect(&app.ws_url("/jobs/j/ws"), &[("authorization", &carol)]).await,
+        app.ws_with("/jobs/j/ws", &[("authorization", &carol)])
+            .await,
         Err((429, _))
     ));
 
@@ -227,7 +214,7 @@ async fn connection_limits_answer_429_and_recover_below_them() {
         Duration::from_secs(10),
         "a freed slot is usable again",
         || async {
-            let s = Sse::connect(&app.url("/jobs/j/events"), &[("authorization", &carol)]).await;
+            let s = app.sse("/jobs/j/events", &carol).await;
             s.status == 200
         },
     )
@@ -250,17 +237,15 @@ async fn sigterm_drains_a_hundred_streams_politely_in_time_and_persists_the_last
     redis
         .set("progress:job:d", r#"{"seq":1,"owner_id":"alice"}"#)
         .await;
-    let auth = format!("Bearer {}", sign(&claims("alice")));
+    let auth = bearer(&sign(&claims("alice")));
     let mut sses = Vec::new();
     let mut wss = Vec::new();
     for _ in 0..50 {
-        let mut s = Sse::connect(&app.url("/jobs/d/events"), &[("authorization", &auth)]).await;
+        let mut s = app.sse("/jobs/d/events", &auth).await;
         s.expect("connected").await;
         s.expect("progress").await;
         sses.push(s);
-        let mut w = ws_connect(&app.ws_url("/jobs/d/ws"), &[("authorization", &auth)])
-            .await
-            .unwrap();
+        let mut w = app.ws("/jobs/d/ws", &auth).await;
         w.expect("connected").await;
         w.expect("progress").await;
         wss.push(w);

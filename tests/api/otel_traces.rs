@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use crate::app::{claims, sign};
+use crate::app::{bearer, claims, sign};
 use crate::child::ChildApp;
-use crate::clients::Sse;
+use crate::clients::Gateway as _;
 use crate::support::otlp_receiver::attribute;
 use crate::support::{OtlpReceiver, RedisServer, wait_for};
 
@@ -46,8 +46,8 @@ async fn a_stream_and_its_updates_are_traced_and_join_the_workers_trace() {
     redis
         .set("progress:job:t", r#"{"seq":1,"owner_id":"alice"}"#)
         .await;
-    let auth = format!("Bearer {}", sign(&claims("alice")));
-    let mut sse = Sse::connect(&app.url("/jobs/t/events"), &[("authorization", &auth)]).await;
+    let auth = bearer(&sign(&claims("alice")));
+    let mut sse = app.sse("/jobs/t/events", &auth).await;
     sse.expect("connected").await;
     sse.expect("progress").await;
     let traceparent = format!("00-{TRACE_ID}-{WORKER_SPAN_ID}-01");

@@ -31,7 +31,13 @@ async fn long_poll_answers_at_once_waits_and_times_out() {
         );
         tokio::spawn(async move { client.get(url).bearer_auth(token).send().await.unwrap() })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The waiting poll is parked once the gateway listens on the job's channel.
+    wait_until(
+        Duration::from_secs(5),
+        "the poll listens for news",
+        || async { app.numsub(&app.key("j")).await >= 1 },
+    )
+    .await;
     assert!(!waiting.is_finished(), "nothing new yet: the poll waits");
     app.set("j", r#"{"seq":6,"owner_id":"alice"}"#).await;
     let res = tokio::time::timeout(Duration::from_secs(5), waiting)

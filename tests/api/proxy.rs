@@ -16,8 +16,8 @@ use tokio::net::TcpListener;
 use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
-use crate::app::{Options, TestApp, spawn_app, spawn_app_with};
-use crate::clients::{Sse, Ws, ws_connect};
+use crate::app::{Options, TestApp, doc, spawn_app, spawn_app_with};
+use crate::clients::{Gateway as _, Sse, Ws};
 use crate::support::Nginx;
 
 /// Events per latency run, and the pause between two writes.
@@ -30,12 +30,6 @@ const MAX_LATENCY: Duration = Duration::from_millis(100);
 const READ_TIMEOUT: &str = "2s";
 const IDLE: Duration = Duration::from_secs(6);
 
-fn doc(seq: i64) -> String {
-    format!(
-        r#"{{"seq":{seq},"owner_id":"alice","status":"running","stage":"solving","overall_progress":{seq}}}"#
-    )
-}
-
 /// A gateway whose SSE and WS heartbeats come every `heartbeat_secs`.
 async fn app_with_heartbeat(heartbeat_secs: u64) -> TestApp {
     spawn_app_with(Options {
@@ -45,27 +39,50 @@ async fn app_with_heartbeat(heartbeat_secs: u64) -> TestApp {
     .await
 }
 
+/// A gateway with `heartbeat_secs`, job `job1` at seq 1, behind a strict
+/// nginx with the short read timeout.
+async fn behind_strict_nginx(heartbeat_secs: u64) -> (TestApp, Nginx) {
+    let app = app_with_heartbeat(heartbeat_secs).await;
+    app.set("job1", &doc(1, "running")).await;
+    let nginx = Nginx::strict(app.addr.port())
+        .read_timeout(READ_TIMEOUT)
+        .start()
+        .await;
+    (app, nginx)
+}
+
+/// [`behind_strict_nginx`], with an SSE stream through it past its first state.
+async fn idle_sse_through_strict_nginx(heartbeat_secs: u64) -> (TestApp, Nginx, Sse) {
+    let (app, nginx) = behind_strict_nginx(heartbeat_secs).await;
+    let mut s = sse_through(&nginx, &app, "job1").await;
+    assert_eq!(s.expect("connected").await.json()["job_id"], "job1");
+    assert_eq!(s.expect("progress").await.id.as_deref(), Some("1"));
+    (app, nginx, s)
+}
+
 async fn sse_through(nginx: &Nginx, app: &TestApp, job: &str) -> Sse {
-    let bearer = format!("Bearer {}", app.token("alice"));
-    Sse::connect(
-        &nginx.url(&format!("/jobs/{job}/events")),
-        &[
-            ("authorization", bearer.as_str()),
-            // What every browser sends: the proxy would gzip if it could.
-            ("accept-encoding", "gzip"),
-        ],
-    )
-    .await
+    let bearer = app.bearer("alice");
+    nginx
+        .sse_with(
+            &format!("/jobs/{job}/events"),
+            &[
+                ("authorization", bearer.as_str()),
+                // What every browser sends: the proxy would gzip if it could.
+                ("accept-encoding", "gzip"),
+            ],
+        )
+        .await
 }
 
 async fn ws_through(nginx: &Nginx, app: &TestApp, job: &str) -> Ws {
     let proto = format!("jobcast.v1, jobcast.bearer.{}", app.token("alice"));
-    ws_connect(
-        &nginx.ws_url(&format!("/jobs/{job}/ws")),
-        &[("sec-websocket-protocol", &proto)],
-    )
-    .await
-    .unwrap_or_else(|(status, body)| panic!("ws upgrade through nginx: {status} {body}"))
+    nginx
+        .ws_with(
+            &format!("/jobs/{job}/ws"),
+            &[("sec-websocket-protocol", &proto)],
+        )
+        .await
+        .unwrap_or_else(|(status, body)| panic!("ws upgrade through nginx: {status} {body}"))
 }
 
 /// A client under measurement: it must hand over the event `seq` next.
@@ -95,7 +112,10 @@ async fn measure_latencies(app: &TestApp, job: &str, mut client: Client<'_>) -> 
     let mut latencies = Vec::new();
     for seq in 2..2 + EVENTS {
         let written = Instant::now();
-        let _: () = redis.set_ex(&key, doc(seq), 7200).await.expect("SET");
+        let _: () = redis
+            .set_ex(&key, doc(seq, "running"), 7200)
+            .await
+            .expect("SET");
         client.expect_progress(seq).await;
         latencies.push(written.elapsed());
         // Pacing, not synchronisation: the writes are meant to be spaced out.
@@ -117,7 +137,7 @@ fn assert_all_within(latencies: &[Duration], bound: Duration, what: &str) {
 #[tokio::test]
 async fn sse_events_cross_strict_nginx_uncompressed_within_100ms_each() {
     let app = spawn_app().await;
-    app.set("job1", &doc(1)).await;
+    app.set("job1", &doc(1, "running")).await;
     let nginx = Nginx::strict(app.addr.port()).start().await;
 
     let mut s = sse_through(&nginx, &app, "job1").await;
@@ -143,7 +163,7 @@ async fn sse_events_cross_strict_nginx_uncompressed_within_100ms_each() {
 #[tokio::test]
 async fn ws_frames_cross_strict_nginx_within_100ms_each() {
     let app = spawn_app().await;
-    app.set("job1", &doc(1)).await;
+    app.set("job1", &doc(1, "running")).await;
     let nginx = Nginx::strict(app.addr.port()).start().await;
 
     let mut ws = ws_through(&nginx, &app, "job1").await;
@@ -163,15 +183,7 @@ async fn ws_frames_cross_strict_nginx_within_100ms_each() {
 
 #[tokio::test]
 async fn sse_stream_idle_for_three_read_timeouts_stays_open_on_heartbeats() {
-    let app = app_with_heartbeat(1).await;
-    app.set("job1", &doc(1)).await;
-    let nginx = Nginx::strict(app.addr.port())
-        .read_timeout(READ_TIMEOUT)
-        .start()
-        .await;
-    let mut s = sse_through(&nginx, &app, "job1").await;
-    assert_eq!(s.expect("connected").await.json()["job_id"], "job1");
-    assert_eq!(s.expect("progress").await.id.as_deref(), Some("1"));
+    let (app, nginx, mut s) = idle_sse_through_strict_nginx(1).await;
 
     // Nothing but heartbeats for three read timeouts. Each read is bounded by
     // one read timeout: a ping must come at least that often.
@@ -194,7 +206,7 @@ async fn sse_stream_idle_for_three_read_timeouts_stays_open_on_heartbeats() {
     );
 
     let written = Instant::now();
-    app.publish("job1", &doc(2)).await;
+    app.publish("job1", &doc(2, "running")).await;
     assert_eq!(s.expect("progress").await.id.as_deref(), Some("2"));
     let latency = written.elapsed();
     eprintln!("SSE after {IDLE:?} idle: {pings} pings, next event in {latency:?}");
@@ -203,12 +215,7 @@ async fn sse_stream_idle_for_three_read_timeouts_stays_open_on_heartbeats() {
 
 #[tokio::test]
 async fn ws_idle_for_three_read_timeouts_stays_open_on_pings() {
-    let app = app_with_heartbeat(1).await;
-    app.set("job1", &doc(1)).await;
-    let nginx = Nginx::strict(app.addr.port())
-        .read_timeout(READ_TIMEOUT)
-        .start()
-        .await;
+    let (app, nginx) = behind_strict_nginx(1).await;
     let mut ws = ws_through(&nginx, &app, "job1").await;
     assert_eq!(ws.expect("connected").await["job_id"], "job1");
     assert_eq!(ws.expect("progress").await["id"], "1");
@@ -236,7 +243,7 @@ async fn ws_idle_for_three_read_timeouts_stays_open_on_pings() {
     );
 
     let written = Instant::now();
-    app.publish("job1", &doc(2)).await;
+    app.publish("job1", &doc(2, "running")).await;
     assert_eq!(ws.expect("progress").await["id"], "2");
     let latency = written.elapsed();
     eprintln!("WS after {IDLE:?} idle: {pings} pings, next frame in {latency:?}");
@@ -247,15 +254,7 @@ async fn ws_idle_for_three_read_timeouts_stays_open_on_pings() {
 /// the same idle stream after one read timeout.
 #[tokio::test]
 async fn strict_nginx_cuts_an_sse_stream_without_heartbeats() {
-    let app = app_with_heartbeat(60).await;
-    app.set("job1", &doc(1)).await;
-    let nginx = Nginx::strict(app.addr.port())
-        .read_timeout(READ_TIMEOUT)
-        .start()
-        .await;
-    let mut s = sse_through(&nginx, &app, "job1").await;
-    assert_eq!(s.expect("connected").await.json()["job_id"], "job1");
-    assert_eq!(s.expect("progress").await.id.as_deref(), Some("1"));
+    let (_app, _nginx, mut s) = idle_sse_through_strict_nginx(60).await;
 
     let idle_start = Instant::now();
     let end = s.next_within(Duration::from_secs(5)).await;

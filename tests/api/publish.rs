@@ -13,8 +13,8 @@ use redis::AsyncCommands;
 use serde_json::Value;
 use tokio::process::Command;
 
-use crate::app::{Options, SECRET, TestApp, claims, sign, spawn_app, spawn_app_with};
-use crate::clients::Sse;
+use crate::app::{Options, SECRET, TestApp, bearer, claims, sign, spawn_app, spawn_app_with};
+use crate::clients::Gateway as _;
 use crate::support::{RedisServer, wait_until};
 
 const STAGES: &[(&str, f64)] = &[("loading", 10.0), ("solving", 80.0), ("exporting", 10.0)];
@@ -31,10 +31,6 @@ fn publisher(redis: &RedisServer) -> Publisher {
 async fn get_doc(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> Option<Value> {
     let raw: Option<String> = conn.get(key).await.expect("GET");
     raw.map(|s| serde_json::from_str(&s).expect("the key holds JSON"))
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
 }
 
 // ---------------------------------------------------------------- tracker
@@ -146,11 +142,7 @@ async fn a_watcher_sees_a_tracker_job_from_first_stage_to_done() {
     t.start_stage("loading").await.unwrap();
 
     let token = app.token("alice");
-    let mut s = Sse::connect(
-        &app.url("/jobs/tracked-1/events"),
-        &[("authorization", &bearer(&token))],
-    )
-    .await;
+    let mut s = app.sse("/jobs/tracked-1/events", &bearer(&token)).await;
     assert_eq!(s.status, 200);
     s.expect("connected").await;
     let first = s.expect("progress").await.json();
@@ -231,11 +223,7 @@ async fn post_is_seen_by_a_watcher() {
     let app = small_limit_app().await;
     let token = publisher_token("svc");
     app.set("posted-2", r#"{"seq":1,"owner_id":"alice"}"#).await;
-    let mut s = Sse::connect(
-        &app.url("/jobs/posted-2/events"),
-        &[("authorization", &bearer(&app.token("alice")))],
-    )
-    .await;
+    let mut s = app.sse("/jobs/posted-2/events", &app.bearer("alice")).await;
     s.expect("connected").await;
     s.expect("progress").await;
 
@@ -278,9 +266,7 @@ async fn post_refuses_bad_requests_with_400() {
         assert_eq!(err["error"], "bad_request", "{why}");
         assert!(err["message"].is_string(), "{why}");
     }
-    let mut conn = app.redis().await;
-    let exists: bool = conn.exists(app.key("ok-1")).await.unwrap();
-    assert!(!exists, "nothing was written");
+    assert!(!app.exists("ok-1").await, "nothing was written");
 }
 
 #[tokio::test]
@@ -451,11 +437,7 @@ async fn cli_token_then_publish_reaches_a_watcher() {
     assert!(out.contains("progress:job:cli-1"), "{out}");
 
     // The CLI's token opens the stream (it names the job) and sees the CLI's writes.
-    let mut s = Sse::connect(
-        &app.url("/jobs/cli-1/events"),
-        &[("authorization", &bearer(&watcher))],
-    )
-    .await;
+    let mut s = app.sse("/jobs/cli-1/events", &bearer(&watcher)).await;
     assert_eq!(s.status, 200);
     s.expect("connected").await;
     assert_eq!(s.expect("progress").await.json()["overall_progress"], 10);
@@ -515,9 +497,7 @@ async fn cli_publish_refuses_what_the_gateway_would_drop() {
         assert!(!out.status.success(), "{job} {doc}");
         assert!(!out.stderr.is_empty());
     }
-    let mut conn = app.redis().await;
-    let exists: bool = conn.exists(app.key("ok")).await.unwrap();
-    assert!(!exists);
+    assert!(!app.exists("ok").await, "nothing was written");
 }
 
 #[tokio::test]
@@ -576,11 +556,9 @@ async fn watch_example_to_completion(mut cmd: Command, app: &TestApp, job: &str)
         },
     )
     .await;
-    let mut s = Sse::connect(
-        &app.url(&format!("/jobs/{job}/events")),
-        &[("authorization", &bearer(&app.token("alice")))],
-    )
-    .await;
+    let mut s = app
+        .sse(&format!("/jobs/{job}/events"), &bearer(&app.token("alice")))
+        .await;
     assert_eq!(s.status, 200);
     s.expect("connected").await;
 
@@ -650,13 +628,11 @@ async fn python_example_reports_a_job_to_completion() {
 async fn node_example_reports_a_job_to_completion() {
     let ioredis = format!("{REPO}/examples/node/node_modules/ioredis");
     let node = std::process::Command::new("node").arg("--version").output();
-    if !matches!(node, Ok(ref o) if o.status.success()) || !std::path::Path::new(&ioredis).exists()
-    {
-        eprintln!(
-            "skipped: needs node and ioredis (npm install --prefix examples/node --no-audit --no-fund)"
-        );
-        return;
-    }
+    assert!(
+        matches!(node, Ok(ref o) if o.status.success()) && std::path::Path::new(&ioredis).exists(),
+        "this test needs node and ioredis: scripts/test.sh installs both \
+         (npm install --prefix examples/node --no-audit --no-fund)"
+    );
     let app = spawn_app().await;
     let mut cmd = Command::new("node");
     cmd.arg(format!("{REPO}/examples/node/publish_progress.mjs"))

@@ -21,7 +21,7 @@ use tokio::process::{Child, ChildStdout, Command};
 
 use crate::app::{Options, SECRET, TestApp, spawn_app, spawn_app_with};
 use crate::child::ChildApp;
-use crate::clients::Sse;
+use crate::clients::{Gateway as _, Sse};
 use crate::support::{RedisServer, free_port};
 
 const REPO: &str = env!("CARGO_MANIFEST_DIR");
@@ -201,11 +201,9 @@ async fn same_documents_as_rust(ending: &str) {
         let s = match &mut sse {
             Some(s) => s,
             None => {
-                let mut s = Sse::connect(
-                    &app.url(&format!("/jobs/{py_job}/events")),
-                    &[("authorization", &format!("Bearer {}", app.token("alice")))],
-                )
-                .await;
+                let mut s = app
+                    .sse(&format!("/jobs/{py_job}/events"), &app.bearer("alice"))
+                    .await;
                 assert_eq!(s.status, 200);
                 s.expect("connected").await;
                 sse.insert(s)
@@ -242,11 +240,16 @@ async fn same_documents_as_rust(ending: &str) {
     };
     assert_eq!(done["status"], want_status);
     drop(stdin);
+    exits_cleanly(&mut child, "driver exits").await;
+}
+
+/// Waits (bounded) for `child` to exit, and asserts it exited 0.
+async fn exits_cleanly(child: &mut tokio::process::Child, what: &str) {
     let status = tokio::time::timeout(LINE_TIMEOUT, child.wait())
         .await
-        .expect("driver exits")
-        .unwrap();
-    assert!(status.success());
+        .unwrap_or_else(|_| panic!("{what}: no exit within {LINE_TIMEOUT:?}"))
+        .expect("wait");
+    assert!(status.success(), "{what}: {status:?}");
 }
 
 #[tokio::test]
@@ -305,11 +308,9 @@ async fn python_tracker_group_adds_the_job_to_the_group_set_with_the_ttl() {
 // ---------------------------------------------------------------- asyncio, context managers
 
 async fn watch_to_done(app: &TestApp, job: &str) -> Vec<Value> {
-    let mut s = Sse::connect(
-        &app.url(&format!("/jobs/{job}/events")),
-        &[("authorization", &format!("Bearer {}", app.token("alice")))],
-    )
-    .await;
+    let mut s = app
+        .sse(&format!("/jobs/{job}/events"), &app.bearer("alice"))
+        .await;
     assert_eq!(s.status, 200, "{job}");
     s.expect("connected").await;
     let mut docs = Vec::new();
@@ -489,11 +490,7 @@ async fn python_watch_resumes_after_the_gateway_restarts() {
     write(&redis, "restart-1", 4, "completed").await;
     expect_seq(&mut lines, 4).await;
     assert_eq!(next_line(&mut lines, "END after done").await, "END");
-    let status = tokio::time::timeout(LINE_TIMEOUT, child.wait())
-        .await
-        .expect("watch() returned at done")
-        .unwrap();
-    assert!(status.success());
+    exits_cleanly(&mut child, "watch() returned at done").await;
 }
 
 #[tokio::test]
@@ -577,14 +574,15 @@ async fn fastapi_and_celery_examples_create_a_job_whose_token_watches_it_to_done
 
     // The token the endpoint handed out watches the job the task ran.
     for token in [&result["job"]["token"], &result["renewed"]] {
-        let mut s = Sse::connect(
-            &app.url(&format!("/jobs/{job}/events")),
-            &[(
-                "authorization",
-                &format!("Bearer {}", token.as_str().unwrap()),
-            )],
-        )
-        .await;
+        let mut s = app
+            .sse_with(
+                &format!("/jobs/{job}/events"),
+                &[(
+                    "authorization",
+                    &format!("Bearer {}", token.as_str().unwrap()),
+                )],
+            )
+            .await;
         assert_eq!(s.status, 200);
         s.expect("connected").await;
         let last = s.expect("progress").await.json();
@@ -625,9 +623,5 @@ async fn python_watch_renews_an_expired_token_through_its_callable() {
     write(&app.redis, "renew-1", 2, "completed").await;
     expect_seq(&mut lines, 2).await;
     assert_eq!(next_line(&mut lines, "END after done").await, "END");
-    let status = tokio::time::timeout(LINE_TIMEOUT, child.wait())
-        .await
-        .expect("watch() returned at done")
-        .unwrap();
-    assert!(status.success());
+    exits_cleanly(&mut child, "watch() returned at done").await;
 }

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use crate::app::{Options, TestApp, claims, sign, spawn_app_with};
-use crate::clients::Sse;
+use crate::app::{Options, TestApp, bearer, claims, sign, spawn_app_with};
+use crate::clients::Gateway as _;
 use crate::support::wait_until;
 
 async fn acl(app: &TestApp, args: &[&str]) {
@@ -48,8 +48,8 @@ async fn a_refused_state_read_is_retried_until_the_watcher_gets_done() {
         r#"{"seq":1,"owner_id":"alice","status":"running"}"#,
     )
     .await;
-    let auth = format!("Bearer {}", app.token("alice"));
-    let mut sse = Sse::connect(&app.url("/jobs/retry/events"), &[("authorization", &auth)]).await;
+    let auth = app.bearer("alice");
+    let mut sse = app.sse("/jobs/retry/events", &auth).await;
     sse.expect("connected").await;
     assert_eq!(sse.expect("progress").await.id.as_deref(), Some("1"));
 
@@ -88,8 +88,8 @@ async fn a_state_read_that_times_out_on_a_paused_redis_is_retried() {
     })
     .await;
     app.set("paused", r#"{"seq":1,"owner_id":"alice"}"#).await;
-    let auth = format!("Bearer {}", app.token("alice"));
-    let mut sse = Sse::connect(&app.url("/jobs/paused/events"), &[("authorization", &auth)]).await;
+    let auth = app.bearer("alice");
+    let mut sse = app.sse("/jobs/paused/events", &auth).await;
     sse.expect("connected").await;
     sse.expect("progress").await;
 
@@ -149,16 +149,12 @@ async fn after_a_reconnect_watched_jobs_are_re_read_a_few_at_a_time() {
     .await;
     let mut admin = claims("ops");
     admin.roles = vec!["admin".into()];
-    let auth = format!("Bearer {}", sign(&admin));
+    let auth = bearer(&sign(&admin));
     let mut watchers = Vec::with_capacity(JOBS);
     for i in 0..JOBS {
         let job = format!("many-{i}");
         app.set(&job, r#"{"seq":1,"owner_id":"alice"}"#).await;
-        let mut sse = Sse::connect(
-            &app.url(&format!("/jobs/{job}/events")),
-            &[("authorization", &auth)],
-        )
-        .await;
+        let mut sse = app.sse(&format!("/jobs/{job}/events"), &auth).await;
         sse.expect("connected").await;
         sse.expect("progress").await;
         watchers.push(sse);

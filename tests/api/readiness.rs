@@ -7,9 +7,9 @@ use std::time::{Duration, Instant};
 
 use tokio::net::TcpStream;
 
-use crate::app::{claims, sign, spawn_app};
+use crate::app::{bearer, claims, sign, spawn_app};
 use crate::child::ChildApp;
-use crate::clients::Sse;
+use crate::clients::Gateway as _;
 use crate::support::{RedisServer, free_port, wait_until};
 
 /// `calls` of `cmdstat_ping` from `INFO commandstats` (0 before the first PING).
@@ -62,8 +62,8 @@ async fn idle_sockets_cannot_take_the_descriptors_a_redis_reconnect_needs() {
     redis
         .set("progress:job:fd", r#"{"seq":1,"owner_id":"alice"}"#)
         .await;
-    let auth = format!("Bearer {}", sign(&claims("alice")));
-    let mut sse = Sse::connect(&app.url("/jobs/fd/events"), &[("authorization", &auth)]).await;
+    let auth = bearer(&sign(&claims("alice")));
+    let mut sse = app.sse("/jobs/fd/events", &auth).await;
     sse.expect("connected").await;
     sse.expect("progress").await;
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::app::{Options, spawn_app_with};
 use crate::child::ChildApp;
-use crate::clients::Sse;
+use crate::clients::Gateway as _;
 use crate::support::{RedisServer, wait_until};
 
 async fn acl_setuser(redis: &RedisServer, rules: &[&str]) {
@@ -89,15 +89,15 @@ async fn a_refused_subscribe_of_one_job_leaves_the_others_streaming_and_is_retri
         ..Default::default()
     })
     .await;
-    let auth = format!("Bearer {}", app.token("alice"));
+    let auth = app.bearer("alice");
     app.set("ok-1", r#"{"seq":1,"owner_id":"alice"}"#).await;
     app.set("no-1", r#"{"seq":1,"owner_id":"alice"}"#).await;
-    let mut ok = Sse::connect(&app.url("/jobs/ok-1/events"), &[("authorization", &auth)]).await;
+    let mut ok = app.sse("/jobs/ok-1/events", &auth).await;
     ok.expect("connected").await;
     ok.expect("progress").await;
 
     // The refused job still gets its state (read through the pool).
-    let mut no = Sse::connect(&app.url("/jobs/no-1/events"), &[("authorization", &auth)]).await;
+    let mut no = app.sse("/jobs/no-1/events", &auth).await;
     no.expect("connected").await;
     no.expect("progress").await;
 

@@ -5,12 +5,11 @@
 
 use std::time::Duration;
 
-use redis::AsyncCommands;
 use serde_json::Value;
 
-use crate::app::{Options, SECRET, TestApp, claims, sign, spawn_app, spawn_app_with};
+use crate::app::{Options, SECRET, TestApp, bearer, claims, sign, spawn_app, spawn_app_with};
 use crate::child::ChildApp;
-use crate::clients::{EVENT_TIMEOUT, Sse, ws_connect};
+use crate::clients::{EVENT_TIMEOUT, Gateway as _};
 use crate::support::{RedisServer, TestDb, wait_until};
 
 /// Bound on a `jobcast` process that is expected to exit by itself.
@@ -40,13 +39,7 @@ async fn post_with(
 }
 
 async fn post(app: &TestApp, job: &str, token: &str, body: &str) -> (u16, Value) {
-    post_with(
-        app,
-        job,
-        &[("authorization", format!("Bearer {token}"))],
-        body,
-    )
-    .await
+    post_with(app, job, &[("authorization", bearer(token))], body).await
 }
 
 /// A P-256 public key (any will do: only start-up is tested with it).
@@ -110,9 +103,7 @@ async fn a_publisher_token_publishes_only_to_the_jobs_it_names() {
     let (status, _) = post(&app, "any-job", &publisher(&["*"]), doc).await;
     assert_eq!(status, 201, "`*` is every job");
 
-    let mut conn = app.redis().await;
-    let exists: bool = conn.exists(app.key("other")).await.unwrap();
-    assert!(!exists, "a refused POST writes nothing");
+    assert!(!app.exists("other").await, "a refused POST writes nothing");
 }
 
 #[tokio::test]
@@ -139,9 +130,7 @@ async fn post_takes_its_token_from_the_authorization_header_only() {
             .contains("Authorization")
     );
 
-    let mut conn = app.redis().await;
-    let exists: bool = conn.exists(app.key("csrf")).await.unwrap();
-    assert!(!exists, "nothing was published");
+    assert!(!app.exists("csrf").await, "nothing was published");
     let (status, _) = post(&app, "csrf", &token, doc).await;
     assert_eq!(status, 201, "the same token in the header works");
 }
@@ -208,11 +197,7 @@ async fn a_redis_document_naming_another_owner_is_dropped_and_counted() {
         .set("progress:job:steal", r#"{"seq":1,"owner_id":"alice"}"#)
         .await;
     let alice = sign(&claims("alice"));
-    let mut sse = Sse::connect(
-        &child.url("/jobs/steal/events"),
-        &[("authorization", &format!("Bearer {alice}"))],
-    )
-    .await;
+    let mut sse = child.sse("/jobs/steal/events", &bearer(&alice)).await;
     sse.expect("connected").await;
     assert_eq!(sse.expect("progress").await.id.as_deref(), Some("1"));
 
@@ -279,11 +264,7 @@ async fn the_postgres_row_fixes_the_owner_and_write_behind_never_rewrites_it() {
     assert_eq!(res.status().as_u16(), 403, "the row's owner decides");
 
     let alice = app.token("alice");
-    let mut sse = Sse::connect(
-        &app.url("/jobs/rowed/events"),
-        &[("authorization", &format!("Bearer {alice}"))],
-    )
-    .await;
+    let mut sse = app.sse("/jobs/rowed/events", &bearer(&alice)).await;
     sse.expect("connected").await;
     assert_eq!(
         sse.expect("progress").await.id.as_deref(),
@@ -358,11 +339,7 @@ async fn a_caller_the_known_owner_rules_out_costs_no_subscription_or_read() {
     let app = spawn_app().await;
     app.set("known", r#"{"seq":1,"owner_id":"alice"}"#).await;
     // Alice's stream fixes the owner; when she leaves, the gateway remembers it.
-    let mut sse = Sse::connect(
-        &app.url("/jobs/known/events"),
-        &[("authorization", &format!("Bearer {}", app.token("alice")))],
-    )
-    .await;
+    let mut sse = app.sse("/jobs/known/events", &app.bearer("alice")).await;
     sse.expect("connected").await;
     sse.expect("progress").await;
     drop(sse);
@@ -449,18 +426,17 @@ async fn a_cookie_websocket_from_another_port_of_the_same_host_is_refused() {
     let other_port = format!("http://127.0.0.1:{}", app.addr.port() + 1);
     let own = format!("http://127.0.0.1:{}", app.addr.port());
 
-    let refused = ws_connect(
-        &app.ws_url("/jobs/wsj/ws"),
-        &[("cookie", &cookie), ("origin", &other_port)],
-    )
-    .await;
+    let refused = app
+        .ws_with(
+            "/jobs/wsj/ws",
+            &[("cookie", &cookie), ("origin", &other_port)],
+        )
+        .await;
     assert_eq!(refused.err().map(|(s, _)| s), Some(403));
-    let mut ws = ws_connect(
-        &app.ws_url("/jobs/wsj/ws"),
-        &[("cookie", &cookie), ("origin", &own)],
-    )
-    .await
-    .expect("own origin");
+    let mut ws = app
+        .ws_with("/jobs/wsj/ws", &[("cookie", &cookie), ("origin", &own)])
+        .await
+        .expect("own origin");
     ws.expect("connected").await;
 }
 

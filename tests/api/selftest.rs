@@ -13,7 +13,7 @@ use serde_json::Value;
 use tokio::time::Instant;
 
 use crate::app::spawn_app;
-use crate::clients::{Sse, ws_connect};
+use crate::clients::Gateway as _;
 use crate::support::chromium::artifact_path;
 use crate::support::nginx::{STRIP_ACCEL_BUFFERING, STRIP_CONTENT_ENCODING};
 use crate::support::{Chromium, Nginx};
@@ -25,7 +25,7 @@ const VERDICT_TIMEOUT: Duration = Duration::from_secs(30);
 async fn selftest_stream_sends_ten_padded_ticks_with_stream_headers_then_a_verdict() {
     let app = spawn_app().await;
     let started = Instant::now();
-    let mut sse = Sse::connect(&app.url("/debug/buffering"), &[]).await;
+    let mut sse = app.sse_with("/debug/buffering", &[]).await;
     assert_eq!(sse.status, 200, "no token needed");
     assert_eq!(
         sse.header("content-type"),
@@ -87,7 +87,8 @@ async fn selftest_ticks_are_one_kibibyte_on_the_wire() {
 #[tokio::test]
 async fn selftest_ws_and_poll_probes_answer_without_a_token() {
     let app = spawn_app().await;
-    let mut ws = ws_connect(&app.ws_url("/debug/ws"), &[])
+    let mut ws = app
+        .ws_with("/debug/ws", &[])
         .await
         .unwrap_or_else(|(status, body)| panic!("ws probe: {status} {body}"));
     for n in 1..=3 {

@@ -1,12 +1,10 @@
 //! Server-Sent Events through the public route: headers, the event sequence from
 //! every kind of worker write, terminal handling and resumption.
 
-use crate::app::{Options, spawn_app, spawn_app_with};
-use crate::clients::Sse;
-
-fn doc(seq: i64, status: &str) -> String {
-    format!(r#"{{"seq":{seq},"owner_id":"alice","status":"{status}","overall_progress":{seq}}}"#)
-}
+use crate::app::{Options, bearer, claims, doc, sign, spawn_app, spawn_app_with};
+use crate::child::ChildApp;
+use crate::clients::Gateway as _;
+use crate::support::RedisServer;
 
 #[tokio::test]
 async fn sse_stream_carries_every_kind_of_worker_write_until_done() {
@@ -14,11 +12,7 @@ async fn sse_stream_carries_every_kind_of_worker_write_until_done() {
     app.set("job1", &doc(1, "running")).await;
     let token = app.token("alice");
 
-    let mut s = Sse::connect(
-        &app.url("/jobs/job1/events"),
-        &[("authorization", &format!("Bearer {token}"))],
-    )
-    .await;
+    let mut s = app.sse("/jobs/job1/events", &bearer(&token)).await;
 
     assert_eq!(s.status, 200);
     assert_eq!(
@@ -62,24 +56,16 @@ async fn sse_stream_carries_every_kind_of_worker_write_until_done() {
     app.publish("job1", &doc(4, "running")).await;
     assert_eq!(s.expect("progress").await.id.as_deref(), Some("4"));
     // HSET (the key becomes a hash; a field that parses as JSON is embedded)
-    let _: () = redis::cmd("DEL")
-        .arg(app.key("job1"))
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("HSET")
-        .arg(app.key("job1"))
-        .arg("seq")
-        .arg(5)
-        .arg("owner_id")
-        .arg("alice")
-        .arg("endpoint_a")
-        .arg(r#"{"status":"processed"}"#)
-        .arg("status")
-        .arg("running")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    app.set_hash(
+        "job1",
+        &[
+            ("seq", "5"),
+            ("owner_id", "alice"),
+            ("endpoint_a", r#"{"status":"processed"}"#),
+            ("status", "running"),
+        ],
+    )
+    .await;
     let hashed = s.expect("progress").await;
     assert_eq!(hashed.id.as_deref(), Some("5"));
     assert_eq!(hashed.json()["endpoint_a"]["status"], "processed");
@@ -100,11 +86,9 @@ async fn connected_comes_first_for_a_claim_holder_watching_anothers_job() {
     let mut c = crate::app::claims("bob");
     c.jobs = vec!["theirs".into()];
     app.set("theirs", r#"{"seq":1,"owner_id":"alice"}"#).await;
-    let mut s = Sse::connect(
-        &app.url("/jobs/theirs/events"),
-        &[("authorization", &format!("Bearer {}", crate::app::sign(&c)))],
-    )
-    .await;
+    let mut s = app
+        .sse("/jobs/theirs/events", &bearer(&crate::app::sign(&c)))
+        .await;
     assert_eq!(s.status, 200);
     // `expect` skips only comments and the bare `retry:`: connected is first.
     assert_eq!(s.expect("connected").await.json()["job_id"], "theirs");
@@ -116,13 +100,14 @@ async fn last_event_id_equal_to_current_gets_no_duplicate() {
     let app = spawn_app().await;
     app.set("j", &doc(7, "running")).await;
     let token = app.token("alice");
-    let auth = format!("Bearer {token}");
+    let auth = bearer(&token);
 
-    let mut s = Sse::connect(
-        &app.url("/jobs/j/events"),
-        &[("authorization", &auth), ("last-event-id", "7")],
-    )
-    .await;
+    let mut s = app
+        .sse_with(
+            "/jobs/j/events",
+            &[("authorization", &auth), ("last-event-id", "7")],
+        )
+        .await;
     s.expect("connected").await;
     app.set("j", &doc(8, "running")).await;
     let next = s.expect("progress").await;
@@ -133,16 +118,17 @@ async fn last_event_id_equal_to_current_gets_no_duplicate() {
 async fn ended_job_answers_204_to_a_client_that_saw_the_end() {
     let app = spawn_app().await;
     app.set("j", &doc(9, "failed")).await;
-    let auth = format!("Bearer {}", app.token("alice"));
+    let auth = app.bearer("alice");
 
-    let seen = Sse::connect(
-        &app.url("/jobs/j/events"),
-        &[("authorization", &auth), ("last-event-id", "9")],
-    )
-    .await;
+    let seen = app
+        .sse_with(
+            "/jobs/j/events",
+            &[("authorization", &auth), ("last-event-id", "9")],
+        )
+        .await;
     assert_eq!(seen.status, 204);
 
-    let mut fresh = Sse::connect(&app.url("/jobs/j/events"), &[("authorization", &auth)]).await;
+    let mut fresh = app.sse("/jobs/j/events", &auth).await;
     assert_eq!(fresh.status, 200);
     fresh.expect("connected").await;
     assert_eq!(fresh.expect("progress").await.id.as_deref(), Some("9"));
@@ -161,8 +147,8 @@ async fn heartbeats_and_padding_are_written() {
     })
     .await;
     app.set("j", &doc(1, "running")).await;
-    let auth = format!("Bearer {}", app.token("alice"));
-    let mut s = Sse::connect(&app.url("/jobs/j/events"), &[("authorization", &auth)]).await;
+    let auth = app.bearer("alice");
+    let mut s = app.sse("/jobs/j/events", &auth).await;
     assert!(
         s.next()
             .await
@@ -186,28 +172,36 @@ async fn heartbeats_and_padding_are_written() {
 
 #[tokio::test]
 async fn bad_documents_are_dropped_and_the_stream_goes_on() {
-    let app = spawn_app().await;
-    app.set("j", &doc(1, "running")).await;
-    let auth = format!("Bearer {}", app.token("alice"));
-    let mut s = Sse::connect(&app.url("/jobs/j/events"), &[("authorization", &auth)]).await;
+    // A child process: its drop counter is moved by this test alone.
+    let redis = RedisServer::start().await;
+    let app = ChildApp::spawn(&redis.url(), &[]).await;
+    let key = "progress:job:j";
+    redis.set(key, &doc(1, "running")).await;
+    let auth = bearer(&sign(&claims("alice")));
+    let mut s = app.sse("/jobs/j/events", &auth).await;
     s.expect("connected").await;
     s.expect("progress").await;
+    assert_eq!(
+        app.metric("jobcast_documents_dropped_total", "").await,
+        0.0,
+        "nothing dropped yet"
+    );
 
-    app.publish("j", "not json at all").await;
-    app.publish("j", "[1,2,3]").await;
-    app.publish(
-        "j",
-        &format!(r#"{{"seq":2,"pad":"{}"}}"#, "x".repeat(70_000)),
-    )
-    .await;
-    let mut r = app.redis().await;
+    redis.publish(key, "not json at all").await;
+    redis.publish(key, "[1,2,3]").await;
+    redis
+        .publish(
+            key,
+            &format!(r#"{{"seq":2,"pad":"{}"}}"#, "x".repeat(70_000)),
+        )
+        .await;
     let _: () = redis::cmd("SET")
-        .arg(app.key("j"))
+        .arg(key)
         .arg(&[0xffu8, 0xfe, 0x00][..])
-        .query_async(&mut r)
+        .query_async(&mut redis.connection().await)
         .await
         .unwrap();
-    app.publish("j", &doc(3, "running")).await;
+    redis.publish(key, &doc(3, "running")).await;
 
     let next = s.expect("progress").await;
     assert_eq!(
@@ -215,15 +209,10 @@ async fn bad_documents_are_dropped_and_the_stream_goes_on() {
         Some("3"),
         "only the valid document is forwarded"
     );
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let dropped = app.metric("jobcast_documents_dropped_total", "").await;
     assert!(
-        metrics.contains("jobcast_documents_dropped_total"),
-        "drops are counted"
+        dropped >= 3.0,
+        "the three bad messages are counted: {dropped}"
     );
 }
 
@@ -231,7 +220,7 @@ async fn bad_documents_are_dropped_and_the_stream_goes_on() {
 async fn a_stream_no_source_can_answer_for_is_503_not_403() {
     let mut app = spawn_app().await;
     app.redis.kill();
-    let auth = format!("Bearer {}", app.token("alice"));
+    let auth = app.bearer("alice");
     let res = reqwest::Client::new()
         .get(app.url("/jobs/j/events"))
         .header("authorization", auth)

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::app::{Options, claims, sign, spawn_app_with};
+use crate::app::{Options, bearer, claims, sign, spawn_app_with};
 use crate::child::ChildApp;
-use crate::clients::{Sse, ws_connect};
+use crate::clients::{Gateway as _, Sse};
 use crate::support::wait_until;
 
 fn no_per_user_limit() -> Options {
@@ -24,11 +24,11 @@ fn no_per_user_limit() -> Options {
 async fn each_sse_stream_gets_its_own_retry_between_the_setting_and_twice_it() {
     let app = spawn_app_with(no_per_user_limit()).await;
     app.set("j", r#"{"seq":1,"owner_id":"alice"}"#).await;
-    let auth = format!("Bearer {}", app.token("alice"));
+    let auth = app.bearer("alice");
     let base = app.settings.sse_retry_ms;
     let mut retries = Vec::new();
     for _ in 0..20 {
-        let mut s = Sse::connect(&app.url("/jobs/j/events"), &[("authorization", &auth)]).await;
+        let mut s = app.sse("/jobs/j/events", &auth).await;
         assert_eq!(s.status, 200);
         let first = s.next().await.expect("the stream opens with retry:");
         retries.push(first.retry.expect("the first line is retry:"));
@@ -64,10 +64,10 @@ async fn a_drain_of_200_streams_returns_them_spread_over_the_drain_window() {
     )
     .await;
     b.set("d", r#"{"seq":1,"owner_id":"alice"}"#).await;
-    let auth = format!("Bearer {}", sign(&claims("alice")));
+    let auth = bearer(&sign(&claims("alice")));
     let mut streams = Vec::with_capacity(STREAMS);
     for _ in 0..STREAMS {
-        let mut s = Sse::connect(&a.url("/jobs/d/events"), &[("authorization", &auth)]).await;
+        let mut s = a.sse("/jobs/d/events", &auth).await;
         s.expect("connected").await;
         s.expect("progress").await;
         streams.push(s);
@@ -139,13 +139,11 @@ async fn a_drained_websocket_is_told_when_to_come_back() {
     })
     .await;
     app.set("j", r#"{"seq":1,"owner_id":"alice"}"#).await;
-    let auth = format!("Bearer {}", app.token("alice"));
+    let auth = app.bearer("alice");
     let mut delays = HashSet::new();
     let mut sockets = Vec::new();
     for _ in 0..10 {
-        let mut ws = ws_connect(&app.ws_url("/jobs/j/ws"), &[("authorization", &auth)])
-            .await
-            .expect("upgrade");
+        let mut ws = app.ws("/jobs/j/ws", &auth).await;
         ws.expect("connected").await;
         ws.expect("progress").await;
         sockets.push(ws);
@@ -179,7 +177,7 @@ async fn connections_beyond_the_connect_rate_get_429_with_retry_after() {
     })
     .await;
     app.set("j", r#"{"seq":1,"owner_id":"alice"}"#).await;
-    let auth = format!("Bearer {}", app.token("alice"));
+    let auth = app.bearer("alice");
     let client = reqwest::Client::new();
     let open = || {
         client

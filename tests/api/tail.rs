@@ -9,16 +9,12 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdout, Command};
 
-use crate::app::{Options, TestApp, claims, sign, spawn_app_with};
+use crate::app::{Options, TestApp, claims, doc, sign, spawn_app_with};
 use crate::durable::pg_proxy::PgProxy;
 use crate::support::wait_until;
 
 /// Bound on one line (or the exit) of the tail process.
 const LINE_TIMEOUT: Duration = Duration::from_secs(10);
-
-fn doc(seq: i64, status: &str) -> String {
-    format!(r#"{{"seq":{seq},"owner_id":"alice","status":"{status}","stage":"s{seq}"}}"#)
-}
 
 /// A gateway whose `retry:` is short, so a dropped tail comes back quickly.
 async fn app() -> TestApp {

@@ -1,11 +1,7 @@
 //! WebSocket through the public route: frames, subprotocol auth, close codes.
 
-use crate::app::spawn_app;
-use crate::clients::ws_connect;
-
-fn doc(seq: i64, status: &str) -> String {
-    format!(r#"{{"seq":{seq},"owner_id":"alice","status":"{status}"}}"#)
-}
+use crate::app::{doc, spawn_app};
+use crate::clients::Gateway as _;
 
 #[tokio::test]
 async fn ws_stream_carries_updates_until_done_then_closes_1000() {
@@ -14,12 +10,10 @@ async fn ws_stream_carries_updates_until_done_then_closes_1000() {
     let token = app.token("alice");
     let proto = format!("jobcast.v1, jobcast.bearer.{token}");
 
-    let mut ws = ws_connect(
-        &app.ws_url("/jobs/job1/ws"),
-        &[("sec-websocket-protocol", &proto)],
-    )
-    .await
-    .expect("upgrade");
+    let mut ws = app
+        .ws_with("/jobs/job1/ws", &[("sec-websocket-protocol", &proto)])
+        .await
+        .expect("upgrade");
 
     assert_eq!(
         ws.response_headers.get("sec-websocket-protocol").unwrap(),
@@ -36,21 +30,8 @@ async fn ws_stream_carries_updates_until_done_then_closes_1000() {
     assert_eq!(ws.expect("progress").await["id"], "2");
     app.publish("job1", &doc(3, "running")).await;
     assert_eq!(ws.expect("progress").await["id"], "3");
-    let mut r = app.redis().await;
-    let _: () = redis::cmd("DEL")
-        .arg(app.key("job1"))
-        .query_async(&mut r)
-        .await
-        .unwrap();
-    let _: () = redis::cmd("HSET")
-        .arg(app.key("job1"))
-        .arg("seq")
-        .arg(4)
-        .arg("owner_id")
-        .arg("alice")
-        .query_async(&mut r)
-        .await
-        .unwrap();
+    app.set_hash("job1", &[("seq", "4"), ("owner_id", "alice")])
+        .await;
     assert_eq!(ws.expect("progress").await["id"], "4");
     app.set("job1", &doc(5, "cancelled")).await;
     assert_eq!(ws.expect("progress").await["id"], "5");
@@ -67,10 +48,8 @@ async fn ws_accepts_bearer_header_and_ignores_client_frames() {
     use futures::SinkExt;
     let app = spawn_app().await;
     app.set("j", &doc(1, "running")).await;
-    let auth = format!("Bearer {}", app.token("alice"));
-    let mut ws = ws_connect(&app.ws_url("/jobs/j/ws"), &[("authorization", &auth)])
-        .await
-        .expect("upgrade");
+    let auth = app.bearer("alice");
+    let mut ws = app.ws("/jobs/j/ws", &auth).await;
     ws.expect("connected").await;
     ws.expect("progress").await;
     ws.stream
@@ -85,13 +64,8 @@ async fn ws_accepts_bearer_header_and_ignores_client_frames() {
 async fn ws_last_event_id_skips_the_state_already_seen() {
     let app = spawn_app().await;
     app.set("j", &doc(4, "running")).await;
-    let auth = format!("Bearer {}", app.token("alice"));
-    let mut ws = ws_connect(
-        &app.ws_url("/jobs/j/ws?last_event_id=4"),
-        &[("authorization", &auth)],
-    )
-    .await
-    .unwrap();
+    let auth = app.bearer("alice");
+    let mut ws = app.ws("/jobs/j/ws?last_event_id=4", &auth).await;
     ws.expect("connected").await;
     app.set("j", &doc(5, "running")).await;
     assert_eq!(ws.expect("progress").await["id"], "5");

@@ -45,16 +45,7 @@ impl UrlTemplate {
         } else {
             format!("{authority}:80")
         };
-        let addr = hostport
-            .to_socket_addrs()
-            .map_err(|e| format!("{url}: {e}"))?
-            .next()
-            .ok_or_else(|| format!("{url}: no address"))?;
-        // The harness opens thousands of connections and can saturate what it
-        // points at: it must never point at anything but this machine.
-        if !is_loopback(addr.ip()) {
-            return Err(format!("{url}: not a loopback address ({})", addr.ip()));
-        }
+        let addr = loopback_addr(url, &hostport)?;
         Ok(Self {
             scheme,
             addr,
@@ -80,15 +71,21 @@ pub fn check_redis_url(url: &str) -> Result<(), String> {
     } else {
         format!("{hostport}:6379")
     };
+    loopback_addr(url, &hostport).map(|_| ())
+}
+
+/// Resolves `host:port` of `url` and refuses anything but this machine: the
+/// harness opens thousands of connections and can saturate what it points at.
+fn loopback_addr(url: &str, hostport: &str) -> Result<SocketAddr, String> {
     let addr = hostport
         .to_socket_addrs()
         .map_err(|e| format!("{url}: {e}"))?
         .next()
         .ok_or_else(|| format!("{url}: no address"))?;
     if !is_loopback(addr.ip()) {
-        return Err(format!("{url}: not a loopback address"));
+        return Err(format!("{url}: not a loopback address ({})", addr.ip()));
     }
-    Ok(())
+    Ok(addr)
 }
 
 /// `Name: value` from the command line.

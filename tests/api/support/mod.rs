@@ -9,9 +9,6 @@
 //! makes sure `redis-server` is installed and Postgres answers at
 //! `JOBCAST_TEST_DATABASE_URL`.
 
-// Each test file uses a different subset of these helpers.
-#![allow(dead_code)]
-
 pub mod chromium;
 pub mod idp;
 pub mod jwks_server;

@@ -375,3 +375,13 @@ fn scratch_dir() -> PathBuf {
         rand::random::<u64>()
     ))
 }
+
+impl crate::clients::Gateway for Nginx {
+    fn url(&self, path: &str) -> String {
+        Nginx::url(self, path)
+    }
+
+    fn ws_url(&self, path: &str) -> String {
+        Nginx::ws_url(self, path)
+    }
+}

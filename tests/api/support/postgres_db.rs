@@ -61,11 +61,6 @@ impl TestDb {
         }
     }
 
-    /// The database name, `jobcast_test_<16 hex digits>`.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
     /// Connection URL of this database (the admin URL with its path replaced),
     /// for `DATABASE_URL` of a jobcast under test.
     pub fn url(&self) -> &str {
@@ -80,22 +75,6 @@ impl TestDb {
             .connect(&self.url)
             .await
             .unwrap_or_else(|e| panic!("TestDb: pool on {}: {e}", self.name))
-    }
-
-    /// One connection to this database.
-    pub async fn connect(&self) -> PgConnection {
-        connect(&self.url)
-            .await
-            .unwrap_or_else(|e| panic!("TestDb: {e:#}"))
-    }
-
-    /// Drops the database now, from async code, and reports failure by
-    /// panicking. Plain `Drop` does the same best-effort, on its own thread.
-    pub async fn drop_now(mut self) {
-        self.dropped = true;
-        drop_database(&self.admin_url, &self.name)
-            .await
-            .unwrap_or_else(|e| panic!("TestDb: {e:#}"));
     }
 }
 

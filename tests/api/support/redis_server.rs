@@ -1,7 +1,6 @@
 //! [`RedisServer`]: a private `redis-server` process per test, on a free
-//! loopback port, keeping nothing on disk, that a test can kill (SIGKILL),
-//! restart on the same port, and freeze/thaw (SIGSTOP/SIGCONT) to play the
-//! Redis failures of the contract. Dropping the value kills the process and
+//! loopback port, keeping nothing on disk, that a test can kill (SIGKILL) and
+//! restart on the same port to play the Redis failures of the contract. Dropping the value kills the process and
 //! removes its scratch directory.
 //!
 //! The binary is `redis-server` from `PATH`, or `JOBCAST_REDIS_SERVER` if set.
@@ -44,12 +43,6 @@ impl RedisServerBuilder {
     /// managed Redis that forbids it.
     pub fn disable_config_command(mut self) -> Self {
         self.disable_config = true;
-        self
-    }
-
-    /// Any other `redis-server` argument, e.g. `.arg("--maxclients").arg("50")`.
-    pub fn arg(mut self, arg: impl Into<String>) -> Self {
-        self.extra_args.push(arg.into());
         self
     }
 
@@ -157,16 +150,6 @@ impl RedisServer {
             .unwrap_or_else(|e| panic!("PUBLISH {channel}: {e}"));
     }
 
-    /// The process id while it runs.
-    pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Whether the process is still alive (it may have been killed or crashed).
-    pub fn is_running(&mut self) -> bool {
-        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(None)))
-    }
-
     /// SIGKILL, then reap. Clients see the connection drop at once. Calling
     /// it on a dead server does nothing.
     pub fn kill(&mut self) {
@@ -196,33 +179,6 @@ impl RedisServer {
                 Err(Failure::Fatal(message)) => panic!("{message}"),
             }
         }
-    }
-
-    /// SIGSTOP: the server keeps its connections but stops answering, like a
-    /// hung or partitioned Redis. Undo with [`thaw`](Self::thaw).
-    pub fn freeze(&self) {
-        self.signal("-STOP");
-    }
-
-    /// SIGCONT after [`freeze`](Self::freeze).
-    pub fn thaw(&self) {
-        self.signal("-CONT");
-    }
-
-    /// The server's log so far, for assertion messages.
-    pub fn log(&self) -> String {
-        read_logs(&self.dir)
-    }
-
-    fn signal(&self, signal: &str) {
-        let pid = self
-            .pid()
-            .expect("signal sent to a redis-server that is not running");
-        let status = Command::new("kill")
-            .args([signal, &pid.to_string()])
-            .status()
-            .expect("run kill(1)");
-        assert!(status.success(), "kill {signal} {pid} failed: {status}");
     }
 
     /// Spawns the process on `self.port` and waits until it answers PING.

@@ -1,0 +1,230 @@
+//! One stream's lifecycle, written once for every transport. A [`Watcher`]
+//! yields [`Step`]s — a state to send, the job's end, a heartbeat, or why the
+//! stream must end (shutdown, token expiry, revoked session, feed gone) — and
+//! `sse`, `ws` and `poll` only turn steps into bytes, frames or responses.
+//!
+//! The per-job rules live in [`JobWatch`] (which state comes first, whether the
+//! client already has it, that a terminal state owes `done` once it is
+//! durable), so a stream over several jobs can hold one per job.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::time::{Interval, Sleep};
+use tokio_util::sync::WaitForCancellationFutureOwned;
+
+use crate::event::{self, Update};
+use crate::job::JobId;
+use crate::state::AppState;
+use crate::stream::cursor::{FeedCursor, is_news};
+use crate::stream::{Opened, heartbeat_timer, revocation};
+
+/// Why a stream ended: the `reason` label of `jobcast_connections_closed_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CloseReason {
+    /// The job ended and `done` was sent.
+    Done,
+    /// The job had ended and the client had seen its end: answered `204`.
+    AlreadyDone,
+    /// The gateway drains.
+    Shutdown,
+    TokenExpired,
+    /// The app's auth hook revoked the session.
+    Revoked,
+    /// The job's feed went away.
+    FeedClosed,
+    ClientGone,
+    ClientClosed,
+    /// The connection was cut for not reading.
+    WriteStalled,
+    NoPong,
+    UpgradeFailed,
+    /// A long-poll answered with a document.
+    Answered,
+    /// A long-poll answered `204` after waiting.
+    Timeout,
+}
+
+impl CloseReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CloseReason::Done => "done",
+            CloseReason::AlreadyDone => "already_done",
+            CloseReason::Shutdown => "shutdown",
+            CloseReason::TokenExpired => "token_expired",
+            CloseReason::Revoked => "revoked",
+            CloseReason::FeedClosed => "feed_closed",
+            CloseReason::ClientGone => "client_gone",
+            CloseReason::ClientClosed => "client_closed",
+            CloseReason::WriteStalled => "write_stalled",
+            CloseReason::NoPong => "no_pong",
+            CloseReason::UpgradeFailed => "upgrade_failed",
+            CloseReason::Answered => "answered",
+            CloseReason::Timeout => "timeout",
+        }
+    }
+}
+
+/// What one job has for its client next.
+pub enum JobStep {
+    /// A state the client does not have.
+    Progress(Arc<Update>),
+    /// The job ended: its terminal state is durable (or the bounded wait is
+    /// over), `done` may be sent.
+    Done(Arc<Update>),
+}
+
+/// One job as one client sees it.
+pub struct JobWatch {
+    pub job: JobId,
+    cursor: FeedCursor,
+    /// The state to send before any newer one: the one `open` authorised
+    /// against (or newer), where the client does not have it.
+    first: Option<Arc<Update>>,
+    /// A terminal state sent (or already seen) whose `done` comes next.
+    owed_done: Option<Arc<Update>>,
+}
+
+impl JobWatch {
+    /// Starts where the client is: `seen` is the id it says it has.
+    pub fn start(opened: &Opened, seen: Option<&str>) -> JobWatch {
+        let (cursor, first) = FeedCursor::start(opened);
+        let mut watch = JobWatch {
+            job: opened.job.clone(),
+            cursor,
+            first: None,
+            owed_done: None,
+        };
+        if let Some(update) = first {
+            if is_news(&update, seen) {
+                watch.first = Some(update);
+            } else if update.done.is_some() {
+                watch.owed_done = Some(update);
+            }
+        }
+        watch
+    }
+
+    /// The job has ended and the client has its end state: all that is left
+    /// is `done`.
+    pub fn end_seen(&self) -> bool {
+        self.first.is_none() && self.owed_done.is_some()
+    }
+
+    /// Is a step due without waiting for the feed?
+    fn has_due(&self) -> bool {
+        self.first.is_some() || self.owed_done.is_some()
+    }
+
+    /// The next step; `None` once the feed is gone. Cancel-safe: a state is
+    /// only consumed when it is returned (an interrupted wait for durability
+    /// starts again, bounded).
+    pub async fn next(&mut self) -> Option<JobStep> {
+        if let Some(update) = &self.owed_done {
+            // `done` promises the end state is durable: bounded wait.
+            update.durable.wait(event::DURABLE_WAIT).await;
+            return self.owed_done.take().map(JobStep::Done);
+        }
+        let update = match self.first.take() {
+            Some(update) => update,
+            None => self.cursor.next().await?,
+        };
+        if update.done.is_some() {
+            self.owed_done = Some(update.clone());
+        }
+        Some(JobStep::Progress(update))
+    }
+}
+
+/// What a stream does next.
+pub enum Step {
+    Progress(Arc<Update>),
+    /// Send `done`, then end.
+    Done(Arc<Update>),
+    /// Time to show the connection is alive.
+    Heartbeat,
+    /// The token expired: say so and end.
+    Expired,
+    /// The app revoked the session: say so and end.
+    Revoked,
+    /// The gateway drains: tell the client when to come back, and end.
+    Shutdown,
+    /// The job's feed is gone: end.
+    FeedClosed,
+}
+
+impl Step {
+    /// Why the stream ends after this step, if it does.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        match self {
+            Step::Progress(_) | Step::Heartbeat => None,
+            Step::Done(_) => Some(CloseReason::Done),
+            Step::Expired => Some(CloseReason::TokenExpired),
+            Step::Revoked => Some(CloseReason::Revoked),
+            Step::Shutdown => Some(CloseReason::Shutdown),
+            Step::FeedClosed => Some(CloseReason::FeedClosed),
+        }
+    }
+}
+
+/// A streaming watcher: its job, and the timers and signals that end it.
+pub struct Watcher {
+    pub job: JobWatch,
+    heartbeat: Interval,
+    expiry: Pin<Box<Sleep>>,
+    /// The app revoked the session (auth hook callers only).
+    revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Registered once with the shutdown token, not on every poll.
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Set once a step ended the stream: nothing follows.
+    ended: Option<CloseReason>,
+}
+
+impl Watcher {
+    pub fn new(app: &AppState, opened: &mut Opened, seen: Option<&str>) -> Watcher {
+        Watcher {
+            job: JobWatch::start(opened, seen),
+            heartbeat: heartbeat_timer(app.settings.heartbeat()),
+            expiry: Box::pin(tokio::time::sleep(opened.token_ttl())),
+            revoked: revocation(opened),
+            shutdown: Box::pin(app.shutdown.clone().cancelled_owned()),
+            ended: None,
+        }
+    }
+
+    /// Why the stream ended, once a step ended it.
+    pub fn ended(&self) -> Option<CloseReason> {
+        self.ended
+    }
+
+    /// The next step; `None` after a step that ended the stream. States owed
+    /// (the first, or `done` after a terminal one) come before anything else;
+    /// then whichever of shutdown, expiry, revocation, heartbeat or a new
+    /// state is first. Cancel-safe, so a transport may `select!` on it.
+    pub async fn next(&mut self) -> Option<Step> {
+        if self.ended.is_some() {
+            return None;
+        }
+        let step = if self.job.has_due() {
+            job_step(self.job.next().await)
+        } else {
+            tokio::select! {
+                _ = &mut self.shutdown => Step::Shutdown,
+                _ = &mut self.expiry => Step::Expired,
+                _ = &mut self.revoked => Step::Revoked,
+                _ = self.heartbeat.tick() => Step::Heartbeat,
+                next = self.job.next() => job_step(next),
+            }
+        };
+        self.ended = step.close_reason();
+        Some(step)
+    }
+}
+
+fn job_step(step: Option<JobStep>) -> Step {
+    match step {
+        Some(JobStep::Progress(update)) => Step::Progress(update),
+        Some(JobStep::Done(update)) => Step::Done(update),
+        None => Step::FeedClosed,
+    }
+}
