@@ -88,10 +88,10 @@ impl RedisCluster {
     }
 
     /// Ports of the nodes still running.
-    pub fn live_ports(&mut self) -> Vec<u16> {
+    pub fn live_ports(&self) -> Vec<u16> {
         self.nodes
-            .iter_mut()
-            .filter_map(|n| n.is_running().then_some(n.port()))
+            .iter()
+            .filter_map(|n| n.is_alive().then_some(n.port()))
             .collect()
     }
 
@@ -186,7 +186,7 @@ impl RedisCluster {
         let ports: Vec<u16> = self
             .nodes
             .iter()
-            .filter(|n| n.pid().is_some())
+            .filter(|n| n.is_alive())
             .map(|n| n.port())
             .collect();
         // After a primary was killed, its shard has no live replica left.
@@ -226,15 +226,6 @@ impl RedisCluster {
             },
         )
         .await;
-    }
-
-    /// The logs of every node, for assertion messages.
-    pub fn logs(&self) -> String {
-        self.nodes
-            .iter()
-            .map(|n| format!("--- node {} ---\n{}", n.port(), n.log()))
-            .collect::<Vec<_>>()
-            .join("\n")
     }
 }
 

@@ -37,9 +37,9 @@ impl Drop for Sentinel {
 
 /// A running primary + replica + 3 sentinels owned by one test.
 pub struct SentinelSetup {
-    /// `servers[0]` is the primary at start, `servers[1]` its replica; after a
-    /// failover the roles are swapped (ask [`SentinelSetup::primary_port`]).
-    servers: Vec<RedisServer>,
+    /// The primary and replica at start (roles swap in a failover: ask
+    /// [`SentinelSetup::primary_port`]); held so that dropping kills them.
+    _servers: Vec<RedisServer>,
     sentinels: Vec<Sentinel>,
 }
 
@@ -70,7 +70,7 @@ impl SentinelSetup {
             sentinels.push(spawn_sentinel(primary.port()));
         }
         let setup = SentinelSetup {
-            servers: vec![primary, replica],
+            _servers: vec![primary, replica],
             sentinels,
         };
         for port in setup.sentinel_ports() {
@@ -177,23 +177,6 @@ impl SentinelSetup {
         )
         .await;
         new
-    }
-
-    /// The logs of the Redis servers and sentinels, for assertion messages.
-    pub fn logs(&self) -> String {
-        let mut out: Vec<String> = self
-            .servers
-            .iter()
-            .map(|s| format!("--- redis {} ---\n{}", s.port(), s.log()))
-            .collect();
-        for s in &self.sentinels {
-            out.push(format!(
-                "--- sentinel {} ---\n{}",
-                s.port,
-                fs::read_to_string(s.dir.join("sentinel.log")).unwrap_or_default()
-            ));
-        }
-        out.join("\n")
     }
 }
 
