@@ -166,7 +166,11 @@ impl Recorder {
 
     /// Records while `lock`'s session lives: Redis sessions one after another
     /// (reconnecting with backoff), each starting with a SCAN of the live keys.
-    async fn record(self: &Arc<Self>, mut lock: PgConnection, shutdown: &CancellationToken) -> Ended {
+    async fn record(
+        self: &Arc<Self>,
+        mut lock: PgConnection,
+        shutdown: &CancellationToken,
+    ) -> Ended {
         let mut backoff = Backoff::default();
         let mut check = tokio::time::interval(LOCK_POLL);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -204,13 +208,12 @@ impl Recorder {
         check: &mut tokio::time::Interval,
         shutdown: &CancellationToken,
     ) -> Result<String, Ended> {
-        let mut pubsub = match tokio::time::timeout(REDIS_TIMEOUT, self.client.get_async_pubsub())
-            .await
-        {
-            Ok(Ok(p)) => p,
-            Ok(Err(e)) => return Ok(e.to_string()),
-            Err(_) => return Ok("connect timed out".into()),
-        };
+        let mut pubsub =
+            match tokio::time::timeout(REDIS_TIMEOUT, self.client.get_async_pubsub()).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => return Ok(e.to_string()),
+                Err(_) => return Ok("connect timed out".into()),
+            };
         let patterns = [
             format!("{}*", glob_escape(&self.keyspace_prefix)),
             format!("{}*", glob_escape(&self.prefix)),
@@ -263,7 +266,9 @@ impl Recorder {
             };
             match ProgressDoc::parse(msg.get_payload_bytes(), &self.rules) {
                 Ok(doc) => self.record_doc(&job, doc, Source::RedisChannel),
-                Err(e) => debug!(job = %job, error = %e, "recorder: channel message is no document"),
+                Err(e) => {
+                    debug!(job = %job, error = %e, "recorder: channel message is no document")
+                }
             }
         }
     }
@@ -332,7 +337,9 @@ impl Recorder {
                     return;
                 }
                 Err(_) => {
-                    warn!("recorder: SCAN of the state keys timed out; the next reconnect scans again");
+                    warn!(
+                        "recorder: SCAN of the state keys timed out; the next reconnect scans again"
+                    );
                     return;
                 }
             };

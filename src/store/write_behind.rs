@@ -313,7 +313,9 @@ impl WriteBehind {
             match outcome {
                 Outcome::Written => {
                     metrics::counter!("jobcast_postgres_writes_total").increment(1);
-                    pending.written_at.insert(job, (now, slot.update.id.clone()));
+                    pending
+                        .written_at
+                        .insert(job, (now, slot.update.id.clone()));
                 }
                 Outcome::Rejected(why) => {
                     metrics::counter!("jobcast_postgres_write_errors_total", "reason" => "rejected")

@@ -30,9 +30,11 @@ async fn row(pool: &PgPool, job: &str) -> Option<(Option<i64>, bool)> {
 }
 
 async fn wait_row(pool: &PgPool, job: &str, seq: i64, completed: bool) {
-    wait_until(ROW_WAIT, &format!("{job}'s row holds seq {seq}"), || async {
-        row(pool, job).await == Some((Some(seq), completed))
-    })
+    wait_until(
+        ROW_WAIT,
+        &format!("{job}'s row holds seq {seq}"),
+        || async { row(pool, job).await == Some((Some(seq), completed)) },
+    )
     .await;
 }
 
@@ -186,13 +188,17 @@ async fn three_instances_write_each_state_once() {
         }
     }
 
-    let counts: Vec<(String, Option<i64>, i64)> =
-        sqlx::query_as("SELECT id, step, count(*) FROM job_writes GROUP BY id, step ORDER BY id, step")
-            .fetch_all(&pool)
-            .await
-            .expect("count writes");
+    let counts: Vec<(String, Option<i64>, i64)> = sqlx::query_as(
+        "SELECT id, step, count(*) FROM job_writes GROUP BY id, step ORDER BY id, step",
+    )
+    .fetch_all(&pool)
+    .await
+    .expect("count writes");
     for (job, step, n) in &counts {
-        assert_eq!(*n, 1, "{job} step {step:?} was written {n} times: {counts:?}");
+        assert_eq!(
+            *n, 1,
+            "{job} step {step:?} was written {n} times: {counts:?}"
+        );
     }
     assert_eq!(
         counts.len(),
@@ -211,14 +217,20 @@ async fn a_killed_recorder_is_replaced_and_the_final_state_lands() {
     let first = recorder_of(&refs, TAKEOVER_WAIT).await;
 
     let job = "takeover";
-    redis.set(&format!("progress:job:{job}"), &doc(1, "running")).await;
+    redis
+        .set(&format!("progress:job:{job}"), &doc(1, "running"))
+        .await;
     wait_row(&pool, job, 1, false).await;
 
     let mut dead = apps.remove(first);
     dead.child.kill().await.expect("kill -9 the recorder");
     // Written while nobody records: the next recorder reads the live key.
-    redis.set(&format!("progress:job:{job}"), &doc(2, "running")).await;
-    redis.set(&format!("progress:job:{job}"), &doc(3, "completed")).await;
+    redis
+        .set(&format!("progress:job:{job}"), &doc(2, "running"))
+        .await;
+    redis
+        .set(&format!("progress:job:{job}"), &doc(3, "completed"))
+        .await;
 
     let refs: Vec<&ChildApp> = apps.iter().collect();
     recorder_of(&refs, TAKEOVER_WAIT).await;

@@ -158,8 +158,8 @@ impl NginxBuilder {
             ),
             _ => (PRODUCTION, vec![("127.0.0.1:8080", self.upstream_port)]),
         };
-        let shipped = fs::read_to_string(path)
-            .unwrap_or_else(|e| panic!("read nginx config {path}: {e}"));
+        let shipped =
+            fs::read_to_string(path).unwrap_or_else(|e| panic!("read nginx config {path}: {e}"));
         let prefix = dir.to_string_lossy();
         let redirect_port = super::free_port();
         let mut body = String::new();
