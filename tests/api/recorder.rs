@@ -224,6 +224,7 @@ async fn a_killed_recorder_is_replaced_and_the_final_state_lands() {
 
     let mut dead = apps.remove(first);
     dead.child.kill().await.expect("kill -9 the recorder");
+    let killed = tokio::time::Instant::now();
     // Written while nobody records: the next recorder reads the live key.
     redis
         .set(&format!("progress:job:{job}"), &doc(2, "running"))
@@ -234,5 +235,10 @@ async fn a_killed_recorder_is_replaced_and_the_final_state_lands() {
 
     let refs: Vec<&ChildApp> = apps.iter().collect();
     recorder_of(&refs, TAKEOVER_WAIT).await;
+    let takeover = killed.elapsed();
+    assert!(
+        takeover < Duration::from_secs(5),
+        "another instance took over within 5 s, not {takeover:?}"
+    );
     wait_row(&pool, job, 3, true).await;
 }
