@@ -54,6 +54,11 @@ const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
 /// State reads in flight at once: below the pool size, so the hub's reads for
 /// watchers still find connections while the recorder catches up on a SCAN.
 pub const READ_CONCURRENCY: usize = 8;
+/// Retries of a failed state read, with delays from [`READ_RETRY_START`]
+/// doubling to [`READ_RETRY_MAX`] (about 3 s in all).
+const READ_RETRIES: u32 = 5;
+const READ_RETRY_START: Duration = Duration::from_millis(100);
+const READ_RETRY_MAX: Duration = Duration::from_secs(2);
 /// Keys asked for per SCAN step; each step's keys are read before the next.
 pub const SCAN_BATCH: usize = 500;
 
@@ -296,18 +301,36 @@ impl Recorder {
         });
     }
 
+    /// Reads the job's key and records its state. A failed read (busy pool,
+    /// slow Redis) is retried with backoff [`READ_RETRIES`] times: the event
+    /// that asked for it may announce the job's last state. Past that, Redis is
+    /// taken to be down, and the SCAN after the reconnect reads the key.
     async fn read(&self, job: &JobId) {
-        let Ok(_permit) = self.reads.permits.acquire().await else {
+        let mut backoff = Backoff::new(READ_RETRY_START, READ_RETRY_MAX);
+        for attempt in 0..=READ_RETRIES {
+            let read = {
+                let Ok(_permit) = self.reads.permits.acquire().await else {
+                    return;
+                };
+                self.reader.read(job).await
+            };
+            match read {
+                Ok(KeyState::Doc(doc)) => self.record_doc(job, doc, Source::RedisKey),
+                Ok(KeyState::Missing) => {}
+                Ok(KeyState::Invalid(e)) => {
+                    debug!(job = %job, error = %e, "recorder: invalid state")
+                }
+                // Other keys under the prefix (say, group sets) are no states.
+                Ok(KeyState::WrongType(_)) => {}
+                Err(e) => {
+                    debug!(job = %job, error = %e, attempt, "recorder: state read failed");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            }
             return;
-        };
-        match self.reader.read(job).await {
-            Ok(KeyState::Doc(doc)) => self.record_doc(job, doc, Source::RedisKey),
-            Ok(KeyState::Missing) => {}
-            Ok(KeyState::Invalid(e)) => debug!(job = %job, error = %e, "recorder: invalid state"),
-            // Other keys under the prefix (say, group sets) are no states.
-            Ok(KeyState::WrongType(_)) => {}
-            Err(e) => debug!(job = %job, error = %e, "recorder: state read failed"),
         }
+        warn!(job = %job, "recorder: state read kept failing; the next SCAN reads it");
     }
 
     /// Reads every live state key, [`SCAN_BATCH`] keys per step, each step's
