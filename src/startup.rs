@@ -181,7 +181,7 @@ impl App {
                     &settings.redis_url,
                     settings.redis_db(),
                     &settings.key_prefix,
-                    rules,
+                    rules.clone(),
                 )?;
                 tasks.push(tokio::spawn(wb.clone().run(shutdown.clone())));
                 tasks.push(tokio::spawn(recorder.run(shutdown.clone())));

@@ -436,7 +436,8 @@ impl Columns {
 /// has none. A document without `seq` therefore never replaces one with a `seq`
 /// (it cannot be ordered against it), and replaces one without (newest arrival
 /// wins, as on the stream). The owner of an existing row is never changed: the
-/// row (possibly the application's own) is the authority on ownership.
+/// row (possibly the application's own) is the authority on ownership, and a
+/// document naming another owner never replaces its state.
 const UPSERT: &str = r#"
 INSERT INTO jobs AS j (id, owner_id, status, snapshot, seq, completed_at, updated_at)
 SELECT u.id, u.owner_id, u.status, u.snapshot::jsonb, u.seq,
@@ -450,7 +451,7 @@ ON CONFLICT (id) DO UPDATE SET
     completed_at = CASE WHEN EXCLUDED.completed_at IS NULL THEN NULL
                         ELSE COALESCE(j.completed_at, EXCLUDED.completed_at) END,
     updated_at   = now()
-WHERE j.seq IS NULL OR EXCLUDED.seq > j.seq
+WHERE j.owner_id = EXCLUDED.owner_id AND (j.seq IS NULL OR EXCLUDED.seq > j.seq)
 "#;
 
 /// Documents without an owner: the same guard, existing rows only.

@@ -11,6 +11,7 @@
 //! reconnect resumes from the current one); the final state has no successor,
 //! so it can never be skipped.
 
+use crate::clients::Gateway as _;
 use std::time::Duration;
 
 use futures::StreamExt;

@@ -3,6 +3,7 @@
 //! takes over and the final state still lands. Real `jobcast` processes
 //! (for `kill -9` and one metrics registry each), one Redis, one database.
 
+use crate::clients::Gateway as _;
 use std::time::Duration;
 
 use sqlx::PgPool;
