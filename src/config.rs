@@ -113,6 +113,16 @@ pub enum OtlpProtocol {
     HttpJson,
 }
 
+/// Whether this instance may be the one that records every job's states into
+/// Postgres (`JOBCAST_RECORDER`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RecorderMode {
+    /// Take the recorder's advisory lock when no other instance holds it.
+    Auto,
+    /// Never record (this instance still reads Postgres and LISTENs).
+    Off,
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -331,6 +341,17 @@ pub struct Settings {
         global = true
     )]
     pub retention_days: u32,
+
+    /// With DATABASE_URL: `auto` lets this instance become the one recorder
+    /// that writes every job's states behind; `off` never records here.
+    #[arg(
+        long,
+        env = "JOBCAST_RECORDER",
+        value_enum,
+        default_value_t = RecorderMode::Auto,
+        global = true
+    )]
+    pub recorder: RecorderMode,
 
     /// Other origins allowed to call the gateway from a browser (comma-separated).
     #[arg(

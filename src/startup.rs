@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use crate::auth::jwks::Jwks;
 use crate::auth::{Claims, Verifier};
-use crate::config::{Secret, Settings};
+use crate::config::{RecorderMode, Secret, Settings};
 use crate::http::origin::Origin;
 use crate::hub::Hub;
 use crate::job::DocRules;
@@ -21,6 +21,7 @@ use crate::limits::Limits;
 use crate::readiness::Readiness;
 use crate::state::{AppState, SharedState};
 use crate::store::Store;
+use crate::store::recorder::Recorder;
 use crate::store::retention;
 use crate::store::write_behind::WriteBehind;
 use crate::upstream::loader::Loader;
@@ -124,8 +125,7 @@ impl App {
             }
         };
         let redis_up = Arc::new(AtomicBool::new(false));
-        let write_behind = store.clone().map(WriteBehind::new);
-        let (hub, upstream_cmds) = Hub::new(write_behind.clone());
+        let (hub, upstream_cmds) = Hub::new(store.is_some());
         let loader = Loader::new(
             hub.clone(),
             reader.clone(),
@@ -168,8 +168,25 @@ impl App {
                 shutdown.clone(),
             )));
         }
-        if let (Some(store), Some(wb)) = (store, &write_behind) {
-            tasks.push(tokio::spawn(wb.clone().run(shutdown.clone())));
+        // 1 only while this instance holds the recorder lock.
+        metrics::gauge!("jobcast_recorder").set(0.0);
+        let mut write_behind = None;
+        if let Some(store) = store {
+            if settings.recorder == RecorderMode::Auto {
+                let wb = WriteBehind::new(store.clone());
+                let recorder = Recorder::new(
+                    store.clone(),
+                    wb.clone(),
+                    reader.clone(),
+                    &settings.redis_url,
+                    settings.redis_db(),
+                    &settings.key_prefix,
+                    rules.clone(),
+                )?;
+                tasks.push(tokio::spawn(wb.clone().run(shutdown.clone())));
+                tasks.push(tokio::spawn(recorder.run(shutdown.clone())));
+                write_behind = Some(wb);
+            }
             let pg = PgListener::new(loader.clone(), store.clone(), redis_up.clone());
             tasks.push(tokio::spawn(pg.run(shutdown.clone())));
             tasks.push(tokio::spawn(retention::run(

@@ -1,8 +1,9 @@
 //! Every SQL query jobcast makes, against the `jobs` table of `migrations/`:
-//! fallback reads (snapshot and owner) and health here; write-behind and the
-//! retention sweep in their submodules. Postgres is optional: without
+//! fallback reads (snapshot and owner) and health here; the recorder, its
+//! write-behind and the retention sweep in their submodules. Postgres is optional: without
 //! DATABASE_URL there is no `Store` and callers skip it.
 
+pub mod recorder;
 pub mod retention;
 pub mod write_behind;
 

@@ -1,11 +1,14 @@
 //! Write-behind of the states jobcast sees in Redis into `jobs`,
 //! so the last state of a job survives a Redis crash, eviction or expiry.
 //!
-//! The hub calls [`WriteBehind::push`] for every accepted state that did not come
-//! from Postgres; it never blocks. A flusher task ([`WriteBehind::run`]) writes:
+//! The recorder ([`super::recorder`]) calls [`WriteBehind::push`] for every
+//! state it reads from Redis; it never blocks. A flusher task
+//! ([`WriteBehind::run`]) writes:
 //!
-//! - the NEWEST state per job only: pending states replace each other, so memory
-//!   is one state per job with unwritten news, whatever the update rate;
+//! - the NEWEST state per job only: pending states replace each other (a lower
+//!   `seq` never replaces a higher one), so memory is one state per job with
+//!   unwritten news, whatever the update rate; the state just written, heard
+//!   again (SET and PUBLISH of one document), is not written again;
 //! - each job at most once per [`MIN_WRITE_INTERVAL`], a terminal state at once;
 //! - many jobs per statement (one multi-row upsert of up to [`MAX_BATCH_ROWS`]);
 //! - never over a newer `seq`: the guard is in SQL, so it holds against other
@@ -56,9 +59,10 @@ struct Slot {
 #[derive(Default)]
 struct Pending {
     jobs: HashMap<JobId, Slot>,
-    /// When each recently written job was last written; entries older than
-    /// [`MIN_WRITE_INTERVAL`] are pruned, so this is bounded by the write rate.
-    written_at: HashMap<JobId, Instant>,
+    /// When each recently written job was last written, and the id of the
+    /// state written; entries older than [`MIN_WRITE_INTERVAL`] are pruned, so
+    /// this is bounded by the write rate.
+    written_at: HashMap<JobId, (Instant, Box<str>)>,
 }
 
 struct Inner {
@@ -107,7 +111,17 @@ impl WriteBehind {
         // the queue once per update.
         let wake = {
             let mut pending = self.lock();
+            let just_written = pending
+                .written_at
+                .get(job)
+                .is_some_and(|(_, id)| *id == update.id);
             match pending.jobs.get_mut(job) {
+                // Reads and channel messages of one job may arrive out of
+                // order; an older state must not displace a newer pending one.
+                Some(slot) if is_older(&update, &slot.update) => {
+                    update.durable.settle();
+                    false
+                }
                 Some(slot) => {
                     let old = std::mem::replace(&mut slot.update, update);
                     if old.done.is_some() {
@@ -116,6 +130,12 @@ impl WriteBehind {
                         old.durable.settle();
                     }
                     terminal
+                }
+                // The state just written, heard again (a worker's SET and
+                // PUBLISH of one document): nothing new to write.
+                None if just_written => {
+                    update.durable.settle();
+                    false
                 }
                 None => {
                     pending.jobs.insert(
@@ -220,7 +240,7 @@ impl WriteBehind {
         let mut pending = self.lock();
         pending
             .written_at
-            .retain(|_, at| now.duration_since(*at) < MIN_WRITE_INTERVAL);
+            .retain(|_, (at, _)| now.duration_since(*at) < MIN_WRITE_INTERVAL);
         let mut due = Vec::new();
         let mut next_due: Option<Instant> = None;
         for (job, slot) in &pending.jobs {
@@ -230,7 +250,7 @@ impl WriteBehind {
                 break;
             }
             let ready_at = match pending.written_at.get(job) {
-                Some(at) if !all && slot.update.done.is_none() => *at + MIN_WRITE_INTERVAL,
+                Some((at, _)) if !all && slot.update.done.is_none() => *at + MIN_WRITE_INTERVAL,
                 _ => now,
             };
             if ready_at <= now {
@@ -293,7 +313,9 @@ impl WriteBehind {
             match outcome {
                 Outcome::Written => {
                     metrics::counter!("jobcast_postgres_writes_total").increment(1);
-                    pending.written_at.insert(job, now);
+                    pending
+                        .written_at
+                        .insert(job, (now, slot.update.id.clone()));
                 }
                 Outcome::Rejected(why) => {
                     metrics::counter!("jobcast_postgres_write_errors_total", "reason" => "rejected")
@@ -361,6 +383,11 @@ impl WriteBehind {
     }
 }
 
+/// Is `new` ordered before `pending` by `seq` (both have one)?
+fn is_older(new: &Update, pending: &Update) -> bool {
+    matches!((new.doc.seq, pending.doc.seq), (Some(n), Some(p)) if n < p)
+}
+
 #[derive(Clone, Debug)]
 enum Outcome {
     Written,
@@ -409,7 +436,8 @@ impl Columns {
 /// has none. A document without `seq` therefore never replaces one with a `seq`
 /// (it cannot be ordered against it), and replaces one without (newest arrival
 /// wins, as on the stream). The owner of an existing row is never changed: the
-/// row (possibly the application's own) is the authority on ownership.
+/// row (possibly the application's own) is the authority on ownership, and a
+/// document naming another owner never replaces its state.
 const UPSERT: &str = r#"
 INSERT INTO jobs AS j (id, owner_id, status, snapshot, seq, completed_at, updated_at)
 SELECT u.id, u.owner_id, u.status, u.snapshot::jsonb, u.seq,
@@ -423,7 +451,7 @@ ON CONFLICT (id) DO UPDATE SET
     completed_at = CASE WHEN EXCLUDED.completed_at IS NULL THEN NULL
                         ELSE COALESCE(j.completed_at, EXCLUDED.completed_at) END,
     updated_at   = now()
-WHERE j.seq IS NULL OR EXCLUDED.seq > j.seq
+WHERE j.owner_id = EXCLUDED.owner_id AND (j.seq IS NULL OR EXCLUDED.seq > j.seq)
 "#;
 
 /// Documents without an owner: the same guard, existing rows only.
@@ -479,11 +507,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_older_state_does_not_replace_a_newer_pending_one() {
+        let wb = write_behind();
+        let job = JobId::parse("j").unwrap();
+        wb.push(&job, update(&job, r#"{"seq":5,"status":"completed"}"#));
+        let late = update(&job, r#"{"seq":4}"#);
+        wb.push(&job, late.clone());
+        assert!(late.durable.is_settled());
+        let (rows, _) = wb.take_due(Instant::now(), false);
+        assert_eq!(&*rows[0].slot.update.id, "5");
+    }
+
+    #[tokio::test]
+    async fn the_state_just_written_heard_again_is_not_written_twice() {
+        let wb = write_behind();
+        let job = JobId::parse("j").unwrap();
+        let now = Instant::now();
+        wb.lock().written_at.insert(job.clone(), (now, "7".into()));
+        wb.push(&job, update(&job, r#"{"seq":7}"#));
+        assert_eq!(wb.pending_jobs(), 0);
+        wb.push(&job, update(&job, r#"{"seq":8}"#));
+        assert_eq!(wb.pending_jobs(), 1, "a new state is");
+    }
+
+    #[tokio::test]
     async fn a_recently_written_job_waits_its_interval_unless_terminal() {
         let wb = write_behind();
         let job = JobId::parse("j").unwrap();
         let now = Instant::now();
-        wb.lock().written_at.insert(job.clone(), now);
+        wb.lock().written_at.insert(job.clone(), (now, "1".into()));
         wb.push(&job, update(&job, r#"{"seq":2}"#));
 
         let (rows, next) = wb.take_due(now, false);
@@ -492,7 +544,7 @@ mod tests {
         let (rows, _) = wb.take_due(now + MIN_WRITE_INTERVAL, false);
         assert_eq!(rows.len(), 1, "due once the interval has passed");
 
-        wb.lock().written_at.insert(job.clone(), now);
+        wb.lock().written_at.insert(job.clone(), (now, "1".into()));
         wb.push(&job, update(&job, r#"{"seq":3,"status":"completed"}"#));
         let (rows, _) = wb.take_due(now, false);
         assert_eq!(rows.len(), 1, "a terminal state goes at once");
