@@ -129,3 +129,45 @@ async fn post_with_group_id_adds_the_job_to_the_group_set() {
     let exists: bool = conn.exists("progress:job:posted-h").await.unwrap();
     assert!(!exists, "nothing written for a refused group");
 }
+
+#[tokio::test]
+async fn node_example_with_a_group_adds_the_job_to_the_set() {
+    let repo = env!("CARGO_MANIFEST_DIR");
+    let ioredis = format!("{repo}/examples/node/node_modules/ioredis");
+    let node = std::process::Command::new("node").arg("--version").output();
+    if !matches!(node, Ok(ref o) if o.status.success()) || !std::path::Path::new(&ioredis).exists()
+    {
+        eprintln!(
+            "skipped: needs node and ioredis (npm install --prefix examples/node --no-audit --no-fund)"
+        );
+        return;
+    }
+    let app = spawn_app().await;
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(60),
+        tokio::process::Command::new("node")
+            .arg(format!("{repo}/examples/node/publish_progress.mjs"))
+            .args(["node-g", "alice", "proj-node"])
+            .env("REDIS_URL", app.redis.url())
+            .env("STEP_SECONDS", "0")
+            .output(),
+    )
+    .await
+    .expect("the example finished in time")
+    .expect("node");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut conn = app.redis().await;
+    let last = doc(&mut conn, "node-g").await;
+    assert_eq!(last["group_id"], "proj-node");
+    assert_eq!(last["status"], "completed");
+    let (members, set_ttl, key_ttl) = membership(&mut conn, "proj-node", "node-g").await;
+    assert_eq!(members, vec!["node-g"]);
+    assert!(
+        set_ttl > 7000 && (set_ttl - key_ttl).abs() <= 1,
+        "set TTL {set_ttl}, key TTL {key_ttl}"
+    );
+}
