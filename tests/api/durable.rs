@@ -393,7 +393,7 @@ async fn write_behind_holds_the_last_seq_after_a_burst_and_terminal_before_done(
     assert!(completed, "completed_at set for a terminal state");
 }
 
-fn rules() -> DocRules {
+pub(crate) fn rules() -> DocRules {
     DocRules {
         max_bytes: 65536,
         owner_field: "owner_id".into(),

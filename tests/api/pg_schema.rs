@@ -5,25 +5,16 @@
 
 use std::time::Duration;
 
-use jobcast::job::DocRules;
 use jobcast::store::Store;
 use sqlx::postgres::PgListener;
 
 use crate::app::{Options, spawn_app_with};
 use crate::clients::Sse;
+use crate::durable::rules;
 use crate::support::{TestDb, wait_until};
 
 /// The first migration as earlier versions applied it: in `public`.
 const FIRST_MIGRATION: &str = include_str!("../../migrations/20261123000001_jobs.sql");
-
-fn rules() -> DocRules {
-    DocRules {
-        max_bytes: 65536,
-        owner_field: "owner_id".into(),
-        group_field: "group_id".into(),
-        terminal_statuses: vec!["completed".into(), "failed".into(), "cancelled".into()],
-    }
-}
 
 #[tokio::test]
 async fn tables_in_public_from_earlier_versions_move_with_their_rows_and_trigger() {

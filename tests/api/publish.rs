@@ -629,8 +629,9 @@ async fn python_example_reports_a_job_to_completion() {
     watch_example_to_completion(cmd, &app, "py-1").await;
 }
 
-#[tokio::test]
-async fn node_example_reports_a_job_to_completion() {
+/// The Node example needs node and ioredis; a test that runs it fails with
+/// how to install them where they are missing.
+pub(crate) fn require_node_example() {
     let ioredis = format!("{REPO}/examples/node/node_modules/ioredis");
     let node = std::process::Command::new("node").arg("--version").output();
     assert!(
@@ -638,6 +639,11 @@ async fn node_example_reports_a_job_to_completion() {
         "this test needs node and ioredis: scripts/test.sh installs both \
          (npm install --prefix examples/node --no-audit --no-fund)"
     );
+}
+
+#[tokio::test]
+async fn node_example_reports_a_job_to_completion() {
+    require_node_example();
     let app = spawn_app().await;
     let mut cmd = Command::new("node");
     cmd.arg(format!("{REPO}/examples/node/publish_progress.mjs"))

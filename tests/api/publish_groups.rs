@@ -8,7 +8,7 @@ use redis::AsyncCommands;
 use serde_json::Value;
 
 use crate::app::spawn_app;
-use crate::publish::{jobcast, post, publisher_token, run_ok};
+use crate::publish::{jobcast, require_node_example, post, publisher_token, run_ok};
 use crate::support::RedisServer;
 
 const STAGES: &[(&str, f64)] = &[("loading", 10.0), ("solving", 90.0)];
@@ -132,16 +132,8 @@ async fn post_with_group_id_adds_the_job_to_the_group_set() {
 
 #[tokio::test]
 async fn node_example_with_a_group_adds_the_job_to_the_set() {
+    require_node_example();
     let repo = env!("CARGO_MANIFEST_DIR");
-    let ioredis = format!("{repo}/examples/node/node_modules/ioredis");
-    let node = std::process::Command::new("node").arg("--version").output();
-    if !matches!(node, Ok(ref o) if o.status.success()) || !std::path::Path::new(&ioredis).exists()
-    {
-        eprintln!(
-            "skipped: needs node and ioredis (npm install --prefix examples/node --no-audit --no-fund)"
-        );
-        return;
-    }
     let app = spawn_app().await;
     let out = tokio::time::timeout(
         std::time::Duration::from_secs(60),
