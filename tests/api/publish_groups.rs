@@ -8,7 +8,7 @@ use redis::AsyncCommands;
 use serde_json::Value;
 
 use crate::app::spawn_app;
-use crate::publish::{jobcast, require_node_example, post, publisher_token, run_ok};
+use crate::publish::{jobcast, post, publisher_token, require_node_example, run_ok};
 use crate::support::RedisServer;
 
 const STAGES: &[(&str, f64)] = &[("loading", 10.0), ("solving", 90.0)];
