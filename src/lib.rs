@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! worker ─ SET/HSET/PUBLISH ─▶ Redis ──▶ upstream/redis_listener  (one pub/sub connection)
-//!        ─ UPDATE jobs ──────▶ Postgres ─▶ upstream/pg_listener
+//!        ─ UPDATE jobcast.jobs ▶ Postgres ─▶ upstream/pg_listener
 //!                                           ▼
 //!                                         upstream/loader  reads (redis_reader, then Postgres), parses
 //!                                           ▼

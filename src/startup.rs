@@ -82,8 +82,9 @@ impl App {
                 None
             }
             Some(url) => {
-                let store =
-                    Store::connect_lazy(url.expose(), rules.clone()).context("DATABASE_URL")?;
+                let store = Store::connect_lazy(url.expose(), rules.clone())
+                    .context("DATABASE_URL")?
+                    .with_schema(&settings.pg_schema)?;
                 if settings.migrate
                     && let Err(e) = store.migrate().await
                 {

@@ -41,7 +41,9 @@ use crate::upstream::backoff::Backoff;
 use crate::upstream::redis_reader::{KeyState, RedisReader};
 
 /// The advisory lock whose holder is the recorder (distinct from the
-/// retention sweep's). Advisory locks are per database.
+/// retention sweep's). Advisory locks are per database, so the key is this
+/// seed hashed with the schema: deployments sharing a database under
+/// different `JOBCAST_PG_SCHEMA`s have a recorder each.
 pub const RECORDER_LOCK_KEY: i64 = 0x006a_6f62_7265_636f;
 /// How often an instance that does not record tries to take the lock, and how
 /// often the recorder checks that its lock session is alive. With the lock
@@ -150,9 +152,12 @@ impl Recorder {
             loop {
                 let tried = tokio::time::timeout(
                     PG_TIMEOUT,
-                    sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
-                        .bind(RECORDER_LOCK_KEY)
-                        .fetch_one(&mut conn),
+                    sqlx::query_scalar::<_, bool>(
+                        "SELECT pg_try_advisory_lock(hashtextextended($1, $2))",
+                    )
+                    .bind(self.store.schema())
+                    .bind(RECORDER_LOCK_KEY)
+                    .fetch_one(&mut conn),
                 )
                 .await;
                 match tried {

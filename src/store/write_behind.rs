@@ -24,6 +24,8 @@
 //! document's owner field. A document without an owner cannot make a row
 //! (`owner_id` is NOT NULL and jobcast will not invent an owner); it still
 //! updates a row that exists, e.g. one the application inserted itself.
+//! The document's group field (`JOBCAST_GROUP_FIELD`) fills `group_id`; a
+//! document without one leaves the row's group as it is.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -67,6 +69,9 @@ struct Pending {
 
 struct Inner {
     store: Store,
+    /// [`upsert_sql`] and [`update_existing_sql`] for the store's schema.
+    upsert: String,
+    update_existing: String,
     pending: Mutex<Pending>,
     /// Wakes the flusher when a state is pushed (a stored permit if it is busy).
     wake: Notify,
@@ -90,6 +95,8 @@ impl WriteBehind {
     pub fn new(store: Store) -> Self {
         WriteBehind {
             inner: Arc::new(Inner {
+                upsert: upsert_sql(&store.jobs_table()),
+                update_existing: update_existing_sql(&store.jobs_table()),
                 store,
                 pending: Mutex::new(Pending::default()),
                 wake: Notify::new(),
@@ -359,23 +366,25 @@ impl WriteBehind {
         }
         let pool = self.inner.store.pool();
         if !owned.ids.is_empty() {
-            sqlx::query(UPSERT)
+            sqlx::query(&self.inner.upsert)
                 .bind(&owned.ids)
                 .bind(&owned.owners)
                 .bind(&owned.statuses)
                 .bind(&owned.snapshots)
                 .bind(&owned.seqs)
                 .bind(&owned.terminals)
+                .bind(&owned.groups)
                 .execute(pool)
                 .await?;
         }
         if !ownerless.ids.is_empty() {
-            sqlx::query(UPDATE_EXISTING)
+            sqlx::query(&self.inner.update_existing)
                 .bind(&ownerless.ids)
                 .bind(&ownerless.statuses)
                 .bind(&ownerless.snapshots)
                 .bind(&ownerless.seqs)
                 .bind(&ownerless.terminals)
+                .bind(&ownerless.groups)
                 .execute(pool)
                 .await?;
         }
@@ -417,6 +426,7 @@ struct Columns {
     /// per gateway and means nothing to another one reading the row.
     seqs: Vec<Option<i64>>,
     terminals: Vec<bool>,
+    groups: Vec<Option<String>>,
 }
 
 impl Columns {
@@ -429,6 +439,7 @@ impl Columns {
             .push(String::from_utf8_lossy(&u.doc.json).into_owned());
         self.seqs.push(u.doc.seq);
         self.terminals.push(u.doc.terminal);
+        self.groups.push(u.doc.group.clone());
     }
 }
 
@@ -438,34 +449,45 @@ impl Columns {
 /// wins, as on the stream). The owner of an existing row is never changed: the
 /// row (possibly the application's own) is the authority on ownership, and a
 /// document naming another owner never replaces its state.
-const UPSERT: &str = r#"
-INSERT INTO jobs AS j (id, owner_id, status, snapshot, seq, completed_at, updated_at)
+/// `table` is `schema.jobs`.
+fn upsert_sql(table: &str) -> String {
+    format!(
+        r#"
+INSERT INTO {table} AS j (id, owner_id, status, snapshot, seq, completed_at, updated_at, group_id)
 SELECT u.id, u.owner_id, u.status, u.snapshot::jsonb, u.seq,
-       CASE WHEN u.terminal THEN now() END, now()
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bool[])
-     AS u(id, owner_id, status, snapshot, seq, terminal)
+       CASE WHEN u.terminal THEN now() END, now(), u.group_id
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bool[], $7::text[])
+     AS u(id, owner_id, status, snapshot, seq, terminal, group_id)
 ON CONFLICT (id) DO UPDATE SET
     status       = EXCLUDED.status,
     snapshot     = EXCLUDED.snapshot,
     seq          = EXCLUDED.seq,
     completed_at = CASE WHEN EXCLUDED.completed_at IS NULL THEN NULL
                         ELSE COALESCE(j.completed_at, EXCLUDED.completed_at) END,
-    updated_at   = now()
+    updated_at   = now(),
+    group_id     = COALESCE(EXCLUDED.group_id, j.group_id)
 WHERE j.owner_id = EXCLUDED.owner_id AND (j.seq IS NULL OR EXCLUDED.seq > j.seq)
-"#;
+"#
+    )
+}
 
 /// Documents without an owner: the same guard, existing rows only.
-const UPDATE_EXISTING: &str = r#"
-UPDATE jobs AS j SET
+fn update_existing_sql(table: &str) -> String {
+    format!(
+        r#"
+UPDATE {table} AS j SET
     status       = u.status,
     snapshot     = u.snapshot::jsonb,
     seq          = u.seq,
     completed_at = CASE WHEN u.terminal THEN COALESCE(j.completed_at, now()) END,
-    updated_at   = now()
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bool[])
-     AS u(id, status, snapshot, seq, terminal)
+    updated_at   = now(),
+    group_id     = COALESCE(u.group_id, j.group_id)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bool[], $6::text[])
+     AS u(id, status, snapshot, seq, terminal, group_id)
 WHERE j.id = u.id AND (j.seq IS NULL OR u.seq > j.seq)
-"#;
+"#
+    )
+}
 
 #[cfg(test)]
 mod tests {

@@ -21,7 +21,7 @@ const TAKEOVER_WAIT: Duration = Duration::from_secs(7);
 /// The row's `(seq, completed)`, if the row exists.
 async fn row(pool: &PgPool, job: &str) -> Option<(Option<i64>, bool)> {
     sqlx::query_as::<_, (Option<i64>, bool)>(
-        "SELECT seq, completed_at IS NOT NULL FROM jobs WHERE id = $1",
+        "SELECT seq, completed_at IS NOT NULL FROM jobcast.jobs WHERE id = $1",
     )
     .bind(job)
     .fetch_optional(pool)
@@ -108,7 +108,7 @@ async fn log_writes(pool: &PgPool) {
         "CREATE FUNCTION log_job_write() RETURNS trigger LANGUAGE plpgsql AS $$
          BEGIN INSERT INTO job_writes VALUES (NEW.id, (NEW.snapshot->>'step')::bigint);
          RETURN NEW; END $$",
-        "CREATE TRIGGER log_job_write AFTER INSERT OR UPDATE ON jobs
+        "CREATE TRIGGER log_job_write AFTER INSERT OR UPDATE ON jobcast.jobs
          FOR EACH ROW EXECUTE FUNCTION log_job_write()",
     ] {
         sqlx::query(sql).execute(pool).await.expect("test trigger");
@@ -168,7 +168,7 @@ async fn three_instances_write_each_state_once() {
     for job in &jobs {
         wait_until(ROW_WAIT, &format!("{job}'s final state is written"), || async {
             sqlx::query_scalar::<_, bool>(
-                "SELECT completed_at IS NOT NULL AND snapshot->>'step' = '3' FROM jobs WHERE id = $1",
+                "SELECT completed_at IS NOT NULL AND snapshot->>'step' = '3' FROM jobcast.jobs WHERE id = $1",
             )
             .bind(job)
             .fetch_optional(&pool)

@@ -10,7 +10,8 @@ use tokio::sync::OnceCell;
 
 use crate::job_id::JobId;
 use crate::wire::{
-    DEFAULT_KEY_PREFIX, DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_TTL_SECS, write_script, write_state,
+    DEFAULT_GROUP_PREFIX, DEFAULT_KEY_PREFIX, DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_TTL_SECS,
+    write_script, write_state, write_state_in_group,
 };
 
 /// Bound on one write, so a hung Redis fails a worker's call instead of
@@ -31,6 +32,7 @@ pub struct Publisher {
     conn: Arc<OnceCell<ConnectionManager>>,
     script: Arc<redis::Script>,
     prefix: String,
+    group_prefix: String,
     ttl_secs: u64,
     max_document_bytes: usize,
 }
@@ -47,6 +49,7 @@ impl Publisher {
             conn: Arc::new(OnceCell::new()),
             script: Arc::new(write_script()),
             prefix: key_prefix.to_owned(),
+            group_prefix: DEFAULT_GROUP_PREFIX.to_owned(),
             ttl_secs: DEFAULT_TTL_SECS,
             max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
         })
@@ -56,6 +59,17 @@ impl Publisher {
     pub fn with_ttl(mut self, ttl_secs: u64) -> Self {
         self.ttl_secs = ttl_secs;
         self
+    }
+
+    /// The gateway's `JOBCAST_GROUP_PREFIX`, where it is not the default.
+    pub fn with_group_prefix(mut self, prefix: &str) -> Self {
+        self.group_prefix = prefix.to_owned();
+        self
+    }
+
+    /// The set holding the members of `group`.
+    pub fn group_key(&self, group: &JobId) -> String {
+        format!("{}{}", self.group_prefix, group.as_str())
     }
 
     /// The gateway's `JOBCAST_MAX_DOCUMENT_BYTES`, where it is not the default.
@@ -76,6 +90,18 @@ impl Publisher {
     /// SET + PUBLISH of `json` (a JSON object; not checked here) in one atomic
     /// script. Returns how many channel subscribers received it.
     pub async fn write(&self, job: &JobId, json: &[u8]) -> Result<i64, PublishError> {
+        self.write_in_group(job, json, None).await
+    }
+
+    /// [`write`](Self::write), and with a `group`, adds the job to the group's
+    /// set with the state key's TTL, in the same round trip. The document
+    /// should name the group too (the gateway reads `group_id`).
+    pub async fn write_in_group(
+        &self,
+        job: &JobId,
+        json: &[u8],
+        group: Option<&JobId>,
+    ) -> Result<i64, PublishError> {
         let key = self.key(job);
         let write = async {
             let conn = self
@@ -83,7 +109,22 @@ impl Publisher {
                 .get_or_try_init(|| ConnectionManager::new(self.client.clone()))
                 .await?;
             let mut conn = conn.clone();
-            write_state(&self.script, &mut conn, &key, json, self.ttl_secs).await
+            match group {
+                None => write_state(&self.script, &mut conn, &key, json, self.ttl_secs).await,
+                Some(group) => {
+                    let set = self.group_key(group);
+                    write_state_in_group(
+                        &self.script,
+                        &mut conn,
+                        &key,
+                        json,
+                        self.ttl_secs,
+                        &set,
+                        job.as_str(),
+                    )
+                    .await
+                }
+            }
         };
         match tokio::time::timeout(WRITE_TIMEOUT, write).await {
             Ok(result) => Ok(result?),
