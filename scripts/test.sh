@@ -28,7 +28,7 @@ step "services: Redis on 127.0.0.1:6379, Postgres on 127.0.0.1:5432 (scripts/ser
 # shellcheck source=scripts/services.sh
 source scripts/services.sh
 
-step "tools: nginx and chromium for the end-to-end tests"
+step "tools: nginx, chromium and psql for the end-to-end tests"
 installed_nginx=""
 pkgs=()
 if ! command -v nginx >/dev/null 2>&1; then
@@ -42,6 +42,8 @@ if ! command -v nginx >/dev/null 2>&1; then
     installed_nginx=1
 fi
 command -v chromium >/dev/null 2>&1 || pkgs+=(chromium)
+# psql applies docs/recipes/progress-columns.sql in the recipe's test.
+command -v psql >/dev/null 2>&1 || pkgs+=(postgresql-client)
 if ((${#pkgs[@]} > 0)); then
     jobcast_apt_install "${pkgs[@]}"
 fi
@@ -54,6 +56,7 @@ if [[ -n "$installed_nginx" ]]; then
 fi
 command -v nginx >/dev/null 2>&1 || { echo "test.sh: nginx still missing" >&2; exit 1; }
 command -v chromium >/dev/null 2>&1 || { echo "test.sh: chromium still missing" >&2; exit 1; }
+command -v psql >/dev/null 2>&1 || { echo "test.sh: psql (postgresql-client) still missing" >&2; exit 1; }
 JOBCAST_NGINX_BIN="$(command -v nginx)"
 JOBCAST_CHROMIUM_BIN="$(command -v chromium)"
 export JOBCAST_NGINX_BIN JOBCAST_CHROMIUM_BIN

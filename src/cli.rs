@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::Claims;
 use crate::auth::claims::now_secs;
 use crate::config::{RedisTarget, Settings};
-use crate::job::{DocRules, JobId, ProgressDoc};
+use crate::job::{DocRules, JobId, MAX_JOB_ID_LEN, ProgressDoc};
 use crate::startup::App;
 use crate::store::Store;
 use crate::upstream::sentinel::SentinelPrimary;
@@ -20,7 +20,7 @@ fn store(s: &Settings) -> anyhow::Result<Store> {
         .database_url
         .as_ref()
         .context("DATABASE_URL must be set for this command")?;
-    Store::connect_lazy(url.expose(), DocRules::from_settings(s))
+    Store::connect_lazy(url.expose(), DocRules::from_settings(s))?.with_schema(&s.pg_schema)
 }
 
 pub async fn migrate(s: &Settings) -> anyhow::Result<()> {
@@ -127,9 +127,25 @@ fn split_list(values: Vec<String>) -> Vec<String> {
 /// Writes one document like a worker (SET with TTL + PUBLISH, atomically).
 /// `document` `-` reads it from stdin. The document is checked as the gateway
 /// would (a JSON object within JOBCAST_MAX_DOCUMENT_BYTES) before anything is
-/// written.
-pub async fn publish(s: &Settings, job: &str, document: &str, ttl: u64) -> anyhow::Result<()> {
+/// written. With `group`, the document's group field is set to it (a
+/// document naming another group is refused) and the job joins the group's set.
+pub async fn publish(
+    s: &Settings,
+    job: &str,
+    document: &str,
+    ttl: u64,
+    group: Option<&str>,
+) -> anyhow::Result<()> {
     let job = JobId::parse(job).with_context(|| format!("job id {job:?}"))?;
+    let group = group
+        .map(|g| {
+            JobId::parse(g).map_err(|_| {
+                anyhow::anyhow!(
+                    "group {g:?}: a group name is 1-{MAX_JOB_ID_LEN} characters from A-Z a-z 0-9 . _ : -"
+                )
+            })
+        })
+        .transpose()?;
     let text = if document == "-" {
         let mut buf = String::new();
         std::io::Read::read_to_string(&mut std::io::stdin(), &mut buf).context("reading stdin")?;
@@ -138,15 +154,22 @@ pub async fn publish(s: &Settings, job: &str, document: &str, ttl: u64) -> anyho
         document.to_owned()
     };
     let rules = DocRules::from_settings(s);
+    let text = match &group {
+        None => text,
+        Some(group) => with_group(text.trim(), &s.group_field, group.as_str())?,
+    };
     let doc = ProgressDoc::parse(text.trim().as_bytes(), &rules).map_err(|e| {
         anyhow::anyhow!(
             "{e} (the document must be a JSON object of at most {} bytes)",
             rules.max_bytes
         )
     })?;
-    let publisher = publisher(s).await?.with_ttl(ttl);
+    let publisher = publisher(s)
+        .await?
+        .with_group_prefix(&s.group_prefix)
+        .with_ttl(ttl);
     let receivers = publisher
-        .write(&job, &doc.json)
+        .write_in_group(&job, &doc.json, group.as_ref())
         .await
         .context("writing to Redis (REDIS_URL)")?;
     println!(
@@ -180,6 +203,21 @@ fn location_now(target: &RedisTarget) -> Option<RedisLocation> {
         RedisTarget::Cluster(seeds) => Some(RedisLocation::Cluster(seeds.clone())),
         RedisTarget::Sentinel(_) => None,
     }
+}
+
+/// The document text with `field` set to `group`; refuses a document that
+/// already names a different group.
+fn with_group(text: &str, field: &str, group: &str) -> anyhow::Result<String> {
+    let mut map: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(text).context("the document must be a JSON object")?;
+    match map.get(field) {
+        None | Some(serde_json::Value::Null) => {
+            map.insert(field.to_owned(), group.into());
+        }
+        Some(v) if v.as_str() == Some(group) => {}
+        Some(v) => anyhow::bail!("the document's {field} is {v}, not --group {group}"),
+    }
+    Ok(serde_json::to_string(&map)?)
 }
 
 pub async fn demo(

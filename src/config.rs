@@ -81,6 +81,10 @@ pub enum Command {
         /// TTL of the state key in seconds.
         #[arg(long, default_value_t = 7200)]
         ttl: u64,
+        /// Put the job in GROUP: the document gets the group field and the job
+        /// is added to the group's set (JOBCAST_GROUP_PREFIX) with the same TTL.
+        #[arg(long)]
+        group: Option<String>,
     },
     /// Print each state of JOB as one JSON line as it arrives; exit 0 after `done`.
     Tail {
@@ -113,6 +117,16 @@ pub enum OtlpProtocol {
     HttpProtobuf,
     #[value(name = "http/json")]
     HttpJson,
+}
+
+/// Whether this instance may be the one that records every job's states into
+/// Postgres (`JOBCAST_RECORDER`).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum RecorderMode {
+    /// Take the recorder's advisory lock when no other instance holds it.
+    Auto,
+    /// Never record (this instance still reads Postgres and LISTENs).
+    Off,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
@@ -264,6 +278,33 @@ pub struct Settings {
     )]
     pub owner_field: String,
 
+    /// Document field naming the job's group (also the Postgres `group_id` column's source).
+    #[arg(
+        long,
+        env = "JOBCAST_GROUP_FIELD",
+        default_value = "group_id",
+        global = true
+    )]
+    pub group_field: String,
+
+    /// Prefix of group sets: writers `SADD {prefix}{group} {job}`.
+    #[arg(
+        long,
+        env = "JOBCAST_GROUP_PREFIX",
+        default_value = "progress:group:",
+        global = true
+    )]
+    pub group_prefix: String,
+
+    /// Postgres schema of jobcast's own tables (created by the migrations).
+    #[arg(
+        long,
+        env = "JOBCAST_PG_SCHEMA",
+        default_value = "jobcast",
+        global = true
+    )]
+    pub pg_schema: String,
+
     /// Seconds between `: ping` comments (SSE) and pings (WebSocket).
     #[arg(
         long,
@@ -347,6 +388,17 @@ pub struct Settings {
         global = true
     )]
     pub retention_days: u32,
+
+    /// With DATABASE_URL: `auto` lets this instance become the one recorder
+    /// that writes every job's states behind; `off` never records here.
+    #[arg(
+        long,
+        env = "JOBCAST_RECORDER",
+        value_enum,
+        default_value_t = RecorderMode::Auto,
+        global = true
+    )]
+    pub recorder: RecorderMode,
 
     /// Other origins allowed to call the gateway from a browser (comma-separated).
     #[arg(
@@ -452,6 +504,20 @@ impl Settings {
     pub fn validate(&self) -> Result<(), String> {
         if self.key_prefix.is_empty() {
             return Err("JOBCAST_KEY_PREFIX must not be empty".into());
+        }
+        if self.group_prefix.is_empty() {
+            return Err("JOBCAST_GROUP_PREFIX must not be empty".into());
+        }
+        if self.group_field.is_empty() {
+            return Err("JOBCAST_GROUP_FIELD must not be empty".into());
+        }
+        if !is_pg_identifier(&self.pg_schema) {
+            return Err(format!(
+                "JOBCAST_PG_SCHEMA={:?} is not a plain Postgres identifier: a lower-case \
+                 letter or `_`, then lower-case letters, digits or `_`, at most 63 bytes, \
+                 not starting with `pg_`",
+                self.pg_schema
+            ));
         }
         self.redis_target()?;
         if self.jwt_secret.is_none()
@@ -560,9 +626,49 @@ impl Settings {
     }
 }
 
+/// A schema name jobcast can put into SQL without quoting surprises: an
+/// unquoted Postgres identifier that means itself (lower case, so quoting it or
+/// not names the same schema), within the 63-byte limit, and not in the
+/// reserved `pg_` namespace.
+pub fn is_pg_identifier(name: &str) -> bool {
+    let mut chars = name.chars();
+    let starts_well = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    starts_well
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+        && name.len() <= 63
+        && !name.starts_with("pg_")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schema_names_are_plain_identifiers() {
+        for good in ["jobcast", "_x", "app_2", &"a".repeat(63)] {
+            assert!(is_pg_identifier(good), "{good}");
+        }
+        for bad in [
+            "",
+            "Jobcast",
+            "2x",
+            "job-cast",
+            "a b",
+            "x\"y",
+            "pg_catalog",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_pg_identifier(bad), "{bad}");
+        }
+        let mut s = Settings::defaults();
+        s.dev = true;
+        assert!(s.validate().is_ok());
+        s.pg_schema = "public; drop".into();
+        let err = s.validate().unwrap_err();
+        assert!(err.contains("JOBCAST_PG_SCHEMA"), "{err}");
+    }
 
     #[test]
     fn defaults_ignore_the_environment() {

@@ -15,7 +15,6 @@ use tracing::warn;
 use crate::event::Source;
 use crate::fanout::{Feed, Offer};
 use crate::job::{JobId, ProgressDoc};
-use crate::store::write_behind::WriteBehind;
 use crate::upstream::UpstreamCmd;
 
 struct Entry {
@@ -54,7 +53,9 @@ pub struct Hub {
     /// Unbounded because the hub cannot wait in `Drop`; its rate is bounded by
     /// connection churn and the listener drains it continuously.
     upstream: mpsc::UnboundedSender<UpstreamCmd>,
-    write_behind: Option<WriteBehind>,
+    /// Is there a database where states are recorded? Without one, a state is
+    /// as durable as it will ever be the moment it is accepted.
+    recorded: bool,
 }
 
 /// A watcher's membership of a job: keeps the job's subscription alive while held.
@@ -70,15 +71,14 @@ impl Drop for Watch {
 }
 
 impl Hub {
-    pub fn new(
-        write_behind: Option<WriteBehind>,
-    ) -> (Arc<Hub>, mpsc::UnboundedReceiver<UpstreamCmd>) {
+    /// `recorded`: whether a database records states (`DATABASE_URL` is set).
+    pub fn new(recorded: bool) -> (Arc<Hub>, mpsc::UnboundedReceiver<UpstreamCmd>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Hub {
             feeds: Mutex::new(HashMap::new()),
             remembered: Mutex::new(OwnerMemory::default()),
             upstream: tx,
-            write_behind,
+            recorded,
         };
         (Arc::new(hub), rx)
     }
@@ -203,13 +203,12 @@ impl Hub {
             Offer::Accepted(update) => {
                 metrics::counter!("jobcast_updates_total", "source" => source.as_str())
                     .increment(1);
-                // A state read from Postgres is already there; writing it back
-                // would only echo through NOTIFY.
-                match &self.write_behind {
-                    Some(wb) if source != Source::Postgres => {
-                        wb.push(&feed.job, update.clone());
-                    }
-                    _ => update.durable.settle(),
+                // The hub writes nothing: the recorder (maybe another instance)
+                // does. A state read from Postgres is there already; any other
+                // is settled when the row's NOTIFY shows it written (see
+                // `PgListener`), or by the streams' bounded wait.
+                if !self.recorded || source == Source::Postgres {
+                    update.durable.settle();
                 }
             }
             Offer::Stale => {

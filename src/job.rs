@@ -15,6 +15,8 @@ pub use jobcast_publish::{InvalidJobId, JobId, MAX_JOB_ID_LEN};
 pub struct DocRules {
     pub max_bytes: usize,
     pub owner_field: String,
+    /// The field naming the job's group (JOBCAST_GROUP_FIELD).
+    pub group_field: String,
     pub terminal_statuses: Vec<String>,
 }
 
@@ -23,6 +25,7 @@ impl DocRules {
         DocRules {
             max_bytes: s.max_document_bytes,
             owner_field: s.owner_field.clone(),
+            group_field: s.group_field.clone(),
             terminal_statuses: s
                 .terminal_statuses
                 .iter()
@@ -46,6 +49,7 @@ impl DocRules {
         DocRules {
             max_bytes: 4096,
             owner_field: "owner_id".into(),
+            group_field: "group_id".into(),
             terminal_statuses: vec!["completed".into(), "failed".into(), "cancelled".into()],
         }
     }
@@ -92,6 +96,8 @@ pub struct ProgressDoc {
     pub seq: Option<i64>,
     pub status: Option<String>,
     pub owner: Option<String>,
+    /// The group field, where it is a valid group name; anything else is no group.
+    pub group: Option<String>,
     pub terminal: bool,
 }
 
@@ -137,12 +143,18 @@ impl ProgressDoc {
             Value::Number(n) => Some(n.to_string()),
             _ => None,
         });
+        let group = map
+            .get(&rules.group_field)
+            .and_then(Value::as_str)
+            .filter(|g| JobId::is_valid(g))
+            .map(str::to_owned);
         let terminal = status.as_deref().is_some_and(|s| rules.is_terminal(s));
         Ok(ProgressDoc {
             json,
             seq,
             status,
             owner,
+            group,
             terminal,
         })
     }

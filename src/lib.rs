@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! worker ─ SET/HSET/PUBLISH ─▶ Redis ──▶ upstream/redis_listener  (one pub/sub connection)
-//!        ─ UPDATE jobs ──────▶ Postgres ─▶ upstream/pg_listener
+//!        ─ UPDATE jobcast.jobs ▶ Postgres ─▶ upstream/pg_listener
 //!                                           ▼
 //!                                         upstream/loader  reads (redis_reader, then Postgres), parses
 //!                                           ▼
@@ -21,7 +21,8 @@
 //!
 //! Around it: `config` (settings), `startup` (App::build/run, shared with tests),
 //! `http` (routes), `auth` (tokens and ownership), `error` (JSON errors),
-//! `limits`, `metrics`, `store` (Postgres), `demo` (simulated jobs), `shutdown`.
+//! `limits`, `metrics`, `store` (Postgres: reads, and the one recorder of a
+//! fleet that writes states behind), `demo` (simulated jobs), `shutdown`.
 //! The worker side (Publisher, ProgressTracker) is the `jobcast-publish` crate.
 
 pub mod auth;

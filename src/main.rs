@@ -24,7 +24,12 @@ async fn main() -> ExitCode {
             roles,
             ttl,
         } => cli::token(&s, sub, jobs, roles, ttl),
-        Command::Publish { job, document, ttl } => cli::publish(&s, &job, &document, ttl).await,
+        Command::Publish {
+            job,
+            document,
+            ttl,
+            group,
+        } => cli::publish(&s, &job, &document, ttl, group.as_deref()).await,
         Command::Tail { job, url, token } => cli::tail::run(&s, &job, url, token).await,
         Command::Demo { jobs, owner, once } => {
             let stop = CancellationToken::new();

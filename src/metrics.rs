@@ -169,6 +169,10 @@ fn describe() {
     );
     describe_gauge!("jobcast_postgres_up", "1 while Postgres answers");
     describe_gauge!(
+        "jobcast_recorder",
+        "1 while this instance is the recorder (holds the advisory lock)"
+    );
+    describe_gauge!(
         "jobcast_redis_keyspace_events",
         "1 while Redis notify-keyspace-events has every flag jobcast needs"
     );

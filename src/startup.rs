@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use crate::auth::jwks::Jwks;
 use crate::auth::{Claims, Verifier};
 use crate::config::RedisTarget;
-use crate::config::{Secret, Settings};
+use crate::config::{RecorderMode, Secret, Settings};
 use crate::http::origin::Origin;
 use crate::hub::Hub;
 use crate::job::DocRules;
@@ -22,6 +22,7 @@ use crate::limits::Limits;
 use crate::readiness::Readiness;
 use crate::state::{AppState, SharedState};
 use crate::store::Store;
+use crate::store::recorder::Recorder;
 use crate::store::retention;
 use crate::store::write_behind::WriteBehind;
 use crate::upstream::cluster_listener::ClusterListener;
@@ -91,8 +92,9 @@ impl App {
                 None
             }
             Some(url) => {
-                let store =
-                    Store::connect_lazy(url.expose(), rules.clone()).context("DATABASE_URL")?;
+                let store = Store::connect_lazy(url.expose(), rules.clone())
+                    .context("DATABASE_URL")?
+                    .with_schema(&settings.pg_schema)?;
                 if settings.migrate
                     && let Err(e) = store.migrate().await
                 {
@@ -139,8 +141,7 @@ impl App {
             }
         };
         let redis_up = Arc::new(AtomicBool::new(false));
-        let write_behind = store.clone().map(WriteBehind::new);
-        let (hub, upstream_cmds) = Hub::new(write_behind.clone());
+        let (hub, upstream_cmds) = Hub::new(store.is_some());
         let loader = Loader::new(
             hub.clone(),
             reader.clone(),
@@ -216,8 +217,43 @@ impl App {
                 shutdown.clone(),
             )));
         }
-        if let (Some(store), Some(wb)) = (store, &write_behind) {
-            tasks.push(tokio::spawn(wb.clone().run(shutdown.clone())));
+        // 1 only while this instance holds the recorder lock.
+        metrics::gauge!("jobcast_recorder").set(0.0);
+        let mut write_behind = None;
+        if let Some(store) = store {
+            // The recorder's pattern subscription hears one server: the one
+            // REDIS_URL names, or the primary the sentinels name at start.
+            let recorder_redis = match &target {
+                RedisTarget::Single(info) => Some(info.clone()),
+                RedisTarget::Sentinel(_) => commands
+                    .primaries()
+                    .await
+                    .ok()
+                    .and_then(|p| p.into_iter().next()),
+                RedisTarget::Cluster(_) => None,
+            };
+            if settings.recorder == RecorderMode::Auto && recorder_redis.is_none() {
+                warn!(
+                    "the recorder does not run on a Redis Cluster (or without a primary): states are not written behind by this instance"
+                );
+            }
+            if settings.recorder == RecorderMode::Auto
+                && let Some(recorder_redis) = recorder_redis
+            {
+                let wb = WriteBehind::new(store.clone());
+                let recorder = Recorder::new(
+                    store.clone(),
+                    wb.clone(),
+                    reader.clone(),
+                    recorder_redis,
+                    settings.redis_db(),
+                    &settings.key_prefix,
+                    rules.clone(),
+                )?;
+                tasks.push(tokio::spawn(wb.clone().run(shutdown.clone())));
+                tasks.push(tokio::spawn(recorder.run(shutdown.clone())));
+                write_behind = Some(wb);
+            }
             let pg = PgListener::new(loader.clone(), store.clone(), redis_up.clone());
             tasks.push(tokio::spawn(pg.run(shutdown.clone())));
             tasks.push(tokio::spawn(retention::run(

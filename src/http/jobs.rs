@@ -70,8 +70,11 @@ async fn get(job: String, app: SharedState, creds: Credentials) -> Result<Respon
 /// token from the Authorization header only (401: a cookie or query token
 /// would let any site a user visits publish in their name), role and `jobs`
 /// claim (403), size (413, from `Content-Length` at once, else while reading a
-/// chunked body), document (400), owner (409: a job's owner never changes).
-/// Then the same write as every worker: SET with TTL + PUBLISH, atomically.
+/// chunked body), document (400, also for a group field that is not a valid
+/// group name), owner (409: a job's owner never changes).
+/// Then the same write as every worker: SET with TTL + PUBLISH, atomically,
+/// and for a document naming a group (`JOBCAST_GROUP_FIELD`), `SADD` of the
+/// job to the group's set with the same TTL.
 pub async fn publish<S, B>(
     job: String,
     app: SharedState,
@@ -119,6 +122,13 @@ where
         DocError::BadSeq => ApiError::BadRequest(e.to_string()),
         _ => ApiError::BadRequest(format!("{e}: the body must be a JSON object")),
     })?;
+    if doc.group.is_none() && names_a_group(&doc.json, &rules.group_field) {
+        return Err(ApiError::BadRequest(format!(
+            "{}: a group name is 1-{} characters from A-Z a-z 0-9 . _ : -",
+            rules.group_field,
+            crate::job::MAX_JOB_ID_LEN
+        )));
+    }
     if let Some(named) = &doc.owner {
         // Known without I/O where a feed fixed or remembers it; else the sources.
         let owner = match app.hub.known_owner(&job) {
@@ -136,12 +146,26 @@ where
             )));
         }
     }
-    app.redis
-        .write(&job, &doc.json, PUBLISH_TTL_SECS)
-        .await
-        .map_err(|e| ApiError::Unavailable(format!("could not write to Redis: {e}")))?;
+    let reader = &app.redis;
+    let written = match &doc.group {
+        None => reader.write(&job, &doc.json, PUBLISH_TTL_SECS).await,
+        Some(group) => {
+            let set = format!("{}{group}", app.settings.group_prefix);
+            reader
+                .write_in_group(&job, &doc.json, PUBLISH_TTL_SECS, &set)
+                .await
+        }
+    };
+    written.map_err(|e| ApiError::Unavailable(format!("could not write to Redis: {e}")))?;
     let body = json!({"job_id": job.as_str(), "seq": doc.seq});
     Ok(warp::reply::with_status(warp::reply::json(&body), StatusCode::CREATED).into_response())
+}
+
+/// Whether the document has a non-null group field (read again only for a
+/// document whose group field did not parse as a group name).
+fn names_a_group(json: &[u8], field: &str) -> bool {
+    serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(json)
+        .is_ok_and(|m| m.get(field).is_some_and(|v| !v.is_null()))
 }
 
 fn too_large(max: usize) -> ApiError {

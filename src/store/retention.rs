@@ -35,13 +35,15 @@ impl Store {
             return Ok(None);
         }
         // `completed_at IS NOT NULL`: unfinished jobs stay, however old.
-        let deleted = sqlx::query(
-            "DELETE FROM jobs WHERE completed_at IS NOT NULL AND completed_at < now() - make_interval(days => $1)",
-        )
-        .bind(days as i32)
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
+        let sql = format!(
+            "DELETE FROM {} WHERE completed_at IS NOT NULL AND completed_at < now() - make_interval(days => $1)",
+            self.jobs_table()
+        );
+        let deleted = sqlx::query(&sql)
+            .bind(days as i32)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         tx.commit().await?;
         Ok(Some(deleted))
     }

@@ -1,11 +1,14 @@
 //! Write-behind of the states jobcast sees in Redis into `jobs`,
 //! so the last state of a job survives a Redis crash, eviction or expiry.
 //!
-//! The hub calls [`WriteBehind::push`] for every accepted state that did not come
-//! from Postgres; it never blocks. A flusher task ([`WriteBehind::run`]) writes:
+//! The recorder ([`super::recorder`]) calls [`WriteBehind::push`] for every
+//! state it reads from Redis; it never blocks. A flusher task
+//! ([`WriteBehind::run`]) writes:
 //!
-//! - the NEWEST state per job only: pending states replace each other, so memory
-//!   is one state per job with unwritten news, whatever the update rate;
+//! - the NEWEST state per job only: pending states replace each other (a lower
+//!   `seq` never replaces a higher one), so memory is one state per job with
+//!   unwritten news, whatever the update rate; the state just written, heard
+//!   again (SET and PUBLISH of one document), is not written again;
 //! - each job at most once per [`MIN_WRITE_INTERVAL`], a terminal state at once;
 //! - many jobs per statement (one multi-row upsert of up to [`MAX_BATCH_ROWS`]);
 //! - never over a newer `seq`: the guard is in SQL, so it holds against other
@@ -21,6 +24,8 @@
 //! document's owner field. A document without an owner cannot make a row
 //! (`owner_id` is NOT NULL and jobcast will not invent an owner); it still
 //! updates a row that exists, e.g. one the application inserted itself.
+//! The document's group field (`JOBCAST_GROUP_FIELD`) fills `group_id`; a
+//! document without one leaves the row's group as it is.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -56,13 +61,17 @@ struct Slot {
 #[derive(Default)]
 struct Pending {
     jobs: HashMap<JobId, Slot>,
-    /// When each recently written job was last written; entries older than
-    /// [`MIN_WRITE_INTERVAL`] are pruned, so this is bounded by the write rate.
-    written_at: HashMap<JobId, Instant>,
+    /// When each recently written job was last written, and the id of the
+    /// state written; entries older than [`MIN_WRITE_INTERVAL`] are pruned, so
+    /// this is bounded by the write rate.
+    written_at: HashMap<JobId, (Instant, Box<str>)>,
 }
 
 struct Inner {
     store: Store,
+    /// [`upsert_sql`] and [`update_existing_sql`] for the store's schema.
+    upsert: String,
+    update_existing: String,
     pending: Mutex<Pending>,
     /// Wakes the flusher when a state is pushed (a stored permit if it is busy).
     wake: Notify,
@@ -86,6 +95,8 @@ impl WriteBehind {
     pub fn new(store: Store) -> Self {
         WriteBehind {
             inner: Arc::new(Inner {
+                upsert: upsert_sql(&store.jobs_table()),
+                update_existing: update_existing_sql(&store.jobs_table()),
                 store,
                 pending: Mutex::new(Pending::default()),
                 wake: Notify::new(),
@@ -107,7 +118,17 @@ impl WriteBehind {
         // the queue once per update.
         let wake = {
             let mut pending = self.lock();
+            let just_written = pending
+                .written_at
+                .get(job)
+                .is_some_and(|(_, id)| *id == update.id);
             match pending.jobs.get_mut(job) {
+                // Reads and channel messages of one job may arrive out of
+                // order; an older state must not displace a newer pending one.
+                Some(slot) if is_older(&update, &slot.update) => {
+                    update.durable.settle();
+                    false
+                }
                 Some(slot) => {
                     let old = std::mem::replace(&mut slot.update, update);
                     if old.done.is_some() {
@@ -116,6 +137,12 @@ impl WriteBehind {
                         old.durable.settle();
                     }
                     terminal
+                }
+                // The state just written, heard again (a worker's SET and
+                // PUBLISH of one document): nothing new to write.
+                None if just_written => {
+                    update.durable.settle();
+                    false
                 }
                 None => {
                     pending.jobs.insert(
@@ -220,7 +247,7 @@ impl WriteBehind {
         let mut pending = self.lock();
         pending
             .written_at
-            .retain(|_, at| now.duration_since(*at) < MIN_WRITE_INTERVAL);
+            .retain(|_, (at, _)| now.duration_since(*at) < MIN_WRITE_INTERVAL);
         let mut due = Vec::new();
         let mut next_due: Option<Instant> = None;
         for (job, slot) in &pending.jobs {
@@ -230,7 +257,7 @@ impl WriteBehind {
                 break;
             }
             let ready_at = match pending.written_at.get(job) {
-                Some(at) if !all && slot.update.done.is_none() => *at + MIN_WRITE_INTERVAL,
+                Some((at, _)) if !all && slot.update.done.is_none() => *at + MIN_WRITE_INTERVAL,
                 _ => now,
             };
             if ready_at <= now {
@@ -293,7 +320,9 @@ impl WriteBehind {
             match outcome {
                 Outcome::Written => {
                     metrics::counter!("jobcast_postgres_writes_total").increment(1);
-                    pending.written_at.insert(job, now);
+                    pending
+                        .written_at
+                        .insert(job, (now, slot.update.id.clone()));
                 }
                 Outcome::Rejected(why) => {
                     metrics::counter!("jobcast_postgres_write_errors_total", "reason" => "rejected")
@@ -337,28 +366,35 @@ impl WriteBehind {
         }
         let pool = self.inner.store.pool();
         if !owned.ids.is_empty() {
-            sqlx::query(UPSERT)
+            sqlx::query(&self.inner.upsert)
                 .bind(&owned.ids)
                 .bind(&owned.owners)
                 .bind(&owned.statuses)
                 .bind(&owned.snapshots)
                 .bind(&owned.seqs)
                 .bind(&owned.terminals)
+                .bind(&owned.groups)
                 .execute(pool)
                 .await?;
         }
         if !ownerless.ids.is_empty() {
-            sqlx::query(UPDATE_EXISTING)
+            sqlx::query(&self.inner.update_existing)
                 .bind(&ownerless.ids)
                 .bind(&ownerless.statuses)
                 .bind(&ownerless.snapshots)
                 .bind(&ownerless.seqs)
                 .bind(&ownerless.terminals)
+                .bind(&ownerless.groups)
                 .execute(pool)
                 .await?;
         }
         Ok(())
     }
+}
+
+/// Is `new` ordered before `pending` by `seq` (both have one)?
+fn is_older(new: &Update, pending: &Update) -> bool {
+    matches!((new.doc.seq, pending.doc.seq), (Some(n), Some(p)) if n < p)
 }
 
 #[derive(Clone, Debug)]
@@ -390,6 +426,7 @@ struct Columns {
     /// per gateway and means nothing to another one reading the row.
     seqs: Vec<Option<i64>>,
     terminals: Vec<bool>,
+    groups: Vec<Option<String>>,
 }
 
 impl Columns {
@@ -402,6 +439,7 @@ impl Columns {
             .push(String::from_utf8_lossy(&u.doc.json).into_owned());
         self.seqs.push(u.doc.seq);
         self.terminals.push(u.doc.terminal);
+        self.groups.push(u.doc.group.clone());
     }
 }
 
@@ -409,35 +447,47 @@ impl Columns {
 /// has none. A document without `seq` therefore never replaces one with a `seq`
 /// (it cannot be ordered against it), and replaces one without (newest arrival
 /// wins, as on the stream). The owner of an existing row is never changed: the
-/// row (possibly the application's own) is the authority on ownership.
-const UPSERT: &str = r#"
-INSERT INTO jobs AS j (id, owner_id, status, snapshot, seq, completed_at, updated_at)
+/// row (possibly the application's own) is the authority on ownership, and a
+/// document naming another owner never replaces its state.
+/// `table` is `schema.jobs`.
+fn upsert_sql(table: &str) -> String {
+    format!(
+        r#"
+INSERT INTO {table} AS j (id, owner_id, status, snapshot, seq, completed_at, updated_at, group_id)
 SELECT u.id, u.owner_id, u.status, u.snapshot::jsonb, u.seq,
-       CASE WHEN u.terminal THEN now() END, now()
-FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bool[])
-     AS u(id, owner_id, status, snapshot, seq, terminal)
+       CASE WHEN u.terminal THEN now() END, now(), u.group_id
+FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::bigint[], $6::bool[], $7::text[])
+     AS u(id, owner_id, status, snapshot, seq, terminal, group_id)
 ON CONFLICT (id) DO UPDATE SET
     status       = EXCLUDED.status,
     snapshot     = EXCLUDED.snapshot,
     seq          = EXCLUDED.seq,
     completed_at = CASE WHEN EXCLUDED.completed_at IS NULL THEN NULL
                         ELSE COALESCE(j.completed_at, EXCLUDED.completed_at) END,
-    updated_at   = now()
-WHERE j.seq IS NULL OR EXCLUDED.seq > j.seq
-"#;
+    updated_at   = now(),
+    group_id     = COALESCE(EXCLUDED.group_id, j.group_id)
+WHERE j.owner_id = EXCLUDED.owner_id AND (j.seq IS NULL OR EXCLUDED.seq > j.seq)
+"#
+    )
+}
 
 /// Documents without an owner: the same guard, existing rows only.
-const UPDATE_EXISTING: &str = r#"
-UPDATE jobs AS j SET
+fn update_existing_sql(table: &str) -> String {
+    format!(
+        r#"
+UPDATE {table} AS j SET
     status       = u.status,
     snapshot     = u.snapshot::jsonb,
     seq          = u.seq,
     completed_at = CASE WHEN u.terminal THEN COALESCE(j.completed_at, now()) END,
-    updated_at   = now()
-FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bool[])
-     AS u(id, status, snapshot, seq, terminal)
+    updated_at   = now(),
+    group_id     = COALESCE(u.group_id, j.group_id)
+FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[], $5::bool[], $6::text[])
+     AS u(id, status, snapshot, seq, terminal, group_id)
 WHERE j.id = u.id AND (j.seq IS NULL OR u.seq > j.seq)
-"#;
+"#
+    )
+}
 
 #[cfg(test)]
 mod tests {
@@ -479,11 +529,35 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_older_state_does_not_replace_a_newer_pending_one() {
+        let wb = write_behind();
+        let job = JobId::parse("j").unwrap();
+        wb.push(&job, update(&job, r#"{"seq":5,"status":"completed"}"#));
+        let late = update(&job, r#"{"seq":4}"#);
+        wb.push(&job, late.clone());
+        assert!(late.durable.is_settled());
+        let (rows, _) = wb.take_due(Instant::now(), false);
+        assert_eq!(&*rows[0].slot.update.id, "5");
+    }
+
+    #[tokio::test]
+    async fn the_state_just_written_heard_again_is_not_written_twice() {
+        let wb = write_behind();
+        let job = JobId::parse("j").unwrap();
+        let now = Instant::now();
+        wb.lock().written_at.insert(job.clone(), (now, "7".into()));
+        wb.push(&job, update(&job, r#"{"seq":7}"#));
+        assert_eq!(wb.pending_jobs(), 0);
+        wb.push(&job, update(&job, r#"{"seq":8}"#));
+        assert_eq!(wb.pending_jobs(), 1, "a new state is");
+    }
+
+    #[tokio::test]
     async fn a_recently_written_job_waits_its_interval_unless_terminal() {
         let wb = write_behind();
         let job = JobId::parse("j").unwrap();
         let now = Instant::now();
-        wb.lock().written_at.insert(job.clone(), now);
+        wb.lock().written_at.insert(job.clone(), (now, "1".into()));
         wb.push(&job, update(&job, r#"{"seq":2}"#));
 
         let (rows, next) = wb.take_due(now, false);
@@ -492,7 +566,7 @@ mod tests {
         let (rows, _) = wb.take_due(now + MIN_WRITE_INTERVAL, false);
         assert_eq!(rows.len(), 1, "due once the interval has passed");
 
-        wb.lock().written_at.insert(job.clone(), now);
+        wb.lock().written_at.insert(job.clone(), (now, "1".into()));
         wb.push(&job, update(&job, r#"{"seq":3,"status":"completed"}"#));
         let (rows, _) = wb.take_due(now, false);
         assert_eq!(rows.len(), 1, "a terminal state goes at once");

@@ -8,6 +8,10 @@
 //! echo of jobcast's own write-behind (it NOTIFYs too). States offered from here
 //! are never written behind, so there is no write → NOTIFY → write loop.
 //!
+//! The NOTIFY of a row that holds a watched job's latest state also settles
+//! that state as durable: that is how a stream learns that the recorder,
+//! maybe on another instance, has written the terminal state it holds `done` for.
+//!
 //! One connection per gateway, whatever the number of jobs. When it fails the
 //! listener reconnects with backoff and then re-reads every watched job's row,
 //! since NOTIFYs sent while it was away are gone.
@@ -163,6 +167,7 @@ impl PgListener {
             })) => {
                 // A row that appears for a job with no owner yet fixes it.
                 feed.set_stored_owner(&owner_id);
+                settle_if_written(feed, &doc);
                 if self.is_echo(feed, &doc) {
                     debug!(job = %job, "row without seq matches what Redis gave; ignored");
                     return;
@@ -195,6 +200,22 @@ impl PgListener {
             return true;
         }
         latest.source != Source::Postgres && self.redis_up.load(Ordering::Acquire)
+    }
+}
+
+/// The recorder (this instance or another) wrote the row: the feed's latest
+/// state is durable once the row holds it or a later one, and a stream holding
+/// `done` for it may go on.
+fn settle_if_written(feed: &Feed, row: &ProgressDoc) {
+    let Some(latest) = feed.snapshot().latest else {
+        return;
+    };
+    let written = match (row.seq, latest.doc.seq) {
+        (Some(row), Some(latest)) => row >= latest,
+        _ => same_json(&row.json, &latest.doc.json),
+    };
+    if written {
+        latest.durable.settle();
     }
 }
 

@@ -186,6 +186,32 @@ impl RedisReader {
         .await
     }
 
+    /// [`write`](Self::write) for a job in a group: also `SADD group_key job`
+    /// with the same TTL, pipelined beside (not inside) the script.
+    pub async fn write_in_group(
+        &self,
+        job: &JobId,
+        json: &[u8],
+        ttl_secs: u64,
+        group_key: &str,
+    ) -> Result<i64, RedisError> {
+        let key = self.key(job);
+        bounded(async {
+            let mut conn = self.commands.get().await?;
+            Ok(jobcast_publish::wire::write_state_in_group(
+                &self.write,
+                &mut conn,
+                &key,
+                json,
+                ttl_secs,
+                group_key,
+                job.as_str(),
+            )
+            .await?)
+        })
+        .await
+    }
+
     pub async fn ping(&self) -> bool {
         bounded(async { Ok(self.commands.ping().await?) })
             .await

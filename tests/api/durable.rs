@@ -78,7 +78,7 @@ async fn ws_progress(ws: &mut Ws, bound: Duration) -> Value {
 /// `(seq, snapshot, status, completed)` of a job's row.
 async fn row(pool: &PgPool, job: &str) -> Option<(Option<i64>, Value, Option<String>, bool)> {
     sqlx::query_as::<_, (Option<i64>, Option<Value>, Option<String>, bool)>(
-        "SELECT seq, snapshot, status, completed_at IS NOT NULL FROM jobs WHERE id = $1",
+        "SELECT seq, snapshot, status, completed_at IS NOT NULL FROM jobcast.jobs WHERE id = $1",
     )
     .bind(job)
     .fetch_optional(pool)
@@ -146,7 +146,7 @@ async fn redis_crash_keeps_streams_open_and_pushes_from_postgres() {
     let pushed_at = Instant::now();
     exec(
         &pool,
-        r#"UPDATE jobs SET snapshot = '{"seq":2,"owner_id":"alice","stage":"from-postgres"}', seq = 2 WHERE id = 'crash'"#,
+        r#"UPDATE jobcast.jobs SET snapshot = '{"seq":2,"owner_id":"alice","stage":"from-postgres"}', seq = 2 WHERE id = 'crash'"#,
     )
     .await;
 
@@ -276,7 +276,7 @@ async fn job_written_only_to_postgres_streams_live() {
     let pool = pool(&app).await;
     exec(
         &pool,
-        r#"INSERT INTO jobs (id, owner_id, status, snapshot, seq)
+        r#"INSERT INTO jobcast.jobs (id, owner_id, status, snapshot, seq)
            VALUES ('pgonly', 'alice', 'running', '{"seq":1,"stage":"queued"}', 1)"#,
     )
     .await;
@@ -297,7 +297,7 @@ async fn job_written_only_to_postgres_streams_live() {
         exec(
             &pool,
             &format!(
-                r#"UPDATE jobs SET snapshot = '{{"seq":{seq},"stage":"{stage}"}}', seq = {seq} WHERE id = 'pgonly'"#
+                r#"UPDATE jobcast.jobs SET snapshot = '{{"seq":{seq},"stage":"{stage}"}}', seq = {seq} WHERE id = 'pgonly'"#
             ),
         )
         .await;
@@ -312,7 +312,7 @@ async fn job_written_only_to_postgres_streams_live() {
     }
     exec(
         &pool,
-        r#"UPDATE jobs SET snapshot = '{"seq":4,"status":"completed"}', seq = 4, status = 'completed' WHERE id = 'pgonly'"#,
+        r#"UPDATE jobcast.jobs SET snapshot = '{"seq":4,"status":"completed"}', seq = 4, status = 'completed' WHERE id = 'pgonly'"#,
     )
     .await;
     assert_eq!(
@@ -361,7 +361,7 @@ async fn write_behind_holds_the_last_seq_after_a_burst_and_terminal_before_done(
 
     // Act: the job ends while the row is locked (a slow Postgres).
     let mut blocker = pool.begin().await.unwrap();
-    sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR UPDATE")
+    sqlx::query("SELECT 1 FROM jobcast.jobs WHERE id = $1 FOR UPDATE")
         .bind(job)
         .execute(&mut *blocker)
         .await
@@ -393,10 +393,11 @@ async fn write_behind_holds_the_last_seq_after_a_burst_and_terminal_before_done(
     assert!(completed, "completed_at set for a terminal state");
 }
 
-fn rules() -> DocRules {
+pub(crate) fn rules() -> DocRules {
     DocRules {
         max_bytes: 65536,
         owner_field: "owner_id".into(),
+        group_field: "group_id".into(),
         terminal_statuses: vec!["completed".into(), "failed".into(), "cancelled".into()],
     }
 }
@@ -435,10 +436,11 @@ async fn an_older_seq_written_later_never_overwrites_a_newer_one() {
     assert!(stale.durable.is_settled(), "the write was attempted");
     let (seq, snapshot, _, _) = row(&pool, "guarded").await.expect("row");
     assert_eq!((seq, snapshot["v"].clone()), (Some(10), json!("new")));
-    let owner: String = sqlx::query_scalar("SELECT owner_id FROM jobs WHERE id = 'guarded'")
-        .fetch_one(&pool)
-        .await
-        .unwrap();
+    let owner: String =
+        sqlx::query_scalar("SELECT owner_id FROM jobcast.jobs WHERE id = 'guarded'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
     assert_eq!(owner, "alice");
 
     // A document without an owner updates an existing row but makes none.
@@ -475,7 +477,7 @@ async fn retention_deletes_old_finished_jobs_once_with_two_sweepers() {
     let pool = db.pool().await;
     exec(
         &pool,
-        "INSERT INTO jobs (id, owner_id, status, created_at, completed_at) VALUES
+        "INSERT INTO jobcast.jobs (id, owner_id, status, created_at, completed_at) VALUES
            ('old-done', 'u', 'completed', now() - interval '30 days', now() - interval '11 days'),
            ('new-done', 'u', 'completed', now() - interval '2 days',  now() - interval '1 day'),
            ('old-running', 'u', 'running', now() - interval '30 days', NULL)",
@@ -492,7 +494,7 @@ async fn retention_deletes_old_finished_jobs_once_with_two_sweepers() {
         matches!(results, [None, Some(1)] | [Some(0), Some(1)]),
         "one sweeper deletes, the other finds the lock held or nothing left: {results:?}"
     );
-    let mut left: Vec<String> = sqlx::query_scalar("SELECT id FROM jobs")
+    let mut left: Vec<String> = sqlx::query_scalar("SELECT id FROM jobcast.jobs")
         .fetch_all(&pool)
         .await
         .unwrap();
@@ -502,7 +504,7 @@ async fn retention_deletes_old_finished_jobs_once_with_two_sweepers() {
     // And a sweeper that finds the lock held does nothing at all.
     exec(
         &pool,
-        "INSERT INTO jobs (id, owner_id, completed_at) VALUES ('old-2', 'u', now() - interval '20 days')",
+        "INSERT INTO jobcast.jobs (id, owner_id, completed_at) VALUES ('old-2', 'u', now() - interval '20 days')",
     )
     .await;
     let mut holder = pool.begin().await.unwrap();
@@ -636,12 +638,12 @@ async fn junk_notifies_and_non_object_snapshots_are_ignored() {
     exec(&pool, "SELECT pg_notify('jobcast_jobs', '')").await;
     exec(
         &pool,
-        r#"UPDATE jobs SET snapshot = '[1,2,3]', seq = 5 WHERE id = 'junk'"#,
+        r#"UPDATE jobcast.jobs SET snapshot = '[1,2,3]', seq = 5 WHERE id = 'junk'"#,
     )
     .await;
     exec(
         &pool,
-        r#"UPDATE jobs SET snapshot = '"text"', seq = 6 WHERE id = 'junk'"#,
+        r#"UPDATE jobcast.jobs SET snapshot = '"text"', seq = 6 WHERE id = 'junk'"#,
     )
     .await;
 
@@ -649,7 +651,7 @@ async fn junk_notifies_and_non_object_snapshots_are_ignored() {
     // the next good row is delivered as the very next event.
     exec(
         &pool,
-        r#"UPDATE jobs SET snapshot = '{"seq":7,"owner_id":"alice","ok":true}', seq = 7 WHERE id = 'junk'"#,
+        r#"UPDATE jobcast.jobs SET snapshot = '{"seq":7,"owner_id":"alice","ok":true}', seq = 7 WHERE id = 'junk'"#,
     )
     .await;
     let next = sse_progress(&mut sse, Duration::from_secs(5)).await;
@@ -669,7 +671,7 @@ async fn a_database_migrated_before_the_first_migrations_comment_was_reworded_st
     // What such a database records: the checksum of the earlier text.
     let old = "498fd940eebc3efb60dd5ec492f8ae53d749a538d1b090219c55a6584f89c6748fd364aec9b0e204720782f7d84fa2b6";
     sqlx::query(
-        "UPDATE _sqlx_migrations SET checksum = decode($1, 'hex') WHERE version = 20261123000001",
+        "UPDATE jobcast._sqlx_migrations SET checksum = decode($1, 'hex') WHERE version = 20261123000001",
     )
     .bind(old)
     .execute(&pool)
@@ -680,7 +682,7 @@ async fn a_database_migrated_before_the_first_migrations_comment_was_reworded_st
         .await
         .expect("the reworded migration is accepted");
     let (now,): (String,) = sqlx::query_as(
-        "SELECT encode(checksum, 'hex') FROM _sqlx_migrations WHERE version = 20261123000001",
+        "SELECT encode(checksum, 'hex') FROM jobcast._sqlx_migrations WHERE version = 20261123000001",
     )
     .fetch_one(&pool)
     .await
@@ -689,7 +691,7 @@ async fn a_database_migrated_before_the_first_migrations_comment_was_reworded_st
 
     // Any other difference is still refused.
     sqlx::query(
-        "UPDATE _sqlx_migrations SET checksum = decode('00', 'hex') WHERE version = 20261123000001",
+        "UPDATE jobcast._sqlx_migrations SET checksum = decode('00', 'hex') WHERE version = 20261123000001",
     )
     .execute(&pool)
     .await

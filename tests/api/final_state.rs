@@ -252,7 +252,7 @@ async fn sigterm_writes_the_last_state_even_while_a_frozen_client_holds_the_drai
         .await
         .expect("the process exits by JOBCAST_SHUTDOWN_SECS")
         .expect("wait");
-    let (seq,): (Option<i64>,) = sqlx::query_as("SELECT seq FROM jobs WHERE id = 'last'")
+    let (seq,): (Option<i64>,) = sqlx::query_as("SELECT seq FROM jobcast.jobs WHERE id = 'last'")
         .fetch_one(&db.pool().await)
         .await
         .expect("the job's row exists");

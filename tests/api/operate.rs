@@ -288,7 +288,7 @@ async fn sigterm_drains_a_hundred_streams_politely_in_time_and_persists_the_last
     assert!(started.elapsed() < Duration::from_secs(6));
 
     let (seq, stage): (Option<i64>, Option<String>) =
-        sqlx::query_as("SELECT seq, snapshot->>'stage' FROM jobs WHERE id = 'd'")
+        sqlx::query_as("SELECT seq, snapshot->>'stage' FROM jobcast.jobs WHERE id = 'd'")
             .fetch_one(&db.pool().await)
             .await
             .expect("the job's row exists");

@@ -175,14 +175,19 @@ async fn small_limit_app() -> TestApp {
 }
 
 /// A publisher token for every job (`jobs: ["*"]`), as a trusted service holds.
-fn publisher_token(sub: &str) -> String {
+pub(crate) fn publisher_token(sub: &str) -> String {
     let mut c = claims(sub);
     c.roles = vec!["publisher".into()];
     c.jobs = vec!["*".into()];
     sign(&c)
 }
 
-async fn post(app: &TestApp, job: &str, token: Option<&str>, body: reqwest::Body) -> (u16, Value) {
+pub(crate) async fn post(
+    app: &TestApp,
+    job: &str,
+    token: Option<&str>,
+    body: reqwest::Body,
+) -> (u16, Value) {
     let mut req = reqwest::Client::new().post(app.url(&format!("/jobs/{job}")));
     if let Some(t) = token {
         req = req.header("authorization", bearer(t));
@@ -355,7 +360,7 @@ async fn post_over_the_size_limit_is_413_with_or_without_content_length() {
 
 /// `jobcast <args>` against the test's Redis with the test's secret; every
 /// other jobcast variable removed so the machine's environment cannot leak in.
-fn jobcast(app: &TestApp, args: &[&str]) -> Command {
+pub(crate) fn jobcast(app: &TestApp, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_jobcast"));
     for var in [
         "JWT_PUBLIC_KEY_FILE",
@@ -377,7 +382,7 @@ fn jobcast(app: &TestApp, args: &[&str]) -> Command {
     cmd
 }
 
-async fn run_ok(mut cmd: Command) -> String {
+pub(crate) async fn run_ok(mut cmd: Command) -> String {
     let out = tokio::time::timeout(CHILD_TIMEOUT, cmd.output())
         .await
         .expect("the command finished in time")
@@ -624,8 +629,9 @@ async fn python_example_reports_a_job_to_completion() {
     watch_example_to_completion(cmd, &app, "py-1").await;
 }
 
-#[tokio::test]
-async fn node_example_reports_a_job_to_completion() {
+/// The Node example needs node and ioredis; a test that runs it fails with
+/// how to install them where they are missing.
+pub(crate) fn require_node_example() {
     let ioredis = format!("{REPO}/examples/node/node_modules/ioredis");
     let node = std::process::Command::new("node").arg("--version").output();
     assert!(
@@ -633,6 +639,11 @@ async fn node_example_reports_a_job_to_completion() {
         "this test needs node and ioredis: scripts/test.sh installs both \
          (npm install --prefix examples/node --no-audit --no-fund)"
     );
+}
+
+#[tokio::test]
+async fn node_example_reports_a_job_to_completion() {
+    require_node_example();
     let app = spawn_app().await;
     let mut cmd = Command::new("node");
     cmd.arg(format!("{REPO}/examples/node/publish_progress.mjs"))

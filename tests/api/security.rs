@@ -246,7 +246,7 @@ async fn the_postgres_row_fixes_the_owner_and_write_behind_never_rewrites_it() {
     .await;
     let pool = app.db.as_ref().expect("db").pool().await;
     sqlx::query(
-        "INSERT INTO jobs (id, owner_id, status, snapshot, seq) VALUES ('rowed', 'alice', 'running', '{\"seq\":1,\"owner_id\":\"alice\"}', 1)",
+        "INSERT INTO jobcast.jobs (id, owner_id, status, snapshot, seq) VALUES ('rowed', 'alice', 'running', '{\"seq\":1,\"owner_id\":\"alice\"}', 1)",
     )
     .execute(&pool)
     .await
@@ -280,7 +280,7 @@ async fn the_postgres_row_fixes_the_owner_and_write_behind_never_rewrites_it() {
     sse.expect("done").await;
 
     let (owner, seq): (String, Option<i64>) =
-        sqlx::query_as("SELECT owner_id, seq FROM jobs WHERE id = 'rowed'")
+        sqlx::query_as("SELECT owner_id, seq FROM jobcast.jobs WHERE id = 'rowed'")
             .fetch_one(&pool)
             .await
             .unwrap();

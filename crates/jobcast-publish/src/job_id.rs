@@ -18,15 +18,20 @@ pub struct InvalidJobId;
 
 impl JobId {
     pub fn parse(s: &str) -> Result<Self, InvalidJobId> {
-        let ok = !s.is_empty()
-            && s.len() <= MAX_JOB_ID_LEN
-            && s.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'));
-        if ok {
+        if Self::is_valid(s) {
             Ok(JobId(Arc::from(s)))
         } else {
             Err(InvalidJobId)
         }
+    }
+
+    /// The rule without the allocation: 1 to [`MAX_JOB_ID_LEN`] bytes of ASCII
+    /// letters, digits and `.` `_` `:` `-`. Group names follow it too.
+    pub fn is_valid(s: &str) -> bool {
+        !s.is_empty()
+            && s.len() <= MAX_JOB_ID_LEN
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
     }
 
     pub fn as_str(&self) -> &str {

@@ -29,4 +29,6 @@ pub use progress::{EndpointStatus, JobProgress, ProgressError, Stage, Status};
 pub use publisher::{PublishError, Publisher};
 pub use redis_url::{RedisLocation, RedisUrlError};
 pub use tracker::{Clock, ProgressTracker, SystemClock, TrackerError};
-pub use wire::{DEFAULT_KEY_PREFIX, DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_TTL_SECS};
+pub use wire::{
+    DEFAULT_GROUP_PREFIX, DEFAULT_KEY_PREFIX, DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_TTL_SECS,
+};

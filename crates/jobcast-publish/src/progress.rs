@@ -161,6 +161,8 @@ pub fn overall_pct(stages: &[Stage], index: usize, stage_pct: f64) -> f64 {
 pub struct JobProgress {
     job_id: String,
     owner_id: String,
+    /// The job's group, when it has one (`group_id` in the document).
+    group_id: Option<String>,
     stages: Vec<Stage>,
     current: Option<usize>,
     stage_progress: f64,
@@ -188,6 +190,7 @@ impl JobProgress {
         Ok(JobProgress {
             job_id: job_id.to_owned(),
             owner_id: owner_id.to_owned(),
+            group_id: None,
             stages: validate_stages(stages)?,
             current: None,
             stage_progress: 0.0,
@@ -390,6 +393,15 @@ impl JobProgress {
     }
 
     /// The progress document as a JSON value.
+    /// Puts the job in `group`: every document names it from now on.
+    pub fn set_group(&mut self, group: &str) {
+        self.group_id = Some(group.to_owned());
+    }
+
+    pub fn group(&self) -> Option<&str> {
+        self.group_id.as_deref()
+    }
+
     pub fn document(&self) -> Value {
         serde_json::to_value(self.wire()).expect("the document always serialises")
     }
@@ -406,6 +418,7 @@ impl JobProgress {
             seq: self.seq,
             status: self.status,
             owner_id: &self.owner_id,
+            group_id: self.group_id.as_deref(),
             stage: self.stage(),
             stage_index: self.current,
             stage_progress: self.stage_progress(),
@@ -428,6 +441,8 @@ struct Document<'a> {
     seq: i64,
     status: Status,
     owner_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    group_id: Option<&'a str>,
     stage: Option<&'a str>,
     stage_index: Option<usize>,
     stage_progress: f64,

@@ -14,8 +14,8 @@ use tokio::sync::OnceCell;
 use crate::job_id::JobId;
 use crate::redis_url::{RedisLocation, RedisUrlError};
 use crate::wire::{
-    DEFAULT_KEY_PREFIX, DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_TTL_SECS, sharded_write_script,
-    write_script, write_state,
+    DEFAULT_GROUP_PREFIX, DEFAULT_KEY_PREFIX, DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_TTL_SECS,
+    sharded_write_script, write_script, write_state, write_state_in_group,
 };
 
 /// Bound on one write, so a hung Redis fails a worker's call instead of
@@ -50,6 +50,7 @@ pub struct Publisher {
     target: Target,
     script: Arc<redis::Script>,
     prefix: String,
+    group_prefix: String,
     ttl_secs: u64,
     max_document_bytes: usize,
 }
@@ -90,6 +91,7 @@ impl Publisher {
             target,
             script: Arc::new(script),
             prefix: key_prefix.to_owned(),
+            group_prefix: DEFAULT_GROUP_PREFIX.to_owned(),
             ttl_secs: DEFAULT_TTL_SECS,
             max_document_bytes: DEFAULT_MAX_DOCUMENT_BYTES,
         })
@@ -99,6 +101,17 @@ impl Publisher {
     pub fn with_ttl(mut self, ttl_secs: u64) -> Self {
         self.ttl_secs = ttl_secs;
         self
+    }
+
+    /// The gateway's `JOBCAST_GROUP_PREFIX`, where it is not the default.
+    pub fn with_group_prefix(mut self, prefix: &str) -> Self {
+        self.group_prefix = prefix.to_owned();
+        self
+    }
+
+    /// The set holding the members of `group`.
+    pub fn group_key(&self, group: &JobId) -> String {
+        format!("{}{}", self.group_prefix, group.as_str())
     }
 
     /// The gateway's `JOBCAST_MAX_DOCUMENT_BYTES`, where it is not the default.
@@ -120,6 +133,18 @@ impl Publisher {
     /// checked here) in one atomic script. Returns how many channel
     /// subscribers received it.
     pub async fn write(&self, job: &JobId, json: &[u8]) -> Result<i64, PublishError> {
+        self.write_in_group(job, json, None).await
+    }
+
+    /// [`write`](Self::write), and with a `group`, adds the job to the group's
+    /// set with the state key's TTL, in the same round trip. The document
+    /// should name the group too (the gateway reads `group_id`).
+    pub async fn write_in_group(
+        &self,
+        job: &JobId,
+        json: &[u8],
+        group: Option<&JobId>,
+    ) -> Result<i64, PublishError> {
         let key = self.key(job);
         let write = async {
             match &self.target {
@@ -128,14 +153,49 @@ impl Publisher {
                         .get_or_try_init(|| ConnectionManager::new(client.clone()))
                         .await?
                         .clone();
-                    write_state(&self.script, &mut conn, &key, json, self.ttl_secs).await
+                    match group {
+                        None => {
+                            write_state(&self.script, &mut conn, &key, json, self.ttl_secs).await
+                        }
+                        Some(group) => {
+                            let set = self.group_key(group);
+                            write_state_in_group(
+                                &self.script,
+                                &mut conn,
+                                &key,
+                                json,
+                                self.ttl_secs,
+                                &set,
+                                job.as_str(),
+                            )
+                            .await
+                        }
+                    }
                 }
                 Target::Cluster { client, conn } => {
                     let mut conn = conn
                         .get_or_try_init(|| client.get_async_connection())
                         .await?
                         .clone();
-                    write_state(&self.script, &mut conn, &key, json, self.ttl_secs).await
+                    let receivers =
+                        write_state(&self.script, &mut conn, &key, json, self.ttl_secs).await?;
+                    // The set lives in another slot: its own commands, after.
+                    if let Some(group) = group {
+                        let set = self.group_key(group);
+                        redis::cmd("SADD")
+                            .arg(&set)
+                            .arg(job.as_str())
+                            .exec_async(&mut conn)
+                            .await?;
+                        if self.ttl_secs > 0 {
+                            redis::cmd("EXPIRE")
+                                .arg(&set)
+                                .arg(self.ttl_secs)
+                                .exec_async(&mut conn)
+                                .await?;
+                        }
+                    }
+                    Ok(receivers)
                 }
             }
         };

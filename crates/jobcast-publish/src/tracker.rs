@@ -59,6 +59,7 @@ pub enum TrackerError {
 pub struct ProgressTracker {
     publisher: Publisher,
     job: JobId,
+    group: Option<JobId>,
     progress: JobProgress,
     clock: Arc<dyn Clock>,
 }
@@ -87,9 +88,21 @@ impl ProgressTracker {
         Ok(ProgressTracker {
             publisher,
             job,
+            group: None,
             progress,
             clock,
         })
+    }
+
+    /// Puts the job in `group` (a project, a batch): every document carries
+    /// `group_id`, and every write adds the job to the group's set (`SADD
+    /// progress:group:{group}`, the state key's TTL). Group names follow the
+    /// job id rules.
+    pub fn in_group(mut self, group: &str) -> Result<Self, TrackerError> {
+        let group = JobId::parse(group)?;
+        self.progress.set_group(group.as_str());
+        self.group = Some(group);
+        Ok(self)
     }
 
     pub fn job(&self) -> &JobId {
@@ -171,7 +184,9 @@ impl ProgressTracker {
                 max,
             });
         }
-        self.publisher.write(&self.job, &bytes).await?;
+        self.publisher
+            .write_in_group(&self.job, &bytes, self.group.as_ref())
+            .await?;
         Ok(())
     }
 }

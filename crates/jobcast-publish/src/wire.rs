@@ -6,6 +6,11 @@
 //! In a Redis Cluster the channel is sharded (`SPUBLISH`): the key and the
 //! channel have the same name, so they hash to the same slot and the one
 //! script still runs on the one primary that owns both.
+//!
+//! A job in a group is also added to the group's set (`SADD
+//! progress:group:{group} {job}`, the state key's TTL), in the same round trip
+//! but NOT inside the script: in a Redis Cluster the set and the state key
+//! live in different slots, and a script may only touch keys of one.
 
 use redis::aio::ConnectionLike;
 
@@ -19,6 +24,9 @@ pub const DEFAULT_MAX_DOCUMENT_BYTES: usize = 65536;
 /// The gateway's default `JOBCAST_KEY_PREFIX`: state key and channel of job `J`
 /// are both `progress:job:J`.
 pub const DEFAULT_KEY_PREFIX: &str = "progress:job:";
+/// The gateway's default `JOBCAST_GROUP_PREFIX`: the members of group `G` are
+/// the set `progress:group:G`.
+pub const DEFAULT_GROUP_PREFIX: &str = "progress:group:";
 
 /// Largest `seq` the gateway accepts: 2^53 − 1, the largest integer a
 /// browser's `Number` holds exactly, so every client compares ids as jobcast does.
@@ -60,4 +68,39 @@ pub async fn write_state<C: ConnectionLike + Send>(
         .arg(ttl_secs)
         .invoke_async(conn)
         .await
+}
+
+/// [`write_state`], and `SADD group_key job` + `EXPIRE group_key ttl_secs`
+/// (none for 0), pipelined: one round trip, the SADD separate from the script.
+/// The SADD runs after the state is written, so a reader of the set finds a
+/// state for every member. Returns the script's subscriber count.
+pub async fn write_state_in_group<C: ConnectionLike + Send>(
+    script: &redis::Script,
+    conn: &mut C,
+    key: &str,
+    json: &[u8],
+    ttl_secs: u64,
+    group_key: &str,
+    job: &str,
+) -> redis::RedisResult<i64> {
+    let mut invocation = script.prepare_invoke();
+    invocation.key(key).arg(json).arg(ttl_secs);
+    let mut pipe = redis::pipe();
+    pipe.invoke_script(&invocation);
+    pipe.cmd("SADD").arg(group_key).arg(job).ignore();
+    if ttl_secs > 0 {
+        pipe.cmd("EXPIRE").arg(group_key).arg(ttl_secs).ignore();
+    }
+    match pipe.query_async::<(i64,)>(&mut *conn).await {
+        Ok((receivers,)) => Ok(receivers),
+        // A server that has not seen the script yet (or restarted): load it
+        // and send the pipeline again. The script did not run, and SADD and
+        // EXPIRE repeat harmlessly.
+        Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
+            invocation.load_async(&mut *conn).await?;
+            let (receivers,) = pipe.query_async::<(i64,)>(&mut *conn).await?;
+            Ok(receivers)
+        }
+        Err(e) => Err(e),
+    }
 }

@@ -12,6 +12,9 @@
 //! IPv6 listeners, its upstream pointed at the test's gateway, its logs in the
 //! scratch directory.
 //!
+//! [`Nginx::cluster`] runs the shipped `nginx/cluster.conf` the same way, its
+//! upstream's servers pointed at several gateways.
+//!
 //! The binary is `nginx` from `PATH` (plus `/usr/sbin`), or
 //! `JOBCAST_NGINX_BIN` if set (`scripts/test.sh` sets it).
 
@@ -28,6 +31,9 @@ use tokio::time::Instant;
 
 const TEMPLATE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/nginx/strict.conf.template");
 const PRODUCTION: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/nginx/jobcast.conf");
+const CLUSTER: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/nginx/cluster.conf");
+/// The upstream addresses written in `nginx/cluster.conf`, in order.
+const CLUSTER_UPSTREAMS: [&str; 3] = ["127.0.0.1:8081", "127.0.0.1:8082", "127.0.0.1:8083"];
 /// How long a start may take before the test fails.
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a graceful stop may take before the process group is killed.
@@ -54,6 +60,7 @@ pub const STRIP_CONTENT_ENCODING: &str = "proxy_hide_header Content-Encoding;";
 enum Config {
     Strict,
     Production,
+    Cluster,
 }
 
 /// Options for the strict template; see [`Nginx::strict`].
@@ -61,6 +68,8 @@ enum Config {
 pub struct NginxBuilder {
     config: Config,
     upstream_port: u16,
+    /// The gateways behind `nginx/cluster.conf`.
+    cluster_ports: Vec<u16>,
     proxy_extra: String,
     read_timeout: String,
     block_sse: bool,
@@ -115,7 +124,7 @@ impl NginxBuilder {
     }
 
     fn render(&self, dir: &Path, port: u16) -> String {
-        if self.config == Config::Production {
+        if self.config != Config::Strict {
             return self.render_production(dir, port);
         }
         let template = fs::read_to_string(TEMPLATE)
@@ -138,8 +147,19 @@ impl NginxBuilder {
     /// `nginx/jobcast.conf` inside a minimal main context, with its listeners,
     /// upstream and log paths rewritten for this machine (see the module docs).
     fn render_production(&self, dir: &Path, port: u16) -> String {
-        let shipped = fs::read_to_string(PRODUCTION)
-            .unwrap_or_else(|e| panic!("read nginx config {PRODUCTION}: {e}"));
+        let (path, upstreams): (&str, Vec<(&str, u16)>) = match self.config {
+            Config::Cluster => (
+                CLUSTER,
+                CLUSTER_UPSTREAMS
+                    .iter()
+                    .copied()
+                    .zip(self.cluster_ports.iter().copied())
+                    .collect(),
+            ),
+            _ => (PRODUCTION, vec![("127.0.0.1:8080", self.upstream_port)]),
+        };
+        let shipped =
+            fs::read_to_string(path).unwrap_or_else(|e| panic!("read nginx config {path}: {e}"));
         let prefix = dir.to_string_lossy();
         let redirect_port = super::free_port();
         let mut body = String::new();
@@ -153,26 +173,26 @@ impl NginxBuilder {
             } else if t.starts_with("listen 80;") {
                 format!("    listen 127.0.0.1:{redirect_port};")
             } else {
-                line.replace(
-                    "127.0.0.1:8080",
-                    &format!("127.0.0.1:{}", self.upstream_port),
-                )
-                .replace("/var/log/nginx/", &format!("{prefix}/"))
+                let mut line = line.replace("/var/log/nginx/", &format!("{prefix}/"));
+                for (from, to) in &upstreams {
+                    line = line.replace(from, &format!("127.0.0.1:{to}"));
+                }
+                line
             };
             body.push_str(&line);
             body.push('\n');
         }
-        for left in ["/etc/ssl", "/var/log", "127.0.0.1:8080", " ssl"] {
+        for left in ["/etc/ssl", "/var/log", "127.0.0.1:808", " ssl"] {
             assert!(
                 !body
                     .lines()
                     .any(|l| !l.trim_start().starts_with('#') && l.contains(left)),
-                "nginx/jobcast.conf changed shape: {left:?} survived the rewrite:\n{body}"
+                "{path} changed shape: {left:?} survived the rewrite:\n{body}"
             );
         }
         format!(
             "daemon off;\nmaster_process on;\nworker_processes 1;\npid {prefix}/nginx.pid;\n\
-             error_log {prefix}/error.log;\nevents {{ worker_connections 1024; }}\nhttp {{\n\
+             error_log {prefix}/error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n\
              client_body_temp_path {prefix}/client_body_temp;\nproxy_temp_path {prefix}/proxy_temp;\n\
              fastcgi_temp_path {prefix}/fastcgi_temp;\nuwsgi_temp_path {prefix}/uwsgi_temp;\n\
              scgi_temp_path {prefix}/scgi_temp;\naccess_log {prefix}/access.log;\n\
@@ -201,6 +221,7 @@ impl Nginx {
         NginxBuilder {
             config: Config::Strict,
             upstream_port,
+            cluster_ports: Vec::new(),
             proxy_extra: String::new(),
             read_timeout: "20s".into(),
             block_sse: false,
@@ -213,6 +234,22 @@ impl Nginx {
         NginxBuilder {
             config: Config::Production,
             ..Nginx::strict(upstream_port)
+        }
+    }
+
+    /// The shipped `nginx/cluster.conf` in front of the gateways on
+    /// `upstream_ports` (as many as the file lists, in order).
+    pub fn cluster(upstream_ports: &[u16]) -> NginxBuilder {
+        assert_eq!(
+            upstream_ports.len(),
+            CLUSTER_UPSTREAMS.len(),
+            "nginx/cluster.conf lists {} instances",
+            CLUSTER_UPSTREAMS.len()
+        );
+        NginxBuilder {
+            config: Config::Cluster,
+            cluster_ports: upstream_ports.to_vec(),
+            ..Nginx::strict(upstream_ports[0])
         }
     }
 

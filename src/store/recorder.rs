@@ -1,0 +1,510 @@
+//! The recorder: of all the instances sharing one Postgres, exactly one at a
+//! time writes job states behind, for every job — watched or not — so a job
+//! nobody watched still has its last state in `jobs` after a Redis crash, and
+//! the writes do not multiply with the number of instances.
+//!
+//! Who records is decided by a session-level advisory lock
+//! ([`RECORDER_LOCK_KEY`]) held on a connection of its own: every instance
+//! with `JOBCAST_RECORDER=auto` tries to take it every [`LOCK_POLL`]; the one
+//! that holds it records until its session ends (process killed, Postgres
+//! lost), which releases the lock to the next one. Losing the session means
+//! losing the lock, so recording stops at once and waits to win it again.
+//!
+//! While holding the lock the recorder has its own Redis pub/sub connection,
+//! pattern-subscribed to the keyspace channels of every state key and to
+//! every job channel. A keyspace event asks for a read of the key (coalesced
+//! per job, [`READ_CONCURRENCY`] reads at a time through the pool); a channel
+//! message is the document itself. Each state goes to the [`WriteBehind`],
+//! whose rules (newest only, once a second per job, terminal at once, batched,
+//! seq-guarded) are the same as ever. On taking the lock and after every
+//! Redis reconnect it SCANs the live state keys ([`SCAN_BATCH`] at a time)
+//! and reads them, so what was written while nobody recorded is not missed.
+//!
+//! The hub never writes: the instances that do not record only read Postgres.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use sqlx::Connection as _;
+use sqlx::postgres::PgConnection;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::event::{Source, Update};
+use crate::job::{DocRules, JobId, ProgressDoc};
+use crate::store::Store;
+use crate::store::write_behind::WriteBehind;
+use crate::upstream::backoff::Backoff;
+use crate::upstream::redis_reader::{KeyState, RedisReader};
+
+/// The advisory lock whose holder is the recorder (distinct from the
+/// retention sweep's). Advisory locks are per database, so the key is this
+/// seed hashed with the schema: deployments sharing a database under
+/// different `JOBCAST_PG_SCHEMA`s have a recorder each.
+pub const RECORDER_LOCK_KEY: i64 = 0x006a_6f62_7265_636f;
+/// How often an instance that does not record tries to take the lock, and how
+/// often the recorder checks that its lock session is alive. With the lock
+/// released as its holder's session ends, a takeover happens within about this.
+pub const LOCK_POLL: Duration = Duration::from_secs(1);
+/// Bound on connecting the lock session and on each query on it.
+const PG_TIMEOUT: Duration = Duration::from_secs(3);
+/// Bound on connecting to Redis, one PSUBSCRIBE, one SCAN step.
+const REDIS_TIMEOUT: Duration = Duration::from_secs(3);
+/// State reads in flight at once: below the pool size, so the hub's reads for
+/// watchers still find connections while the recorder catches up on a SCAN.
+pub const READ_CONCURRENCY: usize = 8;
+/// Retries of a failed state read, with delays from [`READ_RETRY_START`]
+/// doubling to [`READ_RETRY_MAX`] (about 3 s in all).
+const READ_RETRIES: u32 = 5;
+const READ_RETRY_START: Duration = Duration::from_millis(100);
+const READ_RETRY_MAX: Duration = Duration::from_secs(2);
+/// Keys asked for per SCAN step; each step's keys are read before the next.
+pub const SCAN_BATCH: usize = 500;
+
+pub struct Recorder {
+    write_behind: WriteBehind,
+    store: Store,
+    reader: RedisReader,
+    client: redis::Client,
+    rules: DocRules,
+    /// `PREFIX`: job channels are `PREFIX{job}`, like the state keys.
+    prefix: String,
+    /// `__keyspace@<db>__:PREFIX`.
+    keyspace_prefix: String,
+    reads: Reads,
+}
+
+/// Why a recording session ended.
+enum Ended {
+    Shutdown,
+    LockLost(String),
+}
+
+impl Recorder {
+    pub fn new(
+        store: Store,
+        write_behind: WriteBehind,
+        reader: RedisReader,
+        redis: redis::ConnectionInfo,
+        db: i64,
+        prefix: &str,
+        rules: DocRules,
+    ) -> anyhow::Result<Arc<Self>> {
+        Ok(Arc::new(Recorder {
+            write_behind,
+            store,
+            reader,
+            client: redis::Client::open(redis)?,
+            rules,
+            prefix: prefix.to_owned(),
+            keyspace_prefix: format!("__keyspace@{db}__:{prefix}"),
+            reads: Reads::default(),
+        }))
+    }
+
+    /// Runs until `shutdown`: wait for the lock, record while holding it.
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken) {
+        set_gauge(false);
+        loop {
+            let Some(lock) = self.acquire(&shutdown).await else {
+                return;
+            };
+            set_gauge(true);
+            info!("this instance holds the recorder lock; recording every job's states");
+            let ended = self.record(lock, &shutdown).await;
+            set_gauge(false);
+            match ended {
+                Ended::Shutdown => return,
+                Ended::LockLost(why) => warn!(
+                    error = %why,
+                    "recorder lock session lost; not recording until the lock is won again"
+                ),
+            }
+        }
+    }
+
+    /// Connects a session of its own (reconnecting with backoff while Postgres
+    /// is down) and tries the lock every [`LOCK_POLL`] until it is won.
+    async fn acquire(&self, shutdown: &CancellationToken) -> Option<PgConnection> {
+        let mut backoff = Backoff::default();
+        let options = self.store.pool().connect_options();
+        loop {
+            let connected = tokio::select! {
+                _ = shutdown.cancelled() => return None,
+                c = tokio::time::timeout(PG_TIMEOUT, PgConnection::connect_with(&options)) => c,
+            };
+            let mut conn = match connected {
+                Ok(Ok(conn)) => conn,
+                Ok(Err(e)) => {
+                    debug!(error = %e, "recorder: cannot connect to postgres; retrying");
+                    sleep_or_shutdown(backoff.next_delay(), shutdown).await?;
+                    continue;
+                }
+                Err(_) => {
+                    sleep_or_shutdown(backoff.next_delay(), shutdown).await?;
+                    continue;
+                }
+            };
+            backoff.reset();
+            loop {
+                let tried = tokio::time::timeout(
+                    PG_TIMEOUT,
+                    sqlx::query_scalar::<_, bool>(
+                        "SELECT pg_try_advisory_lock(hashtextextended($1, $2))",
+                    )
+                    .bind(self.store.schema())
+                    .bind(RECORDER_LOCK_KEY)
+                    .fetch_one(&mut conn),
+                )
+                .await;
+                match tried {
+                    Ok(Ok(true)) => return Some(conn),
+                    Ok(Ok(false)) => {}
+                    Ok(Err(e)) => {
+                        debug!(error = %e, "recorder: lock query failed; reconnecting");
+                        break;
+                    }
+                    Err(_) => break,
+                }
+                sleep_or_shutdown(LOCK_POLL, shutdown).await?;
+            }
+        }
+    }
+
+    /// Records while `lock`'s session lives: Redis sessions one after another
+    /// (reconnecting with backoff), each starting with a SCAN of the live keys.
+    async fn record(
+        self: &Arc<Self>,
+        mut lock: PgConnection,
+        shutdown: &CancellationToken,
+    ) -> Ended {
+        let mut backoff = Backoff::default();
+        let mut check = tokio::time::interval(LOCK_POLL);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let session = self.listen(&mut lock, &mut check, shutdown).await;
+            let why = match session {
+                Ok(why) => why,
+                Err(ended) => {
+                    let _ = tokio::time::timeout(PG_TIMEOUT, lock.close()).await;
+                    return ended;
+                }
+            };
+            warn!(error = %why, "recorder: redis pub/sub lost; reconnecting with backoff");
+            let delay = tokio::time::sleep(backoff.next_delay());
+            tokio::pin!(delay);
+            loop {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ended::Shutdown,
+                    _ = &mut delay => break,
+                    _ = check.tick() => {
+                        if let Err(e) = alive(&mut lock).await {
+                            return Ended::LockLost(e);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One Redis pub/sub session. `Ok(why)` when Redis was lost (reconnect),
+    /// `Err` when the session must end (shutdown, lock lost).
+    async fn listen(
+        self: &Arc<Self>,
+        lock: &mut PgConnection,
+        check: &mut tokio::time::Interval,
+        shutdown: &CancellationToken,
+    ) -> Result<String, Ended> {
+        let mut pubsub =
+            match tokio::time::timeout(REDIS_TIMEOUT, self.client.get_async_pubsub()).await {
+                Ok(Ok(p)) => p,
+                Ok(Err(e)) => return Ok(e.to_string()),
+                Err(_) => return Ok("connect timed out".into()),
+            };
+        let patterns = [
+            format!("{}*", glob_escape(&self.keyspace_prefix)),
+            format!("{}*", glob_escape(&self.prefix)),
+        ];
+        match tokio::time::timeout(REDIS_TIMEOUT, pubsub.psubscribe(&patterns)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Ok(format!("PSUBSCRIBE refused: {e}")),
+            Err(_) => return Ok("no answer to PSUBSCRIBE".into()),
+        }
+        // Subscribed first, then the SCAN: a state written in between is seen
+        // by one or the other, never by neither.
+        let scan = {
+            let me = self.clone();
+            tokio::spawn(async move { me.scan().await })
+        };
+        let _abort_scan = AbortOnDrop(scan);
+        let mut stream = pubsub.on_message();
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => return Err(Ended::Shutdown),
+                _ = check.tick() => {
+                    if let Err(e) = alive(lock).await {
+                        return Err(Ended::LockLost(e));
+                    }
+                }
+                msg = stream.next() => match msg {
+                    Some(msg) => self.dispatch(&msg),
+                    None => return Ok("connection closed".into()),
+                },
+            }
+        }
+    }
+
+    fn dispatch(self: &Arc<Self>, msg: &redis::Msg) {
+        let channel = msg.get_channel_name();
+        if let Some(job) = channel.strip_prefix(&self.keyspace_prefix) {
+            // Removal and TTL changes carry no new state.
+            if matches!(
+                msg.get_payload_bytes(),
+                b"del" | b"expired" | b"evicted" | b"expire" | b"persist" | b"rename_from"
+            ) {
+                return;
+            }
+            if let Ok(job) = JobId::parse(job) {
+                self.request_read(job);
+            }
+        } else if let Some(job) = channel.strip_prefix(&self.prefix) {
+            let Ok(job) = JobId::parse(job) else {
+                return;
+            };
+            match ProgressDoc::parse(msg.get_payload_bytes(), &self.rules) {
+                Ok(doc) => self.record_doc(&job, doc, Source::RedisChannel),
+                Err(e) => {
+                    debug!(job = %job, error = %e, "recorder: channel message is no document")
+                }
+            }
+        }
+    }
+
+    fn record_doc(&self, job: &JobId, doc: ProgressDoc, source: Source) {
+        self.write_behind
+            .push(job, Arc::new(Update::encode(job, doc, source)));
+    }
+
+    /// Reads `job`'s key, unless a read is in flight (then that one goes once
+    /// more when done): one read per job at a time, so reads of one job are
+    /// never reordered.
+    fn request_read(self: &Arc<Self>, job: JobId) {
+        if !self.reads.start(&job) {
+            return;
+        }
+        let me = self.clone();
+        tokio::spawn(async move {
+            loop {
+                me.read(&job).await;
+                if !me.reads.finished(&job) {
+                    break;
+                }
+            }
+        });
+    }
+
+    /// Reads the job's key and records its state. A failed read (busy pool,
+    /// slow Redis) is retried with backoff [`READ_RETRIES`] times: the event
+    /// that asked for it may announce the job's last state. Past that, Redis is
+    /// taken to be down, and the SCAN after the reconnect reads the key.
+    async fn read(&self, job: &JobId) {
+        let mut backoff = Backoff::new(READ_RETRY_START, READ_RETRY_MAX);
+        for attempt in 0..=READ_RETRIES {
+            let read = {
+                let Ok(_permit) = self.reads.permits.acquire().await else {
+                    return;
+                };
+                self.reader.read(job).await
+            };
+            match read {
+                Ok(KeyState::Doc(doc)) => self.record_doc(job, doc, Source::RedisKey),
+                Ok(KeyState::Missing) => {}
+                Ok(KeyState::Invalid(e)) => {
+                    debug!(job = %job, error = %e, "recorder: invalid state")
+                }
+                // Other keys under the prefix (say, group sets) are no states.
+                Ok(KeyState::WrongType(_)) => {}
+                Err(e) => {
+                    debug!(job = %job, error = %e, attempt, "recorder: state read failed");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    continue;
+                }
+            }
+            return;
+        }
+        warn!(job = %job, "recorder: state read kept failing; the next SCAN reads it");
+    }
+
+    /// Reads every live state key, [`SCAN_BATCH`] keys per step, each step's
+    /// reads done ([`READ_CONCURRENCY`] at a time) before the next step.
+    async fn scan(self: Arc<Self>) {
+        let pattern = format!("{}*", glob_escape(&self.prefix));
+        let mut cursor: u64 = 0;
+        let mut keys_seen = 0usize;
+        loop {
+            let step = tokio::time::timeout(REDIS_TIMEOUT, async {
+                let mut conn = self
+                    .reader
+                    .commands()
+                    .get()
+                    .await
+                    .map_err(|e| e.to_string())?;
+                redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(&pattern)
+                    .arg("COUNT")
+                    .arg(SCAN_BATCH)
+                    .query_async::<(u64, Vec<String>)>(&mut conn)
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            let (next, keys) = match step {
+                Ok(Ok(step)) => step,
+                Ok(Err(e)) => {
+                    warn!(error = %e, "recorder: SCAN of the state keys failed; the next reconnect scans again");
+                    return;
+                }
+                Err(_) => {
+                    warn!(
+                        "recorder: SCAN of the state keys timed out; the next reconnect scans again"
+                    );
+                    return;
+                }
+            };
+            keys_seen += keys.len();
+            let jobs: Vec<JobId> = keys
+                .iter()
+                .filter_map(|k| k.strip_prefix(&self.prefix))
+                .filter_map(|j| JobId::parse(j).ok())
+                .collect();
+            futures::stream::iter(jobs)
+                .for_each_concurrent(READ_CONCURRENCY, |job| {
+                    let me = &self;
+                    async move { me.read(&job).await }
+                })
+                .await;
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        debug!(keys = keys_seen, "recorder: live state keys read");
+    }
+}
+
+/// Per-job read coalescing (`true`: read again when the current one ends) and
+/// the bound on reads in flight.
+struct Reads {
+    in_flight: Mutex<HashMap<JobId, bool>>,
+    permits: Semaphore,
+}
+
+impl Default for Reads {
+    fn default() -> Self {
+        Reads {
+            in_flight: Mutex::new(HashMap::new()),
+            permits: Semaphore::new(READ_CONCURRENCY),
+        }
+    }
+}
+
+impl Reads {
+    /// True when the caller should start a read; else the one in flight is
+    /// told to read once more.
+    fn start(&self, job: &JobId) -> bool {
+        let mut in_flight = crate::sync::lock(&self.in_flight);
+        match in_flight.get_mut(job) {
+            Some(again) => {
+                *again = true;
+                false
+            }
+            None => {
+                in_flight.insert(job.clone(), false);
+                true
+            }
+        }
+    }
+
+    /// After a read: true when another was asked for meanwhile.
+    fn finished(&self, job: &JobId) -> bool {
+        let mut in_flight = crate::sync::lock(&self.in_flight);
+        match in_flight.get_mut(job) {
+            Some(again) if *again => {
+                *again = false;
+                true
+            }
+            _ => {
+                in_flight.remove(job);
+                false
+            }
+        }
+    }
+}
+
+/// Is the lock session alive? (The lock lives exactly as long as it.)
+async fn alive(lock: &mut PgConnection) -> Result<(), String> {
+    match tokio::time::timeout(PG_TIMEOUT, sqlx::query("SELECT 1").execute(&mut *lock)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err(format!("no answer within {PG_TIMEOUT:?}")),
+    }
+}
+
+async fn sleep_or_shutdown(delay: Duration, shutdown: &CancellationToken) -> Option<()> {
+    tokio::select! {
+        _ = shutdown.cancelled() => None,
+        _ = tokio::time::sleep(delay) => Some(()),
+    }
+}
+
+fn set_gauge(recording: bool) {
+    metrics::gauge!("jobcast_recorder").set(if recording { 1.0 } else { 0.0 });
+}
+
+/// Escapes Redis glob characters, so a key prefix is matched literally.
+fn glob_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn glob_characters_of_the_prefix_are_escaped() {
+        assert_eq!(glob_escape("progress:"), "progress:");
+        assert_eq!(glob_escape("a*b?[c]\\"), "a\\*b\\?\\[c\\]\\\\");
+    }
+
+    #[test]
+    fn reads_of_one_job_are_coalesced() {
+        let reads = Reads::default();
+        let job = JobId::parse("j").unwrap();
+        assert!(reads.start(&job), "the first request reads");
+        assert!(!reads.start(&job), "a second one waits for it");
+        assert!(!reads.start(&job));
+        assert!(reads.finished(&job), "and makes it read once more");
+        assert!(!reads.finished(&job), "then it is done");
+        assert!(reads.start(&job), "a later request reads again");
+    }
+}
