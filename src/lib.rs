@@ -37,6 +37,7 @@ pub mod hub;
 pub mod job;
 pub mod limits;
 pub mod metrics;
+pub mod multi;
 pub mod readiness;
 pub mod shutdown;
 pub mod startup;

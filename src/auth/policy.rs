@@ -4,6 +4,10 @@
 //! is unknown is refused; an unknown job is `404` for a caller allowed by claim.
 //! Every other refusal is the same `403` with the same words, whether the job
 //! exists or not, so a token cannot probe which job ids exist.
+//!
+//! A group stream is allowed where the token's `groups` claim names the group
+//! (or `*`) or its `roles` include `admin`; nothing else, since the group (a
+//! project) is the unit of access there, not the single job.
 
 use crate::auth::Claims;
 use crate::error::ApiError;
@@ -40,6 +44,16 @@ pub fn denied(job: &JobId) -> ApiError {
     ))
 }
 
+/// May these claims watch every job of `group`?
+pub fn authorize_group(claims: &Claims, group: &str) -> Result<(), ApiError> {
+    if claims.names_group(group) || claims.has_role("admin") {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(format!(
+        "this token may not watch group {group}: it is not named in the groups claim"
+    )))
+}
+
 /// May these claims publish to `job`? Role `publisher` and a `jobs` claim naming
 /// the job (or `*`); a publisher token without `jobs` publishes nowhere.
 pub fn authorize_publish(claims: &Claims, job: &JobId) -> Result<(), ApiError> {
@@ -74,6 +88,7 @@ mod tests {
             iat: None,
             jobs: jobs.iter().map(|s| s.to_string()).collect(),
             roles: roles.iter().map(|s| s.to_string()).collect(),
+            groups: vec![],
         }
     }
     fn job() -> JobId {
@@ -115,6 +130,22 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e.code(), "not_found");
+    }
+
+    #[test]
+    fn groups_are_allowed_by_the_groups_claim_or_admin_only() {
+        let mut named = claims("u", &["*"], &[]);
+        assert_eq!(
+            authorize_group(&named, "p1").unwrap_err().code(),
+            "forbidden",
+            "a jobs claim says nothing of groups"
+        );
+        named.groups = vec!["p1".into()];
+        assert!(authorize_group(&named, "p1").is_ok());
+        assert!(authorize_group(&named, "p2").is_err());
+        named.groups = vec!["*".into()];
+        assert!(authorize_group(&named, "p2").is_ok());
+        assert!(authorize_group(&claims("x", &[], &["admin"]), "p9").is_ok());
     }
 
     #[test]
