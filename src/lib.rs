@@ -40,6 +40,7 @@ pub mod metrics;
 pub mod multi;
 pub mod readiness;
 pub mod shutdown;
+pub mod stall;
 pub mod startup;
 pub mod state;
 pub mod store;
