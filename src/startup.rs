@@ -18,6 +18,7 @@ use crate::http::origin::Origin;
 use crate::hub::Hub;
 use crate::job::DocRules;
 use crate::limits::Limits;
+use crate::multi::groups::Groups;
 use crate::readiness::Readiness;
 use crate::state::{AppState, SharedState};
 use crate::store::Store;
@@ -134,6 +135,7 @@ impl App {
             rules.clone(),
             redis_up.clone(),
         );
+        let (groups, group_cmds) = Groups::new(reader.clone(), store.clone(), "progress:group:");
         let listener = RedisListener::new(
             loader.clone(),
             reader.clone(),
@@ -142,6 +144,7 @@ impl App {
             &settings.key_prefix,
             redis_up.clone(),
             keyspace.clone(),
+            groups.clone(),
         )?;
         redis_selftest::check(
             listener.client(),
@@ -152,7 +155,11 @@ impl App {
         .await
         .context("Redis permissions")?;
         let readiness = Readiness::new(reader.clone(), store.clone(), keyspace.clone()).await;
-        tasks.push(tokio::spawn(listener.run(upstream_cmds, shutdown.clone())));
+        tasks.push(tokio::spawn(listener.run(
+            upstream_cmds,
+            group_cmds,
+            shutdown.clone(),
+        )));
         tasks.push(tokio::spawn(readiness.clone().run(shutdown.clone())));
         if settings.redis_check_secs > 0 {
             let period = Duration::from_secs(settings.redis_check_secs);
@@ -214,6 +221,7 @@ impl App {
             loader,
             redis: reader,
             rules,
+            groups,
             verifier,
             auth_hook,
             shutdown,

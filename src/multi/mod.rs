@@ -3,6 +3,9 @@
 //! `cursor` is the one resume token over all the stream's jobs.
 
 pub mod cursor;
+pub mod door;
+pub mod groups;
+pub mod jobset;
 pub mod list;
 
 use serde_json::json;
