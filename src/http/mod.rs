@@ -19,7 +19,7 @@ use crate::auth::credentials::{credentials, query_param};
 use crate::error;
 use crate::http::stall::StallFlag;
 use crate::state::SharedState;
-use crate::stream;
+use crate::{multi, stream};
 
 pub fn with_state(
     app: SharedState,
@@ -75,6 +75,44 @@ pub fn routes(
         .then(|job, app, creds, query| stream::poll::handle(app, job, creds, query))
         .map(unwrap_infallible);
 
+    let many_sse = warp::path!("events")
+        .and(warp::get())
+        .and(state.clone())
+        .and(credentials())
+        .and(last_event_id())
+        .and(raw_query())
+        .and(warp::ext::optional::<StallFlag>())
+        .then(|app, creds, last, query, stall| multi::sse::list(app, creds, last, query, stall))
+        .map(unwrap_infallible);
+
+    let many_poll = warp::path!("poll")
+        .and(warp::get())
+        .and(state.clone())
+        .and(credentials())
+        .and(raw_query())
+        .then(|app, creds, query| multi::poll::list(app, creds, query))
+        .map(unwrap_infallible);
+
+    let group_sse = warp::path!("groups" / String / "events")
+        .and(warp::get())
+        .and(state.clone())
+        .and(credentials())
+        .and(last_event_id())
+        .and(raw_query())
+        .and(warp::ext::optional::<StallFlag>())
+        .then(|group, app, creds, last, query, stall| {
+            multi::sse::group(app, group, creds, last, query, stall)
+        })
+        .map(unwrap_infallible);
+
+    let group_poll = warp::path!("groups" / String / "poll")
+        .and(warp::get())
+        .and(state.clone())
+        .and(credentials())
+        .and(raw_query())
+        .then(|group, app, creds, query| multi::poll::group(app, group, creds, query))
+        .map(unwrap_infallible);
+
     let snapshot = warp::path!("jobs" / String)
         .and(warp::get())
         .and(state.clone())
@@ -108,6 +146,10 @@ pub fn routes(
     let api = sse
         .or(ws)
         .or(poll)
+        .or(many_sse)
+        .or(many_poll)
+        .or(group_sse)
+        .or(group_poll)
         .or(snapshot)
         .or(publish)
         .or(healthz)

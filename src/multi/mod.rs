@@ -7,11 +7,22 @@ pub mod door;
 pub mod groups;
 pub mod jobset;
 pub mod list;
+pub mod poll;
+pub mod sse;
 
 use serde_json::json;
 use warp::reply::{Reply, Response};
 
 use crate::error::ApiError;
+
+/// The `connected` payload: the stream's jobs (and its group).
+pub fn connected(opened: &door::OpenedMany) -> serde_json::Value {
+    let jobs: Vec<&str> = opened.set.jobs().map(|j| j.as_str()).collect();
+    match &opened.group {
+        Some(g) => json!({"group": g.group.as_str(), "jobs": jobs}),
+        None => json!({"jobs": jobs}),
+    }
+}
 
 /// A refused multi-job request: the single-job error, plus `"job_id"`
 /// naming the job that was refused where one was.

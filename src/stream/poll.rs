@@ -32,7 +32,7 @@ pub async fn handle(
     })
 }
 
-fn parse_timeout(query: &str) -> Result<Duration, ApiError> {
+pub fn parse_timeout(query: &str) -> Result<Duration, ApiError> {
     let secs = match query_param(query, "timeout") {
         None => POLL_DEFAULT_TIMEOUT_SECS,
         Some(t) => t
@@ -104,7 +104,7 @@ fn document(update: &Update) -> Response {
     res
 }
 
-fn no_content() -> Response {
+pub fn no_content() -> Response {
     let mut res =
         warp::reply::with_status(warp::reply::reply(), StatusCode::NO_CONTENT).into_response();
     res.headers_mut()

@@ -21,6 +21,7 @@ mod huge_values;
 mod js_client;
 mod jwks;
 mod keyspace;
+mod many_jobs;
 mod openapi;
 mod operate;
 mod otel_traces;
