@@ -127,7 +127,9 @@ impl App {
             }
         };
         let redis_up = Arc::new(AtomicBool::new(false));
-        let (hub, upstream_cmds) = Hub::new(store.is_some());
+        let stall_after =
+            (settings.stall_secs > 0).then(|| Duration::from_secs(settings.stall_secs));
+        let (hub, upstream_cmds) = Hub::new(store.is_some(), stall_after);
         let loader = Loader::new(
             hub.clone(),
             reader.clone(),

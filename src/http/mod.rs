@@ -85,6 +85,24 @@ pub fn routes(
         .then(|app, creds, last, query, stall| multi::sse::list(app, creds, last, query, stall))
         .map(unwrap_infallible);
 
+    let many_ws = warp::path!("ws")
+        .and(warp::get())
+        .and(state.clone())
+        .and(credentials())
+        .and(raw_query())
+        .and(upgrade::handshake())
+        .then(|app, creds, query, ws| multi::ws::list(app, creds, query, ws))
+        .map(unwrap_infallible);
+
+    let group_ws = warp::path!("groups" / String / "ws")
+        .and(warp::get())
+        .and(state.clone())
+        .and(credentials())
+        .and(raw_query())
+        .and(upgrade::handshake())
+        .then(|group, app, creds, query, ws| multi::ws::group(app, group, creds, query, ws))
+        .map(unwrap_infallible);
+
     let many_poll = warp::path!("poll")
         .and(warp::get())
         .and(state.clone())
@@ -147,8 +165,10 @@ pub fn routes(
         .or(ws)
         .or(poll)
         .or(many_sse)
+        .or(many_ws)
         .or(many_poll)
         .or(group_sse)
+        .or(group_ws)
         .or(group_poll)
         .or(snapshot)
         .or(publish)

@@ -9,6 +9,7 @@ pub mod jobset;
 pub mod list;
 pub mod poll;
 pub mod sse;
+pub mod ws;
 
 use serde_json::json;
 use warp::reply::{Reply, Response};

@@ -23,6 +23,7 @@ use crate::state::SharedState;
 use crate::stream::closed;
 use crate::stream::cursor::delivered;
 use crate::stream::poll::{no_content, parse_timeout};
+use crate::stream::watcher::CloseReason;
 
 /// `GET /poll?job=A&job=B…&cursor=…&timeout=…`
 pub async fn list(
@@ -71,7 +72,7 @@ pub async fn group(
 async fn wait(app: &SharedState, mut opened: OpenedMany, timeout: std::time::Duration) -> Response {
     let set = &mut opened.set;
     if set.is_over() {
-        closed(Transport::Poll, "done");
+        closed(Transport::Poll, CloseReason::Done);
         return json_answer(&set.cursor_text(), &[], true);
     }
     let mut items: Vec<Item> = std::iter::from_fn(|| set.next_ready()).collect();
@@ -86,14 +87,14 @@ async fn wait(app: &SharedState, mut opened: OpenedMany, timeout: std::time::Dur
         }
     }
     if items.is_empty() {
-        closed(Transport::Poll, "timeout");
+        closed(Transport::Poll, CloseReason::Timeout);
         return no_content();
     }
     let mut parts = Vec::with_capacity(items.len());
     for item in &items {
         parts.push(event_json(item).await);
     }
-    closed(Transport::Poll, "answered");
+    closed(Transport::Poll, CloseReason::Answered);
     json_answer(&set.cursor_text(), &parts, set.is_over())
 }
 

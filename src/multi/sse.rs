@@ -5,13 +5,10 @@
 //! carries this connection's cursor as the `id:`.
 
 use std::convert::Infallible;
-use std::pin::Pin;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use serde_json::json;
 use sync_wrapper::SyncStream;
-use tokio::time::{Interval, Sleep};
-use tokio_util::sync::WaitForCancellationFutureOwned;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
@@ -25,8 +22,9 @@ use crate::multi::list::{parse_jobs, resume_cursor};
 use crate::multi::{Refusal, connected};
 use crate::state::SharedState;
 use crate::stream::cursor::delivered;
-use crate::stream::sse::stream_headers;
-use crate::stream::{closed, heartbeat_timer, reconnect};
+use crate::stream::sse::{SSE_PING, sse_error, sse_preamble, sse_retry, stream_headers};
+use crate::stream::watcher::{CloseReason, Lifecycle, Signal};
+use crate::stream::{closed, reconnect};
 
 /// `GET /events?job=A&job=B…`
 pub async fn list(
@@ -69,7 +67,7 @@ fn respond(
     };
     // Every job ended and every end seen: 204 stops EventSource for good.
     if opened.set.is_over() {
-        closed(Transport::Sse, "already_done");
+        closed(Transport::Sse, CloseReason::AlreadyDone);
         return warp::reply::with_status(warp::reply::reply(), StatusCode::NO_CONTENT)
             .into_response();
     }
@@ -93,12 +91,9 @@ struct Writer {
     app: SharedState,
     opened: OpenedMany,
     preamble_sent: bool,
-    heartbeat: Interval,
-    expiry: Pin<Box<Sleep>>,
-    revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
-    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    lifecycle: Lifecycle,
     /// Why the stream ended; unset = client gone.
-    ended: Option<&'static str>,
+    ended: Option<CloseReason>,
     stall: Option<StallFlag>,
 }
 
@@ -107,28 +102,22 @@ impl Drop for Writer {
         let stalled = self.stall.as_ref().is_some_and(StallFlag::is_set);
         let reason = match self.ended {
             Some(reason) => reason,
-            None if stalled => "write_stalled",
-            None => "client_gone",
+            None if stalled => CloseReason::WriteStalled,
+            None => CloseReason::ClientGone,
         };
         closed(Transport::Sse, reason);
-        tracing::debug!(parent: &self.opened.span, reason, "multi-job sse stream ended");
+        tracing::debug!(parent: &self.opened.span, reason = reason.as_str(), "multi-job sse stream ended");
     }
 }
 
 impl Writer {
     fn new(app: SharedState, mut opened: OpenedMany, stall: Option<StallFlag>) -> Self {
-        let revoked = opened.revocation();
-        let heartbeat = heartbeat_timer(app.settings.heartbeat());
-        let expiry = Box::pin(tokio::time::sleep(opened.token_ttl()));
-        let shutdown = Box::pin(app.shutdown.clone().cancelled_owned());
+        let lifecycle = Lifecycle::new(&app, opened.token_ttl(), opened.revocation());
         Writer {
             app,
             opened,
             preamble_sent: false,
-            heartbeat,
-            expiry,
-            revoked,
-            shutdown,
+            lifecycle,
             ended: None,
             stall,
         }
@@ -142,36 +131,32 @@ impl Writer {
         if !self.preamble_sent {
             self.preamble_sent = true;
             let s = &self.app.settings;
-            let retry_ms = reconnect::stream_retry_ms(s);
-            let mut b = BytesMut::with_capacity(64 + s.sse_padding);
-            b.put_slice(format!("retry: {retry_ms}\n\n").as_bytes());
-            if s.sse_padding > 0 {
-                b.put_slice(b":");
-                b.put_bytes(b' ', s.sse_padding);
-                b.put_slice(b"\n\n");
-            }
-            let data = connected(&self.opened);
-            b.put_slice(format!("event: connected\ndata: {data}\n\n").as_bytes());
-            return Some(vec![b.freeze()]);
+            return Some(vec![sse_preamble(
+                &connected(&self.opened),
+                reconnect::stream_retry_ms(s),
+                s.sse_padding,
+            )]);
         }
         tokio::select! {
-            _ = &mut self.shutdown => {
-                self.ended = Some("shutdown");
-                Some(vec![event::sse_retry(reconnect::drain_retry_ms(&self.app.settings))])
-            }
-            _ = &mut self.expiry => {
-                self.ended = Some("token_expired");
-                Some(vec![event::sse_error("token_expired")])
-            }
-            _ = &mut self.revoked => {
-                self.ended = Some("revoked");
-                Some(vec![event::sse_error("forbidden")])
-            }
-            _ = self.heartbeat.tick() => Some(vec![Bytes::from_static(event::SSE_PING)]),
+            signal = self.lifecycle.next() => Some(vec![match signal {
+                Signal::Heartbeat => Bytes::from_static(SSE_PING),
+                Signal::Shutdown => {
+                    self.ended = Some(CloseReason::Shutdown);
+                    sse_retry(reconnect::drain_retry_ms(&self.app.settings))
+                }
+                Signal::Expired => {
+                    self.ended = Some(CloseReason::TokenExpired);
+                    sse_error("token_expired")
+                }
+                Signal::Revoked => {
+                    self.ended = Some(CloseReason::Revoked);
+                    sse_error("forbidden")
+                }
+            }]),
             item = self.opened.set.next() => match item {
                 Some(item) => Some(self.chunks(item).await),
                 None => {
-                    self.ended = Some("done");
+                    self.ended = Some(CloseReason::Done);
                     None
                 }
             },

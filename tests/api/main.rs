@@ -39,6 +39,7 @@ mod redis_acl;
 mod security;
 mod selftest;
 mod sse;
+mod stalled;
 mod storm;
 mod tail;
 mod ws;

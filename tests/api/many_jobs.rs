@@ -453,3 +453,125 @@ async fn a_silent_job_is_reported_stalled_on_a_list_and_the_next_state_clears_it
     let quiet = nothing_within(&mut s, Duration::from_millis(1500)).await;
     assert!(quiet.is_ok(), "cleared, not re-sent: {quiet:?}");
 }
+
+async fn ws_send(ws: &mut crate::clients::Ws, value: Value) {
+    use futures::SinkExt;
+    ws.stream
+        .send(tokio_tungstenite::tungstenite::Message::text(
+            value.to_string(),
+        ))
+        .await
+        .expect("send");
+}
+
+/// The next frame, which must be of this `type`.
+async fn ws_expect(ws: &mut crate::clients::Ws, kind: &str) -> Value {
+    match ws.next_json().await {
+        Some(v) if v["type"] == kind => v,
+        other => panic!("expected ws type `{kind}`, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_websocket_list_streams_every_job_and_closes_after_the_last_done() {
+    let app = spawn_app().await;
+    app.set("a", &doc(1, "running")).await;
+    app.set("b", &doc(2, "running")).await;
+    let token = app.token("alice");
+    let mut ws = crate::clients::ws_connect(
+        &app.ws_url("/ws?job=a&job=b"),
+        &[("authorization", &bearer(&token))],
+    )
+    .await
+    .expect("upgraded");
+
+    assert_eq!(
+        ws_expect(&mut ws, "connected").await["jobs"],
+        json!(["a", "b"])
+    );
+    let mut first = vec![
+        ws_expect(&mut ws, "progress").await,
+        ws_expect(&mut ws, "progress").await,
+    ];
+    first.sort_by_key(|v| v["job_id"].as_str().unwrap().to_owned());
+    assert_eq!(first[0]["document"]["seq"], 1);
+    assert_eq!(first[1]["id"], "2");
+    assert!(first.iter().all(|v| v["cursor"].is_string()));
+
+    app.set("a", &doc(3, "completed")).await;
+    assert_eq!(ws_expect(&mut ws, "progress").await["job_id"], "a");
+    let done = ws_expect(&mut ws, "done").await;
+    assert_eq!(
+        (done["job_id"].as_str(), done["status"].as_str()),
+        (Some("a"), Some("completed"))
+    );
+    app.set("b", &doc(4, "cancelled")).await;
+    ws_expect(&mut ws, "progress").await;
+    ws_expect(&mut ws, "done").await;
+    assert_eq!(ws.expect_close().await, 1000);
+}
+
+#[tokio::test]
+async fn websocket_clients_watch_and_unwatch_in_band() {
+    let app = spawn_app().await;
+    app.set("a", &doc(1, "running")).await;
+    app.set("c", &doc(9, "running")).await;
+    app.set("theirs", r#"{"seq":1,"owner_id":"mallory"}"#).await;
+    let token = app.token("alice");
+    let mut ws = crate::clients::ws_connect(
+        &app.ws_url("/ws?job=a"),
+        &[("authorization", &bearer(&token))],
+    )
+    .await
+    .expect("upgraded");
+    ws_expect(&mut ws, "connected").await;
+    ws_expect(&mut ws, "progress").await;
+
+    ws_send(&mut ws, json!({"type":"watch","job":"theirs"})).await;
+    let refused = ws_expect(&mut ws, "error").await;
+    assert_eq!(
+        refused,
+        json!({"type":"error","job":"theirs","error":"forbidden"})
+    );
+
+    ws_send(&mut ws, json!({"type":"watch","job":"c"})).await;
+    assert_eq!(ws_expect(&mut ws, "watching").await["job"], "c");
+    let c = ws_expect(&mut ws, "progress").await;
+    assert_eq!(
+        (c["job_id"].as_str(), c["id"].as_str()),
+        (Some("c"), Some("9"))
+    );
+
+    ws_send(&mut ws, json!({"type":"unwatch","job":"a"})).await;
+    assert_eq!(ws_expect(&mut ws, "unwatching").await["job"], "a");
+    app.set("a", &doc(2, "running")).await;
+    app.set("c", &doc(10, "running")).await;
+    let next = ws_expect(&mut ws, "progress").await;
+    assert_eq!(next["job_id"], "c", "a is no longer watched");
+    ws_send(&mut ws, json!({"type":"unwatch","job":"c"})).await;
+    ws_expect(&mut ws, "unwatching").await;
+    ws_send(&mut ws, json!({"type":"watch","job":"a"})).await;
+    ws_expect(&mut ws, "watching").await;
+    assert_eq!(
+        ws_expect(&mut ws, "progress").await["id"],
+        "2",
+        "an emptied set stayed open"
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_list_refuses_a_foreign_job_before_upgrading() {
+    let app = spawn_app().await;
+    app.set("a", &doc(1, "running")).await;
+    app.set("theirs", r#"{"seq":1,"owner_id":"mallory"}"#).await;
+    let err = crate::clients::ws_connect(
+        &app.ws_url("/ws?job=a&job=theirs"),
+        &[("authorization", &bearer(&app.token("alice")))],
+    )
+    .await
+    .err()
+    .expect("refused");
+    assert_eq!(err.0, 403);
+    let body: Value = serde_json::from_str(&err.1).unwrap();
+    assert_eq!(body["job_id"], "theirs");
+}
