@@ -197,7 +197,12 @@ impl App {
                 tasks.push(tokio::spawn(recorder.run(shutdown.clone())));
                 write_behind = Some(wb);
             }
-            let pg = PgListener::new(loader.clone(), store.clone(), redis_up.clone());
+            let pg = PgListener::new(
+                loader.clone(),
+                store.clone(),
+                groups.clone(),
+                redis_up.clone(),
+            );
             tasks.push(tokio::spawn(pg.run(shutdown.clone())));
             tasks.push(tokio::spawn(retention::run(
                 store,
