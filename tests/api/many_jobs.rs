@@ -8,20 +8,8 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use serde_json::{Value, json};
 
-use crate::app::{Options, TestApp, claims, sign, spawn_app, spawn_app_with};
-use crate::clients::{Sse, SseEvent};
-
-fn doc(seq: i64, status: &str) -> String {
-    format!(r#"{{"seq":{seq},"owner_id":"alice","status":"{status}"}}"#)
-}
-
-fn bearer(token: &str) -> String {
-    format!("Bearer {token}")
-}
-
-async fn sse(app: &TestApp, path: &str, token: &str) -> Sse {
-    Sse::connect(&app.url(path), &[("authorization", &bearer(token))]).await
-}
+use crate::app::{Options, TestApp, bearer, claims, doc, sign, spawn_app, spawn_app_with};
+use crate::clients::{Gateway, Sse, SseEvent};
 
 /// The next `progress` or `done` event, as (event, job, data).
 async fn next_state(s: &mut Sse) -> (String, String, SseEvent) {
@@ -49,7 +37,7 @@ async fn a_list_stream_carries_every_job_and_ends_after_the_last_done() {
     app.set("b", &doc(5, "running")).await;
     let token = app.token("alice");
 
-    let mut s = sse(&app, "/events?job=a&job=b&job=a", &token).await;
+    let mut s = app.sse("/events?job=a&job=b&job=a", &bearer(&token)).await;
 
     assert_eq!(s.status, 200);
     assert_eq!(
@@ -96,7 +84,9 @@ async fn a_refused_job_is_named_and_nothing_is_written() {
     app.set("theirs", r#"{"seq":1,"owner_id":"mallory"}"#).await;
     let token = app.token("alice");
 
-    let s = sse(&app, "/events?job=mine&job=theirs", &token).await;
+    let s = app
+        .sse("/events?job=mine&job=theirs", &bearer(&token))
+        .await;
     assert_eq!(s.status, 403);
     let body: Value = reqwest::get(app.url("/events?job=mine&job=nope%20x"))
         .await
@@ -160,7 +150,7 @@ async fn resuming_with_the_cursor_sends_only_unseen_states() {
     let token = app.token("alice");
     let path = "/events?job=a&job=b&job=c";
 
-    let mut s = sse(&app, path, &token).await;
+    let mut s = app.sse(path, &bearer(&token)).await;
     s.expect("connected").await;
     for _ in 0..3 {
         next_state(&mut s).await;
@@ -173,14 +163,15 @@ async fn resuming_with_the_cursor_sends_only_unseen_states() {
     drop(s);
     app.set("b", &doc(2, "running")).await;
 
-    let mut s = Sse::connect(
-        &app.url(path),
-        &[
-            ("authorization", &bearer(&token)),
-            ("last-event-id", &cursor),
-        ],
-    )
-    .await;
+    let mut s = app
+        .sse_with(
+            path,
+            &[
+                ("authorization", &bearer(&token)),
+                ("last-event-id", &cursor),
+            ],
+        )
+        .await;
     s.expect("connected").await;
     let (event, job, ev) = next_state(&mut s).await;
     assert_eq!(
@@ -199,13 +190,17 @@ async fn resuming_with_the_cursor_sends_only_unseen_states() {
     // Everything ended and every end seen: 204.
     app.set("b", &doc(3, "completed")).await;
     app.set("c", &doc(2, "completed")).await;
-    let mut s = sse(&app, &format!("{path}&cursor={cursor}"), &token).await;
+    let mut s = app
+        .sse(&format!("{path}&cursor={cursor}"), &bearer(&token))
+        .await;
     let mut last = String::new();
     for _ in 0..4 {
         last = next_state(&mut s).await.2.id.expect("cursor");
     }
     s.expect_end().await;
-    let again = sse(&app, &format!("{path}&cursor={last}"), &token).await;
+    let again = app
+        .sse(&format!("{path}&cursor={last}"), &bearer(&token))
+        .await;
     assert_eq!(again.status, 204);
 }
 
@@ -304,10 +299,12 @@ async fn a_job_in_a_list_shares_the_single_watchers_subscription() {
     app.set("other", &doc(1, "running")).await;
     let token = app.token("alice");
 
-    let mut single = sse(&app, "/jobs/shared/events", &token).await;
+    let mut single = app.sse("/jobs/shared/events", &bearer(&token)).await;
     single.expect("connected").await;
     single.expect("progress").await;
-    let mut list = sse(&app, "/events?job=shared&job=other", &token).await;
+    let mut list = app
+        .sse("/events?job=shared&job=other", &bearer(&token))
+        .await;
     list.expect("connected").await;
     next_state(&mut list).await;
     next_state(&mut list).await;
@@ -330,12 +327,12 @@ async fn a_list_stream_is_one_connection_for_the_limits() {
         app.set(job, &doc(1, "running")).await;
     }
     let token = app.token("alice");
-    let mut list = sse(&app, "/events?job=a&job=b&job=c", &token).await;
+    let mut list = app.sse("/events?job=a&job=b&job=c", &bearer(&token)).await;
     assert_eq!(list.status, 200);
     list.expect("connected").await;
-    let single = sse(&app, "/jobs/a/events", &token).await;
+    let single = app.sse("/jobs/a/events", &bearer(&token)).await;
     assert_eq!(single.status, 200, "three jobs took one slot of two");
-    let third = sse(&app, "/events?job=b", &token).await;
+    let third = app.sse("/events?job=b", &bearer(&token)).await;
     assert_eq!(third.status, 429);
 }
 
@@ -361,7 +358,7 @@ async fn a_group_stream_follows_the_set_including_jobs_that_join_later() {
     sadd(&app, "proj", "g1").await;
     let token = group_token(&["proj"], &[]);
 
-    let mut s = sse(&app, "/groups/proj/events", &token).await;
+    let mut s = app.sse("/groups/proj/events", &bearer(&token)).await;
     assert_eq!(s.status, 200);
     assert_eq!(
         s.expect("connected").await.json(),
@@ -422,7 +419,7 @@ async fn a_silent_job_is_reported_stalled_on_a_list_and_the_next_state_clears_it
     app.set("slow", r#"{"seq":1,"owner_id":"alice","stall_after_s":1}"#)
         .await;
     let token = app.token("alice");
-    let mut s = sse(&app, "/events?job=slow", &token).await;
+    let mut s = app.sse("/events?job=slow", &bearer(&token)).await;
     next_state(&mut s).await;
 
     let stalled = s.expect("stalled").await.json();
@@ -432,20 +429,8 @@ async fn a_silent_job_is_reported_stalled_on_a_list_and_the_next_state_clears_it
             .as_u64()
             .is_some_and(|n| n >= 1)
     );
-    let metrics = reqwest::get(app.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let gauge = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("jobcast_stalled_jobs "))
-        .and_then(|v| v.parse::<f64>().ok());
-    assert!(
-        gauge.is_some_and(|g| g >= 1.0),
-        "the gauge counts it: {gauge:?}"
-    );
+    let gauge = app.metric("jobcast_stalled_jobs", "").await;
+    assert!(gauge >= 1.0, "the gauge counts it: {gauge}");
 
     app.set("slow", r#"{"seq":2,"owner_id":"alice","stall_after_s":30}"#)
         .await;
@@ -478,12 +463,7 @@ async fn a_websocket_list_streams_every_job_and_closes_after_the_last_done() {
     app.set("a", &doc(1, "running")).await;
     app.set("b", &doc(2, "running")).await;
     let token = app.token("alice");
-    let mut ws = crate::clients::ws_connect(
-        &app.ws_url("/ws?job=a&job=b"),
-        &[("authorization", &bearer(&token))],
-    )
-    .await
-    .expect("upgraded");
+    let mut ws = app.ws("/ws?job=a&job=b", &bearer(&token)).await;
 
     assert_eq!(
         ws_expect(&mut ws, "connected").await["jobs"],
@@ -518,12 +498,7 @@ async fn websocket_clients_watch_and_unwatch_in_band() {
     app.set("c", &doc(9, "running")).await;
     app.set("theirs", r#"{"seq":1,"owner_id":"mallory"}"#).await;
     let token = app.token("alice");
-    let mut ws = crate::clients::ws_connect(
-        &app.ws_url("/ws?job=a"),
-        &[("authorization", &bearer(&token))],
-    )
-    .await
-    .expect("upgraded");
+    let mut ws = app.ws("/ws?job=a", &bearer(&token)).await;
     ws_expect(&mut ws, "connected").await;
     ws_expect(&mut ws, "progress").await;
 
@@ -564,13 +539,14 @@ async fn a_websocket_list_refuses_a_foreign_job_before_upgrading() {
     let app = spawn_app().await;
     app.set("a", &doc(1, "running")).await;
     app.set("theirs", r#"{"seq":1,"owner_id":"mallory"}"#).await;
-    let err = crate::clients::ws_connect(
-        &app.ws_url("/ws?job=a&job=theirs"),
-        &[("authorization", &bearer(&app.token("alice")))],
-    )
-    .await
-    .err()
-    .expect("refused");
+    let err = app
+        .ws_with(
+            "/ws?job=a&job=theirs",
+            &[("authorization", &bearer(&app.token("alice")))],
+        )
+        .await
+        .err()
+        .expect("refused");
     assert_eq!(err.0, 403);
     let body: Value = serde_json::from_str(&err.1).unwrap();
     assert_eq!(body["job_id"], "theirs");

@@ -4,19 +4,17 @@
 
 use serde_json::json;
 
-use crate::app::spawn_app;
-use crate::clients::{Sse, ws_connect};
+use crate::app::{bearer, spawn_app};
+use crate::clients::Gateway;
 
 #[tokio::test]
 async fn a_silent_job_is_reported_stalled_on_single_job_streams_until_its_next_state() {
     let app = spawn_app().await;
     app.set("slow", r#"{"seq":1,"owner_id":"alice","stall_after_s":1}"#)
         .await;
-    let auth = format!("Bearer {}", app.token("alice"));
-    let mut sse = Sse::connect(&app.url("/jobs/slow/events"), &[("authorization", &auth)]).await;
-    let mut ws = ws_connect(&app.ws_url("/jobs/slow/ws"), &[("authorization", &auth)])
-        .await
-        .expect("upgraded");
+    let auth = bearer(&app.token("alice"));
+    let mut sse = app.sse("/jobs/slow/events", &auth).await;
+    let mut ws = app.ws("/jobs/slow/ws", &auth).await;
     sse.expect("connected").await;
     sse.expect("progress").await;
     ws.expect("connected").await;
