@@ -53,7 +53,8 @@ async fn a_list_stream_carries_every_job_and_ends_after_the_last_done() {
     let a = first[0].2.json();
     assert_eq!(
         a,
-        json!({"job_id":"a","id":"1","document":{"seq":1,"owner_id":"alice","status":"running"}})
+        json!({"job_id":"a","id":"1","document":serde_json::from_str::<Value>(&doc(1, "running")).unwrap()}),
+        "the document unchanged, wrapped with its job and id"
     );
     assert_eq!(first[1].2.json()["id"], "5");
     assert!(
