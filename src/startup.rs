@@ -141,9 +141,7 @@ impl App {
         let listener = RedisListener::new(
             loader.clone(),
             reader.clone(),
-            &settings.redis_url,
-            settings.redis_db(),
-            &settings.key_prefix,
+            &settings,
             redis_up.clone(),
             keyspace.clone(),
             groups.clone(),

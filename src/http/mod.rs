@@ -82,7 +82,7 @@ pub fn routes(
         .and(last_event_id())
         .and(raw_query())
         .and(warp::ext::optional::<StallFlag>())
-        .then(|app, creds, last, query, stall| multi::sse::list(app, creds, last, query, stall))
+        .then(multi::sse::list)
         .map(unwrap_infallible);
 
     let many_ws = warp::path!("ws")
@@ -91,7 +91,7 @@ pub fn routes(
         .and(credentials())
         .and(raw_query())
         .and(upgrade::handshake())
-        .then(|app, creds, query, ws| multi::ws::list(app, creds, query, ws))
+        .then(multi::ws::list)
         .map(unwrap_infallible);
 
     let group_ws = warp::path!("groups" / String / "ws")
@@ -108,7 +108,7 @@ pub fn routes(
         .and(state.clone())
         .and(credentials())
         .and(raw_query())
-        .then(|app, creds, query| multi::poll::list(app, creds, query))
+        .then(multi::poll::list)
         .map(unwrap_infallible);
 
     let group_sse = warp::path!("groups" / String / "events")

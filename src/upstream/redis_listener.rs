@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::config::Settings;
 use crate::event::Source;
 use crate::fanout::Feed;
 use crate::job::JobId;
@@ -72,16 +73,20 @@ pub struct RedisListener {
 }
 
 impl RedisListener {
+    /// Reads `REDIS_URL`, its db number and `JOBCAST_KEY_PREFIX` from `settings`.
     pub fn new(
         loader: Arc<Loader>,
         reader: RedisReader,
-        redis_url: &str,
-        db: i64,
-        prefix: &str,
+        settings: &Settings,
         up: Arc<AtomicBool>,
         keyspace: Arc<KeyspaceMonitor>,
         groups: Arc<Groups>,
     ) -> anyhow::Result<Self> {
+        let (redis_url, db, prefix) = (
+            settings.redis_url.as_str(),
+            settings.redis_db(),
+            settings.key_prefix.as_str(),
+        );
         Ok(RedisListener {
             loader,
             reader,

@@ -48,7 +48,7 @@ async fn a_list_stream_carries_every_job_and_ends_after_the_last_done() {
         s.expect("connected").await.json(),
         json!({"jobs": ["a", "b"]})
     );
-    let mut first = vec![next_state(&mut s).await, next_state(&mut s).await];
+    let mut first = [next_state(&mut s).await, next_state(&mut s).await];
     first.sort_by(|x, y| x.1.cmp(&y.1));
     let a = first[0].2.json();
     assert_eq!(
@@ -470,7 +470,7 @@ async fn a_websocket_list_streams_every_job_and_closes_after_the_last_done() {
         ws_expect(&mut ws, "connected").await["jobs"],
         json!(["a", "b"])
     );
-    let mut first = vec![
+    let mut first = [
         ws_expect(&mut ws, "progress").await,
         ws_expect(&mut ws, "progress").await,
     ];
