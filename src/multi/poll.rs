@@ -16,6 +16,7 @@ use crate::auth::Credentials;
 use crate::event;
 use crate::limits::Transport;
 use crate::multi::Refusal;
+use crate::multi::cursor::StreamCursor;
 use crate::multi::door::{OpenedMany, open_group, open_list};
 use crate::multi::jobset::Item;
 use crate::multi::list::{parse_jobs, resume_cursor};
@@ -31,20 +32,11 @@ pub async fn list(
     creds: Credentials,
     query: String,
 ) -> Result<Response, Infallible> {
-    let answer = async {
-        let timeout = parse_timeout(&query)?;
-        let jobs = parse_jobs(&query, app.settings.max_jobs_per_stream)?;
-        let opened = open_list(
-            &app,
-            jobs,
-            &creds,
-            Transport::Poll,
-            resume_cursor(None, &query),
-        )
-        .await?;
-        Ok::<_, Refusal>(wait(&app, opened, timeout).await)
-    };
-    Ok(answer.await.unwrap_or_else(Reply::into_response))
+    let jobs = parse_jobs(&query, app.settings.max_jobs_per_stream);
+    Ok(answer(&app, &query, |cursor| async {
+        open_list(&app, jobs?, &creds, Transport::Poll, cursor).await
+    })
+    .await)
 }
 
 /// `GET /groups/{group}/poll?cursor=…&timeout=…`
@@ -54,19 +46,24 @@ pub async fn group(
     creds: Credentials,
     query: String,
 ) -> Result<Response, Infallible> {
-    let answer = async {
-        let timeout = parse_timeout(&query)?;
-        let opened = open_group(
-            &app,
-            &group,
-            &creds,
-            Transport::Poll,
-            resume_cursor(None, &query),
-        )
-        .await?;
-        Ok::<_, Refusal>(wait(&app, opened, timeout).await)
+    Ok(answer(&app, &query, |cursor| async {
+        open_group(&app, &group, &creds, Transport::Poll, cursor).await
+    })
+    .await)
+}
+
+/// Opens the stream with the query's cursor and answers within its `timeout`.
+async fn answer<F, Fut>(app: &SharedState, query: &str, open: F) -> Response
+where
+    F: FnOnce(StreamCursor) -> Fut,
+    Fut: Future<Output = Result<OpenedMany, Refusal>>,
+{
+    let answered = async {
+        let timeout = parse_timeout(query)?;
+        let opened = open(resume_cursor(None, query)).await?;
+        Ok::<_, Refusal>(wait(app, opened, timeout).await)
     };
-    Ok(answer.await.unwrap_or_else(Reply::into_response))
+    answered.await.unwrap_or_else(Reply::into_response)
 }
 
 async fn wait(app: &SharedState, mut opened: OpenedMany, timeout: std::time::Duration) -> Response {
