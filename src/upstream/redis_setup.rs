@@ -199,7 +199,7 @@ mod tests {
         assert_eq!(missing_flags(""), "K$hgsx");
         assert_eq!(missing_flags("KA"), "");
         assert_eq!(missing_flags("A"), "K");
-        assert_eq!(missing_flags("Ex"), "K$hg");
+        assert_eq!(missing_flags("Ex"), "K$hgs");
         assert_eq!(missing_flags("K$hgsx"), "");
     }
 }
