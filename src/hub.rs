@@ -15,6 +15,7 @@ use tracing::warn;
 use crate::event::Source;
 use crate::fanout::{Feed, Offer};
 use crate::job::{JobId, ProgressDoc};
+use crate::multi::groups::Groups;
 use crate::upstream::UpstreamCmd;
 
 struct Entry {
@@ -59,6 +60,8 @@ pub struct Hub {
     /// `JOBCAST_STALL_SECS` (`None`: off unless a document asks): each feed's
     /// stall timer starts with the feed.
     stall_after: Option<std::time::Duration>,
+    /// A state whose group field names a watched group adds its job there.
+    groups: Arc<Groups>,
 }
 
 /// A watcher's membership of a job: keeps the job's subscription alive while held.
@@ -79,6 +82,7 @@ impl Hub {
     pub fn new(
         recorded: bool,
         stall_after: Option<std::time::Duration>,
+        groups: Arc<Groups>,
     ) -> (Arc<Hub>, mpsc::UnboundedReceiver<UpstreamCmd>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Hub {
@@ -87,6 +91,7 @@ impl Hub {
             upstream: tx,
             recorded,
             stall_after,
+            groups,
         };
         (Arc::new(hub), rx)
     }
@@ -218,6 +223,11 @@ impl Hub {
                 // `PgListener`), or by the streams' bounded wait.
                 if !self.recorded || source == Source::Postgres {
                     update.durable.settle();
+                }
+                if let Some(group) = &update.doc.group
+                    && self.groups.is_watched(group)
+                {
+                    self.groups.add_members(group, [feed.job.clone()]);
                 }
             }
             Offer::Stale => {

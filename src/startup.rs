@@ -129,7 +129,9 @@ impl App {
         let redis_up = Arc::new(AtomicBool::new(false));
         let stall_after =
             (settings.stall_secs > 0).then(|| Duration::from_secs(settings.stall_secs));
-        let (hub, upstream_cmds) = Hub::new(store.is_some(), stall_after);
+        let (groups, group_cmds) =
+            Groups::new(reader.clone(), store.clone(), &settings.group_prefix);
+        let (hub, upstream_cmds) = Hub::new(store.is_some(), stall_after, groups.clone());
         let loader = Loader::new(
             hub.clone(),
             reader.clone(),
@@ -137,7 +139,6 @@ impl App {
             rules.clone(),
             redis_up.clone(),
         );
-        let (groups, group_cmds) = Groups::new(reader.clone(), store.clone(), "progress:group:");
         let listener = RedisListener::new(
             loader.clone(),
             reader.clone(),
