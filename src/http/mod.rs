@@ -164,12 +164,6 @@ pub fn routes(
     let api = sse
         .or(ws)
         .or(poll)
-        .or(many_sse)
-        .or(many_ws)
-        .or(many_poll)
-        .or(group_sse)
-        .or(group_ws)
-        .or(group_poll)
         .or(snapshot)
         .or(publish)
         .or(healthz)
@@ -179,6 +173,16 @@ pub fn routes(
         .or(selftest::routes())
         .or(index)
         .or(files)
+        // Multi-job routes last and boxed: the single-job routes keep the
+        // shallow filter nesting (and poll depth) they had.
+        .or(many_sse
+            .or(many_ws)
+            .or(many_poll)
+            .or(group_sse)
+            .or(group_ws)
+            .or(group_poll)
+            .map(|r| Box::new(r) as Box<dyn Reply>)
+            .boxed())
         .or(cors::preflight(app.clone()))
         .recover(error::recover);
 
