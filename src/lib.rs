@@ -20,7 +20,7 @@
 //! ```
 //!
 //! Around it: `config` (settings), `startup` (App::build/run, shared with tests),
-//! `http` (routes), `auth` (tokens and ownership), `error` (JSON errors),
+//! `http` (routes, and `http::error`: the JSON errors), `auth` (tokens and ownership),
 //! `limits`, `metrics`, `store` (Postgres: reads, and the one recorder of a
 //! fleet that writes states behind), `demo` (simulated jobs), `shutdown`.
 //! The worker side (Publisher, ProgressTracker) is the `jobcast-publish` crate.
@@ -29,7 +29,6 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
-pub mod error;
 pub mod event;
 pub mod fanout;
 pub mod http;

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// How a watcher is served; the `transport` label of connection metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -23,7 +23,7 @@ use warp::http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::{AuthError, Claims};
 use crate::config::Settings;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::job::JobId;
 
 /// Bound on one call to the app: past it the request is `503`, never allowed.

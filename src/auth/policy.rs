@@ -6,7 +6,7 @@
 //! exists or not, so a token cannot probe which job ids exist.
 
 use crate::auth::Claims;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::job::JobId;
 
 /// What is known of the job when the decision is made.

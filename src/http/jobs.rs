@@ -9,7 +9,7 @@ use warp::reply::{Reply, Response};
 
 use crate::auth::policy::{JobFacts, authorize, authorize_publish};
 use crate::auth::{AuthError, Credentials, TokenSource};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::job::{DocError, ProgressDoc};
 use crate::limits::Transport;
 use crate::state::SharedState;

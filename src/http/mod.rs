@@ -3,6 +3,7 @@
 
 pub mod client_info;
 pub mod cors;
+pub mod error;
 pub mod jobs;
 pub mod ops;
 pub mod origin;
@@ -16,7 +17,6 @@ use std::convert::Infallible;
 use warp::{Filter, Reply};
 
 use crate::auth::credentials::{credentials, query_param};
-use crate::error;
 use crate::http::stall::StallFlag;
 use crate::state::SharedState;
 use crate::stream;

@@ -37,8 +37,8 @@ use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use crate::error::ApiError;
 use crate::http::client_info::{ClientInfo, client_info};
+use crate::http::error::ApiError;
 use crate::http::upgrade::{WsHandshake, handshake};
 
 /// Tick events per self-test stream.

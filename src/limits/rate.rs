@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 pub struct ConnectRate {
     limiter: Option<DefaultDirectRateLimiter>,

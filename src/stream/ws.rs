@@ -25,7 +25,7 @@ use warp::reply::{Reply, Response};
 
 use crate::auth::credentials::WS_PROTOCOL;
 use crate::auth::{Credentials, TokenSource};
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::http::upgrade::WsHandshake;
 use crate::job::JobId;
 use crate::limits::Transport;
