@@ -94,12 +94,7 @@ pub async fn authenticate(
     let forwarded = hook.forwarded(&creds.headers.0);
     let decision = hook.decide(&forwarded, job).await;
     let (claims, period) = crate::auth::hook::into_claims(decision, job).inspect_err(|e| {
-        let reason = match e.code() {
-            "unauthorized" => "session_refused",
-            "forbidden" => "app_forbidden",
-            _ => "hook_unavailable",
-        };
-        metrics::counter!("jobcast_auth_failures_total", "reason" => reason).increment(1);
+        metrics::counter!("jobcast_auth_failures_total", "reason" => e.reason()).increment(1);
     })?;
     let recheck = Recheck {
         hook: hook.clone(),
@@ -140,8 +135,8 @@ pub async fn open(
             },
         )
     {
-        metrics::counter!("jobcast_auth_failures_total", "reason" => "not_owner").increment(1);
-        return Err(e);
+        metrics::counter!("jobcast_auth_failures_total", "reason" => e.reason()).increment(1);
+        return Err(e.into());
     }
     let guard = app.limits.acquire(&claims.sub, transport)?;
     let watch = app.hub.join(job.clone());
@@ -156,13 +151,8 @@ pub async fn open(
         owner: state.owner(),
     };
     if let Err(e) = authorize(&claims, &job, facts) {
-        let reason = if e.code() == "not_found" {
-            "unknown_job"
-        } else {
-            "not_owner"
-        };
-        metrics::counter!("jobcast_auth_failures_total", "reason" => reason).increment(1);
-        return Err(e);
+        metrics::counter!("jobcast_auth_failures_total", "reason" => e.reason()).increment(1);
+        return Err(e.into());
     }
     Ok(Opened {
         job,
