@@ -9,11 +9,11 @@ use warp::reply::{Reply, Response};
 
 use crate::auth::policy::{JobFacts, authorize, authorize_publish};
 use crate::auth::{AuthError, Credentials, TokenSource};
+use crate::http::caller::{authenticate, parse_job, verify};
 use crate::http::error::ApiError;
 use crate::job::{DocError, ProgressDoc};
-use crate::limits::Transport;
 use crate::state::SharedState;
-use crate::stream::{authenticate, parse_job, verify};
+use crate::stream::Transport;
 
 /// TTL given to state keys written through `POST /jobs/{id}`, in seconds.
 pub const PUBLISH_TTL_SECS: u64 = jobcast_publish::DEFAULT_TTL_SECS;

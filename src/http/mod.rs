@@ -1,6 +1,7 @@
 //! The HTTP surface: small filters composed into [`routes`],
 //! handlers as plain async fns, state through [`with_state`], one `recover`.
 
+pub mod caller;
 pub mod client_info;
 pub mod cors;
 pub mod error;
