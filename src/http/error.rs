@@ -101,6 +101,11 @@ impl From<LimitError> for ApiError {
     }
 }
 
+/// A handler's outcome as the response: its own, or the error's JSON.
+pub fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(Reply::into_response)
+}
+
 impl Reply for ApiError {
     fn into_response(self) -> Response {
         if let ApiError::Internal(cause) = &self {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod jobs;
 pub mod ops;
 pub mod origin;
+pub mod reply;
 pub mod selftest;
 pub mod server;
 pub mod stall;

@@ -13,7 +13,8 @@ use crate::auth::Credentials;
 use crate::auth::credentials::query_param;
 use crate::config::{POLL_DEFAULT_TIMEOUT_SECS, POLL_MAX_TIMEOUT_SECS};
 use crate::event::Update;
-use crate::http::error::ApiError;
+use crate::http::error::{ApiError, respond};
+use crate::http::reply::json_document;
 use crate::state::SharedState;
 use crate::stream::Transport;
 use crate::stream::cursor::{delivered, is_news, seen_id};
@@ -26,10 +27,7 @@ pub async fn handle(
     creds: Credentials,
     query: String,
 ) -> Result<Response, Infallible> {
-    Ok(match poll(app, job, creds, query).await {
-        Ok(res) => res,
-        Err(e) => e.into_response(),
-    })
+    Ok(respond(poll(app, job, creds, query).await))
 }
 
 fn parse_timeout(query: &str) -> Result<Duration, ApiError> {
@@ -88,13 +86,8 @@ async fn answer(update: &Update) -> Response {
 
 fn document(update: &Update) -> Response {
     delivered(update, Transport::Poll);
-    let mut res = Response::new(update.doc.json.clone().into());
+    let mut res = json_document(update.doc.json.clone());
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(&update.id) {
         h.insert("x-jobcast-event-id", v);
     }
