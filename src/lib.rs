@@ -11,7 +11,8 @@
 //!                                         hub         registry: job id → feed; one subscription per job
 //!                                           ▼
 //!                                         fanout      latest state (watch) behind the seq gate,
-//!                                           │         encoded once (event) for every watcher
+//!                                           │         (event: the update; each transport's
+//!                                           │         encoding cached on it once, shared)
 //!                                           ▼
 //!                                         stream/watcher  one lifecycle: steps for every transport
 //!                  ┌────────────────────────┼──────────────────────┐

@@ -78,7 +78,7 @@ async fn poll(
 /// A terminal document is answered once it is durable (bounded), as `done` on a
 /// stream is: a client that stops polling at `X-Jobcast-Done` finds the row final.
 async fn answer(update: &Update) -> Response {
-    if update.done.is_some() {
+    if update.is_done() {
         update.durable.wait(crate::event::DURABLE_WAIT).await;
     }
     document(update)
@@ -91,7 +91,7 @@ fn document(update: &Update) -> Response {
     if let Ok(v) = HeaderValue::from_str(&update.id) {
         h.insert("x-jobcast-event-id", v);
     }
-    if update.done.is_some() {
+    if update.is_done() {
         h.insert("x-jobcast-done", HeaderValue::from_static("true"));
     }
     res

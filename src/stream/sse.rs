@@ -14,6 +14,7 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 
 use crate::auth::Credentials;
+use crate::event::{Frames, Update};
 use crate::http::stall::StallFlag;
 use crate::job::JobId;
 use crate::state::SharedState;
@@ -117,9 +118,9 @@ impl SseWriter {
         Some(match self.watcher.next().await? {
             Step::Progress(update) => {
                 delivered(&update, Transport::Sse);
-                update.sse.clone()
+                frames(&update).progress.clone()
             }
-            Step::Done(update) => update.done.as_ref()?.0.clone(),
+            Step::Done(update) => frames(&update).done.clone()?,
             Step::Heartbeat => Bytes::from_static(SSE_PING),
             Step::Expired => sse_error("token_expired"),
             Step::Revoked => sse_error("forbidden"),
@@ -130,6 +131,32 @@ impl SseWriter {
 }
 
 /// The start of every SSE stream: `retry:`, optional padding, `connected`.
+/// This update's SSE bytes, encoded by the first SSE watcher that sends it and
+/// shared by every other.
+pub fn frames(update: &Update) -> &Frames {
+    update.wire.sse.get_or_init(|| encode(update))
+}
+
+/// `id: N\nevent: progress\ndata: {...}\n\n`, and for a terminal document
+/// `event: done\ndata: {"job_id":...,"status":...}\n\n`.
+fn encode(update: &Update) -> Frames {
+    let json = &update.doc.json;
+    let mut progress = BytesMut::with_capacity(json.len() + 48);
+    progress.put_slice(b"id: ");
+    progress.put_slice(update.id.as_bytes());
+    progress.put_slice(b"\nevent: progress\ndata: ");
+    progress.put_slice(json);
+    progress.put_slice(b"\n\n");
+    let done = update.is_done().then(|| {
+        let data = json!({"job_id": update.job.as_str(), "status": update.status()});
+        Bytes::from(format!("event: done\ndata: {data}\n\n"))
+    });
+    Frames {
+        progress: progress.freeze(),
+        done,
+    }
+}
+
 pub fn sse_preamble(job: &JobId, retry_ms: u64, padding: usize) -> Bytes {
     let mut b = BytesMut::with_capacity(64 + padding);
     b.put_slice(format!("retry: {retry_ms}\n\n").as_bytes());
@@ -160,6 +187,34 @@ pub fn sse_retry(retry_ms: u64) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::Source;
+    use crate::job::ProgressDoc;
+
+    fn update(raw: &str) -> Update {
+        let job = JobId::parse("j1").unwrap();
+        Update::encode(&job, ProgressDoc::for_tests(raw), Source::RedisKey)
+    }
+
+    #[test]
+    fn progress_is_encoded_once_and_shared() {
+        let u = update(r#"{"seq":42}"#);
+        let f = frames(&u);
+        assert_eq!(
+            &f.progress[..],
+            b"id: 42\nevent: progress\ndata: {\"seq\":42}\n\n"
+        );
+        assert!(f.done.is_none());
+        assert!(std::ptr::eq(f, frames(&u)), "one encoding per update");
+    }
+
+    #[test]
+    fn terminal_documents_carry_done() {
+        let u = update(r#"{"status":"completed"}"#);
+        assert_eq!(
+            &frames(&u).done.clone().unwrap()[..],
+            b"event: done\ndata: {\"job_id\":\"j1\",\"status\":\"completed\"}\n\n"
+        );
+    }
 
     #[test]
     fn preamble_pads_after_retry() {
