@@ -7,7 +7,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use tokio::sync::Notify;
 
 use crate::job::{JobId, ProgressDoc};
@@ -154,6 +154,25 @@ impl Update {
     /// A terminal document: `done` follows it, and the stream ends.
     pub fn is_done(&self) -> bool {
         self.doc.terminal
+    }
+
+    /// `head`, the event id, `mid`, the document, `tail`: a transport's
+    /// `progress` event around the shared document bytes.
+    pub fn splice(&self, head: &[u8], mid: &[u8], tail: &[u8]) -> Bytes {
+        let json = &self.doc.json;
+        let mut out = BytesMut::with_capacity(
+            head.len() + self.id.len() + mid.len() + json.len() + tail.len(),
+        );
+        for part in [head, self.id.as_bytes(), mid, json, tail] {
+            out.put_slice(part);
+        }
+        out.freeze()
+    }
+
+    #[cfg(test)]
+    pub fn for_tests(raw: &str) -> Update {
+        let job = JobId::parse("j1").expect("a valid job id");
+        Update::encode(&job, ProgressDoc::for_tests(raw), Source::RedisKey)
     }
 
     /// The status `done` reports (empty where the document has none).

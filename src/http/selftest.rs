@@ -39,6 +39,7 @@ use warp::{Filter, Rejection};
 
 use crate::http::client_info::{ClientInfo, client_info};
 use crate::http::error::{ApiError, respond};
+use crate::http::reply::no_store;
 use crate::http::upgrade::{WsHandshake, handshake};
 
 /// Tick events per self-test stream.
@@ -293,10 +294,7 @@ fn ws_probe(permit: OwnedSemaphorePermit, hs: WsHandshake) -> Response {
 
 fn poll_probe() -> Response {
     let body = json!({"transport": "poll", "sent_at_ms": now_ms()});
-    let mut res = warp::reply::json(&body).into_response();
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+    no_store(warp::reply::json(&body).into_response())
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use warp::http::{HeaderValue, StatusCode, header};
+use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 
 use crate::auth::Credentials;
@@ -14,7 +14,7 @@ use crate::auth::credentials::query_param;
 use crate::config::{POLL_DEFAULT_TIMEOUT_SECS, POLL_MAX_TIMEOUT_SECS};
 use crate::event::Update;
 use crate::http::error::{ApiError, respond};
-use crate::http::reply::json_document;
+use crate::http::reply::{json_document, no_store};
 use crate::state::SharedState;
 use crate::stream::Transport;
 use crate::stream::cursor::{delivered, is_news, seen_id};
@@ -98,11 +98,7 @@ fn document(update: &Update) -> Response {
 }
 
 fn no_content() -> Response {
-    let mut res =
-        warp::reply::with_status(warp::reply::reply(), StatusCode::NO_CONTENT).into_response();
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+    no_store(warp::reply::with_status(warp::reply::reply(), StatusCode::NO_CONTENT).into_response())
 }
 
 #[cfg(test)]

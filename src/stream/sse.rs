@@ -140,20 +140,12 @@ pub fn frames(update: &Update) -> &Frames {
 /// `id: N\nevent: progress\ndata: {...}\n\n`, and for a terminal document
 /// `event: done\ndata: {"job_id":...,"status":...}\n\n`.
 fn encode(update: &Update) -> Frames {
-    let json = &update.doc.json;
-    let mut progress = BytesMut::with_capacity(json.len() + 48);
-    progress.put_slice(b"id: ");
-    progress.put_slice(update.id.as_bytes());
-    progress.put_slice(b"\nevent: progress\ndata: ");
-    progress.put_slice(json);
-    progress.put_slice(b"\n\n");
-    let done = update.is_done().then(|| {
-        let data = json!({"job_id": update.job.as_str(), "status": update.status()});
-        Bytes::from(format!("event: done\ndata: {data}\n\n"))
-    });
     Frames {
-        progress: progress.freeze(),
-        done,
+        progress: update.splice(b"id: ", b"\nevent: progress\ndata: ", b"\n\n"),
+        done: update.is_done().then(|| {
+            let data = json!({"job_id": update.job.as_str(), "status": update.status()});
+            Bytes::from(format!("event: done\ndata: {data}\n\n"))
+        }),
     }
 }
 
@@ -187,29 +179,20 @@ pub fn sse_retry(retry_ms: u64) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Source;
-    use crate::job::ProgressDoc;
-
-    fn update(raw: &str) -> Update {
-        let job = JobId::parse("j1").unwrap();
-        Update::encode(&job, ProgressDoc::for_tests(raw), Source::RedisKey)
-    }
 
     #[test]
-    fn progress_is_encoded_once_and_shared() {
-        let u = update(r#"{"seq":42}"#);
+    fn sse_encodes_progress_once_and_done_when_terminal() {
+        let u = Update::for_tests(r#"{"seq":42}"#);
         let f = frames(&u);
         assert_eq!(
             &f.progress[..],
             b"id: 42\nevent: progress\ndata: {\"seq\":42}\n\n"
         );
-        assert!(f.done.is_none());
-        assert!(std::ptr::eq(f, frames(&u)), "one encoding per update");
-    }
-
-    #[test]
-    fn terminal_documents_carry_done() {
-        let u = update(r#"{"status":"completed"}"#);
+        assert!(
+            f.done.is_none() && std::ptr::eq(f, frames(&u)),
+            "one encoding"
+        );
+        let u = Update::for_tests(r#"{"status":"completed"}"#);
         assert_eq!(
             &frames(&u).done.clone().unwrap()[..],
             b"event: done\ndata: {\"job_id\":\"j1\",\"status\":\"completed\"}\n\n"

@@ -11,7 +11,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -213,21 +213,13 @@ pub fn frames(update: &Update) -> &Frames {
 /// `{"event":"progress","id":"N","data":{...}}`, and for a terminal document
 /// `{"event":"done","job_id":...,"status":...}`.
 fn encode(update: &Update) -> Frames {
-    let json = &update.doc.json;
-    let mut progress = BytesMut::with_capacity(json.len() + 48);
-    progress.put_slice(b"{\"event\":\"progress\",\"id\":\"");
-    progress.put_slice(update.id.as_bytes());
-    progress.put_slice(b"\",\"data\":");
-    progress.put_slice(json);
-    progress.put_slice(b"}");
-    let done = update.is_done().then(|| {
-        let done =
-            json!({"event": "done", "job_id": update.job.as_str(), "status": update.status()});
-        Bytes::from(done.to_string())
-    });
     Frames {
-        progress: progress.freeze(),
-        done,
+        progress: update.splice(b"{\"event\":\"progress\",\"id\":\"", b"\",\"data\":", b"}"),
+        done: update.is_done().then(|| {
+            let done =
+                json!({"event": "done", "job_id": update.job.as_str(), "status": update.status()});
+            Bytes::from(done.to_string())
+        }),
     }
 }
 
@@ -250,27 +242,18 @@ fn close(code: CloseCode, reason: impl Into<Utf8Bytes>) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::Source;
-    use crate::job::ProgressDoc;
-
-    fn update(raw: &str) -> Update {
-        let job = JobId::parse("j1").unwrap();
-        Update::encode(&job, ProgressDoc::for_tests(raw), Source::RedisKey)
-    }
 
     #[test]
-    fn progress_is_encoded_once_and_shared() {
-        let u = update(r#"{"seq":42}"#);
+    fn ws_encodes_progress_once_and_done_when_terminal() {
+        let u = Update::for_tests(r#"{"seq":42}"#);
         let f = frames(&u);
         let ws: serde_json::Value = serde_json::from_slice(&f.progress).unwrap();
         assert_eq!(ws, json!({"event":"progress","id":"42","data":{"seq":42}}));
-        assert!(f.done.is_none());
-        assert!(std::ptr::eq(f, frames(&u)), "one encoding per update");
-    }
-
-    #[test]
-    fn terminal_documents_carry_done() {
-        let u = update(r#"{"status":"completed"}"#);
+        assert!(
+            f.done.is_none() && std::ptr::eq(f, frames(&u)),
+            "one encoding"
+        );
+        let u = Update::for_tests(r#"{"status":"completed"}"#);
         let done: serde_json::Value =
             serde_json::from_slice(&frames(&u).done.clone().unwrap()).unwrap();
         assert_eq!(
