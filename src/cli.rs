@@ -76,7 +76,7 @@ pub fn mint_token(
         jobs: split_list(jobs),
         roles: split_list(roles),
     };
-    if claims.has_role("publisher") {
+    if claims.has_role(crate::auth::Role::Publisher) {
         if claims.jobs.is_empty() {
             eprintln!(
                 "warning: a publisher token without --job publishes nowhere; name its jobs with --job"

@@ -98,7 +98,7 @@ impl JobWatch {
         if let Some(update) = first {
             if is_news(&update, seen) {
                 watch.first = Some(update);
-            } else if update.done.is_some() {
+            } else if update.is_done() {
                 watch.owed_done = Some(update);
             }
         }
@@ -129,7 +129,7 @@ impl JobWatch {
             Some(update) => update,
             None => self.cursor.next().await?,
         };
-        if update.done.is_some() {
+        if update.is_done() {
             self.owed_done = Some(update.clone());
         }
         Some(JobStep::Progress(update))
