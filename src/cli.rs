@@ -79,7 +79,7 @@ pub fn mint_token(
         roles: split_list(roles),
         groups: split_list(groups),
     };
-    if claims.has_role("publisher") {
+    if claims.has_role(crate::auth::Role::Publisher) {
         if claims.jobs.is_empty() {
             eprintln!(
                 "warning: a publisher token without --job publishes nowhere; name its jobs with --job"

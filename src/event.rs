@@ -1,7 +1,7 @@
-//! The wire form of events, encoded ONCE per job update and shared by every
-//! watcher: SSE bytes and WebSocket text for `progress` and `done`. The small
-//! per-connection control events live with their transport (`stream::sse`,
-//! `stream::ws`).
+//! One accepted job update and the cache of its wire forms: each transport
+//! encodes an update ONCE (the first watcher that sends it) and every other
+//! watcher shares those bytes. The encoders live with their transport
+//! (`stream::sse`, `stream::ws`), as do the small per-connection control events.
 
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,9 +44,10 @@ impl Source {
     }
 }
 
-/// One accepted state of a job, already in every wire form it will be sent in.
+/// One accepted state of a job, with the cache of its wire forms.
 #[derive(Debug)]
 pub struct Update {
+    pub job: JobId,
     /// Event id: the document's `seq` in decimal, or — for a document without
     /// one — `h` and 16 hex digits of a digest of its bytes (see [`event_id`]).
     pub id: Box<str>,
@@ -54,12 +55,8 @@ pub struct Update {
     pub source: Source,
     /// When jobcast received it (for the source → write latency histogram).
     pub received: std::time::Instant,
-    /// `id: N\nevent: progress\ndata: {...}\n\n`
-    pub sse: Bytes,
-    /// `{"event":"progress","id":"N","data":{...}}`
-    pub ws: Bytes,
-    /// The `done` event (SSE, WS) when the document is terminal.
-    pub done: Option<(Bytes, Bytes)>,
+    /// Each transport's bytes for this update, encoded on first use.
+    pub wire: Wire,
     /// Settled once the state is in the `jobs` row (or will not be written), so a
     /// writer can hold `done` until the terminal state is durable.
     pub durable: Durable,
@@ -81,6 +78,24 @@ pub struct ManyForms {
     pub ws_open: Bytes,
     /// The WebSocket `done` frame up to its closing brace, when terminal.
     pub ws_done_open: Option<Bytes>,
+}
+
+/// One cache slot per transport encoding, filled by the transport's own encoder
+/// (`stream::sse::frames`, `stream::ws::frames`) the first time a watcher sends
+/// the update. Another encoding is another slot here and an encoder with its
+/// transport.
+#[derive(Debug, Default)]
+pub struct Wire {
+    pub sse: OnceLock<Frames>,
+    pub ws: OnceLock<Frames>,
+}
+
+/// An update as one transport sends it: the `progress` event, and the `done`
+/// event that follows it when the document is terminal.
+#[derive(Debug)]
+pub struct Frames {
+    pub progress: Bytes,
+    pub done: Option<Bytes>,
 }
 
 /// Bound on holding `done` back for the write-behind: a slow or dead Postgres
@@ -144,38 +159,13 @@ pub fn event_id(doc: &ProgressDoc) -> Box<str> {
 
 impl Update {
     pub fn encode(job: &JobId, doc: ProgressDoc, source: Source) -> Update {
-        let id = event_id(&doc);
-        let mut sse = BytesMut::with_capacity(doc.json.len() + 48);
-        sse.put_slice(b"id: ");
-        sse.put_slice(id.as_bytes());
-        sse.put_slice(b"\nevent: progress\ndata: ");
-        sse.put_slice(&doc.json);
-        sse.put_slice(b"\n\n");
-
-        let mut ws = BytesMut::with_capacity(doc.json.len() + 48);
-        ws.put_slice(b"{\"event\":\"progress\",\"id\":\"");
-        ws.put_slice(id.as_bytes());
-        ws.put_slice(b"\",\"data\":");
-        ws.put_slice(&doc.json);
-        ws.put_slice(b"}");
-
-        let done = doc.terminal.then(|| {
-            let status = doc.status.clone().unwrap_or_default();
-            let data = json!({"job_id": job.as_str(), "status": status});
-            let ws = json!({"event": "done", "job_id": job.as_str(), "status": status});
-            (
-                Bytes::from(format!("event: done\ndata: {data}\n\n")),
-                Bytes::from(ws.to_string()),
-            )
-        });
         Update {
-            id,
+            job: job.clone(),
+            id: event_id(&doc),
             doc,
             source,
             received: std::time::Instant::now(),
-            sse: sse.freeze(),
-            ws: ws.freeze(),
-            done,
+            wire: Wire::default(),
             durable: Durable::default(),
             many: OnceLock::new(),
         }
@@ -212,6 +202,35 @@ impl Update {
                 ws_done_open,
             }
         })
+    }
+
+    /// A terminal document: `done` follows it, and the stream ends.
+    pub fn is_done(&self) -> bool {
+        self.doc.terminal
+    }
+
+    /// `head`, the event id, `mid`, the document, `tail`: a transport's
+    /// `progress` event around the shared document bytes.
+    pub fn splice(&self, head: &[u8], mid: &[u8], tail: &[u8]) -> Bytes {
+        let json = &self.doc.json;
+        let mut out = BytesMut::with_capacity(
+            head.len() + self.id.len() + mid.len() + json.len() + tail.len(),
+        );
+        for part in [head, self.id.as_bytes(), mid, json, tail] {
+            out.put_slice(part);
+        }
+        out.freeze()
+    }
+
+    #[cfg(test)]
+    pub fn for_tests(raw: &str) -> Update {
+        let job = JobId::parse("j1").expect("a valid job id");
+        Update::encode(&job, ProgressDoc::for_tests(raw), Source::RedisKey)
+    }
+
+    /// The status `done` reports (empty where the document has none).
+    pub fn status(&self) -> &str {
+        self.doc.status.as_deref().unwrap_or_default()
     }
 }
 
@@ -253,32 +272,6 @@ mod tests {
 
     fn doc(raw: &str) -> ProgressDoc {
         ProgressDoc::for_tests(raw)
-    }
-
-    #[test]
-    fn progress_is_encoded_for_both_transports() {
-        let job = JobId::parse("j1").unwrap();
-        let u = Update::encode(&job, doc(r#"{"seq":42}"#), Source::RedisKey);
-        assert_eq!(
-            &u.sse[..],
-            b"id: 42\nevent: progress\ndata: {\"seq\":42}\n\n"
-        );
-        let ws: serde_json::Value = serde_json::from_slice(&u.ws).unwrap();
-        assert_eq!(ws, json!({"event":"progress","id":"42","data":{"seq":42}}));
-        assert!(u.done.is_none());
-    }
-
-    #[test]
-    fn terminal_documents_carry_done() {
-        let job = JobId::parse("j1").unwrap();
-        let u = Update::encode(&job, doc(r#"{"status":"completed"}"#), Source::RedisKey);
-        let (sse, ws) = u.done.unwrap();
-        assert_eq!(
-            &sse[..],
-            b"event: done\ndata: {\"job_id\":\"j1\",\"status\":\"completed\"}\n\n"
-        );
-        let ws: serde_json::Value = serde_json::from_slice(&ws).unwrap();
-        assert_eq!(ws["event"], "done");
     }
 
     #[tokio::test]

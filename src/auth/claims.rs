@@ -51,9 +51,28 @@ pub struct Claims {
     pub groups: Vec<String>,
 }
 
+/// The roles the gateway acts on; a token's other roles are carried but ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Watches every job.
+    Admin,
+    /// Publishes through `POST /jobs/{id}` to the jobs its `jobs` claim names.
+    Publisher,
+}
+
+impl Role {
+    /// The role's name in the token's `roles` claim.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Publisher => "publisher",
+        }
+    }
+}
+
 impl Claims {
-    pub fn has_role(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.iter().any(|r| r == role.as_str())
     }
     pub fn names_job(&self, job: &str) -> bool {
         self.jobs.iter().any(|j| j == "*" || j == job)
@@ -356,7 +375,7 @@ mod tests {
         )
         .unwrap();
         assert!(c.names_job("anything"));
-        assert!(c.has_role("admin"));
+        assert!(c.has_role(Role::Admin));
         assert!(c.names_group("p1") && !c.names_group("p2"));
     }
 }

@@ -1,11 +1,14 @@
 //! The HTTP surface: small filters composed into [`routes`],
 //! handlers as plain async fns, state through [`with_state`], one `recover`.
 
+pub mod caller;
 pub mod client_info;
 pub mod cors;
+pub mod error;
 pub mod jobs;
 pub mod ops;
 pub mod origin;
+pub mod reply;
 pub mod selftest;
 pub mod server;
 pub mod stall;
@@ -16,7 +19,6 @@ use std::convert::Infallible;
 use warp::{Filter, Reply};
 
 use crate::auth::credentials::{credentials, query_param};
-use crate::error;
 use crate::http::stall::StallFlag;
 use crate::state::SharedState;
 use crate::{multi, stream};

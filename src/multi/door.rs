@@ -10,20 +10,21 @@ use futures::future::join_all;
 use tracing::Span;
 
 use crate::auth::hook::Recheck;
-use crate::auth::policy::{JobFacts, authorize, authorize_group};
+use crate::auth::policy::{self, JobFacts, authorize, authorize_group};
 use crate::auth::{Claims, Credentials};
 use crate::config::FIRST_STATE_TIMEOUT;
-use crate::error::ApiError;
+use crate::http::caller::{authenticate, verify};
+use crate::http::error::ApiError;
 use crate::hub::Watch;
 use crate::job::JobId;
-use crate::limits::{ConnGuard, Transport};
+use crate::limits::ConnGuard;
 use crate::multi::Refusal;
 use crate::multi::cursor::StreamCursor;
 use crate::multi::groups::GroupWatch;
 use crate::multi::jobset::JobSet;
 use crate::multi::list::GroupName;
 use crate::state::AppState;
-use crate::stream::{authenticate, verify};
+use crate::stream::Transport;
 
 /// An authorised multi-job stream: its jobs, its one connection slot.
 pub struct OpenedMany {
@@ -58,16 +59,10 @@ impl OpenedMany {
     }
 }
 
-fn refuse(job: &JobId, e: ApiError) -> Refusal {
-    let reason = match e.code() {
-        "not_found" => "unknown_job",
-        "unavailable" => "unavailable",
-        _ => "not_owner",
-    };
-    if reason != "unavailable" {
-        metrics::counter!("jobcast_auth_failures_total", "reason" => reason).increment(1);
-    }
-    Refusal::for_job(e, job.as_str())
+/// A job the policy refuses, counted under the refusal's own reason.
+fn refuse(job: &JobId, e: policy::Refusal) -> Refusal {
+    metrics::counter!("jobcast_auth_failures_total", "reason" => e.reason()).increment(1);
+    Refusal::for_job(e.into(), job.as_str())
 }
 
 /// Refuses `job` where this gateway already knows an owner that rules the
@@ -96,11 +91,11 @@ pub async fn admit(app: &AppState, claims: &Claims, job: &JobId) -> Result<Watch
 
 fn check(claims: &Claims, job: &JobId, state: &crate::fanout::FeedState) -> Result<(), Refusal> {
     if !state.known && (state.unavailable || !state.ready) {
-        return Err(refuse(
-            job,
+        return Err(Refusal::for_job(
             ApiError::Unavailable(
                 "neither Redis nor Postgres answered in time; retry shortly".into(),
             ),
+            job.as_str(),
         ));
     }
     let facts = JobFacts {

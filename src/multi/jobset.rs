@@ -192,7 +192,7 @@ impl JobSet {
             self.owed.retain(|i| {
                 !(i.job() == job && matches!(i, Item::Progress(..) | Item::Stalled(..)))
             });
-            let terminal = update.done.is_some();
+            let terminal = update.is_done();
             if terminal && self.cursor.saw_end(slot.tag, &update.id) {
                 // Resumed after the client saw this end: nothing more to say.
                 slot.ended = true;
@@ -209,7 +209,7 @@ impl JobSet {
                 return;
             }
         }
-        let not_terminal = slot.last.as_ref().is_some_and(|u| u.done.is_none());
+        let not_terminal = slot.last.as_ref().is_some_and(|u| !u.is_done());
         if let Some(stalled) = state.stalled
             && not_terminal
             && !slot

@@ -4,7 +4,7 @@
 //! name of `/groups/{group}/…`, and the cursor the client hands back.
 
 use crate::auth::credentials::query_params;
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 use crate::job::JobId;
 use crate::multi::Refusal;
 use crate::multi::cursor::StreamCursor;

@@ -14,7 +14,7 @@ pub mod ws;
 use serde_json::json;
 use warp::reply::{Reply, Response};
 
-use crate::error::ApiError;
+use crate::http::error::ApiError;
 
 /// The `connected` payload: the stream's jobs (and its group).
 pub fn connected(opened: &door::OpenedMany) -> serde_json::Value {
@@ -49,6 +49,18 @@ impl Refusal {
 impl From<ApiError> for Refusal {
     fn from(error: ApiError) -> Self {
         Refusal::plain(error)
+    }
+}
+
+impl From<crate::limits::LimitError> for Refusal {
+    fn from(error: crate::limits::LimitError) -> Self {
+        Refusal::plain(error.into())
+    }
+}
+
+impl From<crate::auth::policy::Refusal> for Refusal {
+    fn from(error: crate::auth::policy::Refusal) -> Self {
+        Refusal::plain(error.into())
     }
 }
 

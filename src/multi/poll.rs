@@ -14,13 +14,13 @@ use warp::reply::{Reply, Response};
 
 use crate::auth::Credentials;
 use crate::event;
-use crate::limits::Transport;
 use crate::multi::Refusal;
 use crate::multi::cursor::StreamCursor;
 use crate::multi::door::{OpenedMany, open_group, open_list};
 use crate::multi::jobset::Item;
 use crate::multi::list::{parse_jobs, resume_cursor};
 use crate::state::SharedState;
+use crate::stream::Transport;
 use crate::stream::closed;
 use crate::stream::cursor::delivered;
 use crate::stream::poll::{no_content, parse_timeout};

@@ -15,12 +15,12 @@ use warp::reply::{Reply, Response};
 use crate::auth::Credentials;
 use crate::event;
 use crate::http::stall::StallFlag;
-use crate::limits::Transport;
 use crate::multi::door::{OpenedMany, open_group, open_list};
 use crate::multi::jobset::Item;
 use crate::multi::list::{parse_jobs, resume_cursor};
 use crate::multi::{Refusal, connected};
 use crate::state::SharedState;
+use crate::stream::Transport;
 use crate::stream::cursor::delivered;
 use crate::stream::sse::{SSE_PING, sse_error, sse_preamble, sse_retry, stream_headers};
 use crate::stream::watcher::{CloseReason, Lifecycle, Signal};
@@ -182,8 +182,8 @@ impl Writer {
                 // `done` promises the end state is durable: bounded wait.
                 update.durable.wait(event::DURABLE_WAIT).await;
                 let head = format!("id: {}\n", self.opened.set.cursor_text());
-                match &update.done {
-                    Some((sse, _)) => vec![Bytes::from(head), sse.clone()],
+                match &crate::stream::sse::frames(&update).done {
+                    Some(sse) => vec![Bytes::from(head), sse.clone()],
                     None => Vec::new(),
                 }
             }

@@ -23,12 +23,12 @@ use crate::auth::Credentials;
 use crate::event;
 use crate::http::upgrade::WsHandshake;
 use crate::job::JobId;
-use crate::limits::Transport;
 use crate::multi::door::{OpenedMany, admit, open_group, open_list};
 use crate::multi::jobset::Item;
 use crate::multi::list::{parse_jobs, resume_cursor};
 use crate::multi::{Refusal, connected};
 use crate::state::SharedState;
+use crate::stream::Transport;
 use crate::stream::cursor::delivered;
 use crate::stream::watcher::{CloseReason, Lifecycle, Signal};
 use crate::stream::ws::{

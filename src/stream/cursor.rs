@@ -9,8 +9,8 @@ use tokio::sync::watch;
 
 use crate::event::{Stalled, Update};
 use crate::fanout::FeedState;
-use crate::limits::Transport;
 use crate::stream::Opened;
+use crate::stream::Transport;
 
 pub struct FeedCursor {
     rx: watch::Receiver<FeedState>,

@@ -14,9 +14,10 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 
 use crate::auth::Credentials;
+use crate::event::{Frames, Update};
 use crate::http::stall::StallFlag;
-use crate::limits::Transport;
 use crate::state::SharedState;
+use crate::stream::Transport;
 use crate::stream::cursor::{delivered, seen_id};
 use crate::stream::watcher::{CloseReason, Step, Watcher};
 use crate::stream::{Opened, closed, open, reconnect};
@@ -116,9 +117,9 @@ impl SseWriter {
         Some(match self.watcher.next().await? {
             Step::Progress(update) => {
                 delivered(&update, Transport::Sse);
-                update.sse.clone()
+                frames(&update).progress.clone()
             }
-            Step::Done(update) => update.done.as_ref()?.0.clone(),
+            Step::Done(update) => frames(&update).done.clone()?,
             Step::Stalled(stalled) => stalled.sse.clone(),
             Step::Heartbeat => Bytes::from_static(SSE_PING),
             Step::Expired => sse_error("token_expired"),
@@ -126,6 +127,24 @@ impl SseWriter {
             Step::Shutdown => sse_retry(reconnect::drain_retry_ms(&self.app.settings)),
             Step::FeedClosed => return None,
         })
+    }
+}
+
+/// This update's SSE bytes, encoded by the first SSE watcher that sends it and
+/// shared by every other.
+pub fn frames(update: &Update) -> &Frames {
+    update.wire.sse.get_or_init(|| encode(update))
+}
+
+/// `id: N\nevent: progress\ndata: {...}\n\n`, and for a terminal document
+/// `event: done\ndata: {"job_id":...,"status":...}\n\n`.
+fn encode(update: &Update) -> Frames {
+    Frames {
+        progress: update.splice(b"id: ", b"\nevent: progress\ndata: ", b"\n\n"),
+        done: update.is_done().then(|| {
+            let data = json!({"job_id": update.job.as_str(), "status": update.status()});
+            Bytes::from(format!("event: done\ndata: {data}\n\n"))
+        }),
     }
 }
 
@@ -160,6 +179,25 @@ pub fn sse_retry(retry_ms: u64) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sse_encodes_progress_once_and_done_when_terminal() {
+        let u = Update::for_tests(r#"{"seq":42}"#);
+        let f = frames(&u);
+        assert_eq!(
+            &f.progress[..],
+            b"id: 42\nevent: progress\ndata: {\"seq\":42}\n\n"
+        );
+        assert!(
+            f.done.is_none() && std::ptr::eq(f, frames(&u)),
+            "one encoding"
+        );
+        let u = Update::for_tests(r#"{"status":"completed"}"#);
+        assert_eq!(
+            &frames(&u).done.clone().unwrap()[..],
+            b"event: done\ndata: {\"job_id\":\"j1\",\"status\":\"completed\"}\n\n"
+        );
+    }
 
     #[test]
     fn preamble_pads_after_retry() {

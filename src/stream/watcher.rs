@@ -100,7 +100,7 @@ impl JobWatch {
         if let Some(update) = first {
             if is_news(&update, seen) {
                 watch.first = Some(update);
-            } else if update.done.is_some() {
+            } else if update.is_done() {
                 watch.owed_done = Some(update);
             }
         }
@@ -134,7 +134,7 @@ impl JobWatch {
                 FeedChange::Stalled(stalled) => return Some(JobStep::Stalled(stalled)),
             },
         };
-        if update.done.is_some() {
+        if update.is_done() {
             self.owed_done = Some(update.clone());
         }
         Some(JobStep::Progress(update))

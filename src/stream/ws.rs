@@ -11,6 +11,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -25,11 +26,12 @@ use warp::reply::{Reply, Response};
 
 use crate::auth::credentials::WS_PROTOCOL;
 use crate::auth::{Credentials, TokenSource};
-use crate::error::ApiError;
+use crate::event::{Frames, Update};
+use crate::http::error::ApiError;
 use crate::http::upgrade::WsHandshake;
 use crate::job::JobId;
-use crate::limits::Transport;
 use crate::state::SharedState;
+use crate::stream::Transport;
 use crate::stream::cursor::{delivered, seen_id};
 use crate::stream::watcher::{CloseReason, Step, Watcher};
 use crate::stream::{Opened, closed, open, reconnect};
@@ -172,11 +174,11 @@ async fn serve(
             step = watcher.next() => match step {
                 None | Some(Step::FeedClosed) => return CloseReason::FeedClosed,
                 Some(Step::Progress(update)) => {
-                    send!(text(&update.ws));
+                    send!(text(&frames(&update).progress));
                     delivered(&update, Transport::Ws);
                 }
                 Some(Step::Done(update)) => {
-                    if let Some((_, done)) = &update.done {
+                    if let Some(done) = &frames(&update).done {
                         send!(text(done));
                     }
                     let _ = tx.send(close(CloseCode::Normal, "done")).await;
@@ -227,8 +229,27 @@ pub fn ws_error(code: &str) -> String {
     json!({"event": "error", "error": code}).to_string()
 }
 
+/// This update's WebSocket text, encoded by the first WebSocket watcher that
+/// sends it and shared by every other.
+pub fn frames(update: &Update) -> &Frames {
+    update.wire.ws.get_or_init(|| encode(update))
+}
+
+/// `{"event":"progress","id":"N","data":{...}}`, and for a terminal document
+/// `{"event":"done","job_id":...,"status":...}`.
+fn encode(update: &Update) -> Frames {
+    Frames {
+        progress: update.splice(b"{\"event\":\"progress\",\"id\":\"", b"\",\"data\":", b"}"),
+        done: update.is_done().then(|| {
+            let done =
+                json!({"event": "done", "job_id": update.job.as_str(), "status": update.status()});
+            Bytes::from(done.to_string())
+        }),
+    }
+}
+
 /// A text frame over the job's shared encoding: no copy per watcher. The bytes
-/// were built from valid UTF-8 JSON by `event::Update::encode`.
+/// were built from valid UTF-8 JSON.
 pub(crate) fn text(bytes: &bytes::Bytes) -> Message {
     match Utf8Bytes::try_from(bytes.clone()) {
         Ok(t) => Message::Text(t),
@@ -241,4 +262,28 @@ pub(crate) fn close(code: CloseCode, reason: impl Into<Utf8Bytes>) -> Message {
         code,
         reason: reason.into(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_encodes_progress_once_and_done_when_terminal() {
+        let u = Update::for_tests(r#"{"seq":42}"#);
+        let f = frames(&u);
+        let ws: serde_json::Value = serde_json::from_slice(&f.progress).unwrap();
+        assert_eq!(ws, json!({"event":"progress","id":"42","data":{"seq":42}}));
+        assert!(
+            f.done.is_none() && std::ptr::eq(f, frames(&u)),
+            "one encoding"
+        );
+        let u = Update::for_tests(r#"{"status":"completed"}"#);
+        let done: serde_json::Value =
+            serde_json::from_slice(&frames(&u).done.clone().unwrap()).unwrap();
+        assert_eq!(
+            done,
+            json!({"event":"done","job_id":"j1","status":"completed"})
+        );
+    }
 }

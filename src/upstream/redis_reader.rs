@@ -108,6 +108,9 @@ impl RedisReader {
         format!("{}{}", self.prefix, job.as_str())
     }
 
+    /// The reader's connection pool, for the one other user of the same Redis
+    /// connections: startup hands it to the `KeyspaceMonitor`, so its CONFIG
+    /// checks share this pool's size and timeouts instead of opening a second pool.
     pub fn pool(&self) -> &Pool {
         &self.pool
     }
