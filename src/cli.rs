@@ -50,9 +50,10 @@ pub fn token(
     sub: String,
     jobs: Vec<String>,
     roles: Vec<String>,
+    groups: Vec<String>,
     ttl: u64,
 ) -> anyhow::Result<()> {
-    println!("{}", mint_token(s, sub, jobs, roles, ttl)?);
+    println!("{}", mint_token(s, sub, jobs, roles, groups, ttl)?);
     Ok(())
 }
 
@@ -62,6 +63,7 @@ pub fn mint_token(
     sub: String,
     jobs: Vec<String>,
     roles: Vec<String>,
+    groups: Vec<String>,
     ttl: u64,
 ) -> anyhow::Result<String> {
     let secret = s.jwt_secret.as_ref().context(
@@ -75,6 +77,7 @@ pub fn mint_token(
         iat: Some(now),
         jobs: split_list(jobs),
         roles: split_list(roles),
+        groups: split_list(groups),
     };
     if claims.has_role(crate::auth::Role::Publisher) {
         if claims.jobs.is_empty() {
@@ -227,6 +230,7 @@ pub fn dev_banner(app: &App) -> anyhow::Result<()> {
         iat: Some(now),
         jobs: vec!["demo-1".into()],
         roles: vec!["publisher".into()],
+        groups: Vec::new(),
     };
     let token = app.mint(&claims)?;
     let addr = app.addr();

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use serde_json::json;
 use tokio::sync::Notify;
 
 use crate::job::{JobId, ProgressDoc};
@@ -59,6 +60,24 @@ pub struct Update {
     /// Settled once the state is in the `jobs` row (or will not be written), so a
     /// writer can hold `done` until the terminal state is durable.
     pub durable: Durable,
+    /// The forms of multi-job streams, built on first use: once per job
+    /// update however many lists and groups watch the job, and never for a
+    /// job only single-job streams watch.
+    many: OnceLock<ManyForms>,
+}
+
+/// One update as multi-job streams send it, apart from each connection's
+/// cursor (`id:` of SSE, `"cursor"` of WebSocket frames).
+#[derive(Debug)]
+pub struct ManyForms {
+    /// SSE `data:` of `progress`: `{"job_id":"A","id":"42","document":{…}}`.
+    pub data: Bytes,
+    /// The WebSocket `progress` frame up to its closing brace:
+    /// `{"type":"progress","job_id":"A","id":"42","document":{…}` — the
+    /// connection adds `,"cursor":"…"}`.
+    pub ws_open: Bytes,
+    /// The WebSocket `done` frame up to its closing brace, when terminal.
+    pub ws_done_open: Option<Bytes>,
 }
 
 /// One cache slot per transport encoding, filled by the transport's own encoder
@@ -148,7 +167,41 @@ impl Update {
             received: std::time::Instant::now(),
             wire: Wire::default(),
             durable: Durable::default(),
+            many: OnceLock::new(),
         }
+    }
+
+    /// The multi-job forms of this update of `job`, encoded on first use.
+    /// Job ids and event ids are plain ASCII without quotes or escapes (their
+    /// parsers allow nothing else), so they are spliced in as they are.
+    pub fn many(&self, job: &JobId) -> &ManyForms {
+        self.many.get_or_init(|| {
+            let head = |kind: &str| {
+                let mut b = BytesMut::with_capacity(self.doc.json.len() + 64 + job.as_str().len());
+                b.put_slice(kind.as_bytes());
+                b.put_slice(b"\"job_id\":\"");
+                b.put_slice(job.as_str().as_bytes());
+                b.put_slice(b"\",\"id\":\"");
+                b.put_slice(self.id.as_bytes());
+                b.put_slice(b"\",\"document\":");
+                b.put_slice(&self.doc.json);
+                b
+            };
+            let mut data = head("{");
+            data.put_slice(b"}");
+            let ws_open = head("{\"type\":\"progress\",");
+            let ws_done_open = self.doc.terminal.then(|| {
+                let status = self.doc.status.clone().unwrap_or_default();
+                let full =
+                    json!({"type": "done", "job_id": job.as_str(), "status": status}).to_string();
+                Bytes::from(full.strip_suffix('}').unwrap_or(&full).to_owned())
+            });
+            ManyForms {
+                data: data.freeze(),
+                ws_open: ws_open.freeze(),
+                ws_done_open,
+            }
+        })
     }
 
     /// A terminal document: `done` follows it, and the stream ends.
@@ -178,6 +231,38 @@ impl Update {
     /// The status `done` reports (empty where the document has none).
     pub fn status(&self) -> &str {
         self.doc.status.as_deref().unwrap_or_default()
+    }
+}
+
+/// A job that went silent: no new state for its stall period. Encoded once
+/// by the job's timer for every stream watching it; the next state clears it.
+#[derive(Debug)]
+pub struct Stalled {
+    pub seconds_since_update: u64,
+    /// `event: stalled` with `{"job_id","seconds_since_update"}` (SSE, single and multi).
+    pub sse: Bytes,
+    /// `{"event":"stalled",…}` (single-job WebSocket).
+    pub ws: Bytes,
+    /// `{"type":"stalled",…}` (multi-job WebSocket).
+    pub ws_many: Bytes,
+}
+
+impl Stalled {
+    pub fn encode(job: &JobId, seconds_since_update: u64) -> Stalled {
+        let data = json!({"job_id": job.as_str(), "seconds_since_update": seconds_since_update});
+        let tagged = |key: &str| {
+            let mut v = json!({key: "stalled"});
+            if let (Some(obj), Some(d)) = (v.as_object_mut(), data.as_object()) {
+                obj.extend(d.clone());
+            }
+            Bytes::from(v.to_string())
+        };
+        Stalled {
+            seconds_since_update,
+            sse: Bytes::from(format!("event: stalled\ndata: {data}\n\n")),
+            ws: tagged("event"),
+            ws_many: tagged("type"),
+        }
     }
 }
 
@@ -218,5 +303,50 @@ mod tests {
         assert_ne!(a, event_id(&doc(r#"{"p":2}"#)));
         assert!(a.starts_with('h') && a.len() == 17);
         assert_eq!(&*event_id(&doc(r#"{"seq":7}"#)), "7");
+    }
+
+    #[test]
+    fn multi_job_forms_wrap_the_document_and_name_the_job() {
+        let job = JobId::parse("j1").unwrap();
+        let u = Update::encode(
+            &job,
+            doc(r#"{"seq":4,"status":"failed"}"#),
+            Source::RedisKey,
+        );
+        let m = u.many(&job);
+        let data: serde_json::Value = serde_json::from_slice(&m.data).unwrap();
+        assert_eq!(
+            data,
+            json!({"job_id":"j1","id":"4","document":{"seq":4,"status":"failed"}})
+        );
+        let mut frame = m.ws_open.to_vec();
+        frame.extend_from_slice(br#","cursor":"c"}"#);
+        let frame: serde_json::Value = serde_json::from_slice(&frame).unwrap();
+        assert_eq!(frame["type"], "progress");
+        assert_eq!(frame["document"]["seq"], 4);
+        let mut done = m.ws_done_open.clone().unwrap().to_vec();
+        done.extend_from_slice(br#","cursor":"c"}"#);
+        let done: serde_json::Value = serde_json::from_slice(&done).unwrap();
+        assert_eq!(
+            done,
+            json!({"type":"done","job_id":"j1","status":"failed","cursor":"c"})
+        );
+        assert!(std::ptr::eq(m, u.many(&job)), "encoded once");
+    }
+
+    #[test]
+    fn stalled_is_encoded_for_every_stream_kind() {
+        let s = Stalled::encode(&JobId::parse("j1").unwrap(), 61);
+        assert_eq!(
+            &s.sse[..],
+            b"event: stalled\ndata: {\"job_id\":\"j1\",\"seconds_since_update\":61}\n\n"
+        );
+        let ws: serde_json::Value = serde_json::from_slice(&s.ws).unwrap();
+        assert_eq!(
+            ws,
+            json!({"event":"stalled","job_id":"j1","seconds_since_update":61})
+        );
+        let many: serde_json::Value = serde_json::from_slice(&s.ws_many).unwrap();
+        assert_eq!(many["type"], "stalled");
     }
 }

@@ -41,6 +41,14 @@ pub struct Claims {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub roles: Vec<String>,
+    /// Groups (projects) whose group streams the bearer may watch; `"*"`
+    /// means every group.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub groups: Vec<String>,
 }
 
 /// The roles the gateway acts on; a token's other roles are carried but ignored.
@@ -68,6 +76,9 @@ impl Claims {
     }
     pub fn names_job(&self, job: &str) -> bool {
         self.jobs.iter().any(|j| j == "*" || j == job)
+    }
+    pub fn names_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == "*" || g == group)
     }
 }
 
@@ -303,6 +314,7 @@ mod tests {
             iat: None,
             jobs: vec![],
             roles: vec![],
+            groups: vec![],
         }
     }
 
@@ -358,9 +370,12 @@ mod tests {
 
     #[test]
     fn list_claims_accept_a_single_string() {
-        let c: Claims =
-            serde_json::from_str(r#"{"sub":"u","exp":1,"jobs":"*","roles":["admin"]}"#).unwrap();
+        let c: Claims = serde_json::from_str(
+            r#"{"sub":"u","exp":1,"jobs":"*","roles":["admin"],"groups":"p1"}"#,
+        )
+        .unwrap();
         assert!(c.names_job("anything"));
         assert!(c.has_role(Role::Admin));
+        assert!(c.names_group("p1") && !c.names_group("p2"));
     }
 }

@@ -270,6 +270,7 @@ pub fn grant_claims(sub: String, job: &JobId) -> Claims {
         iat: Some(now),
         jobs: vec![job.as_str().to_owned()],
         roles: Vec::new(),
+        groups: Vec::new(),
     }
 }
 

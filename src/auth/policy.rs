@@ -4,6 +4,10 @@
 //! is unknown is refused; an unknown job is `404` for a caller allowed by claim.
 //! Every other refusal is the same `403` with the same words, whether the job
 //! exists or not, so a token cannot probe which job ids exist.
+//!
+//! A group stream is allowed where the token's `groups` claim names the group
+//! (or `*`) or its `roles` include `admin`; nothing else, since the group (a
+//! project) is the unit of access there, not the single job.
 
 use crate::auth::{Claims, Role};
 use crate::job::JobId;
@@ -34,6 +38,8 @@ pub enum Refusal {
     PublisherWithoutJobs,
     #[error("this publisher token may not publish to job {0}")]
     NotNamedForPublish(JobId),
+    #[error("this token may not watch group {0}: it is not named in the groups claim")]
+    NotInGroup(String),
 }
 
 impl Refusal {
@@ -59,6 +65,14 @@ pub fn authorize(claims: &Claims, job: &JobId, facts: JobFacts<'_>) -> Result<()
         Some(owner) if owner == claims.sub => Ok(()),
         _ => Err(Refusal::NotOwner(job.clone())),
     }
+}
+
+/// May these claims watch every job of `group`?
+pub fn authorize_group(claims: &Claims, group: &str) -> Result<(), Refusal> {
+    if claims.names_group(group) || claims.has_role(Role::Admin) {
+        return Ok(());
+    }
+    Err(Refusal::NotInGroup(group.to_owned()))
 }
 
 /// May these claims publish to `job`? Role `publisher` and a `jobs` claim naming
@@ -88,6 +102,7 @@ mod tests {
             iat: None,
             jobs: jobs.iter().map(|s| s.to_string()).collect(),
             roles: roles.iter().map(|s| s.to_string()).collect(),
+            groups: vec![],
         }
     }
     fn job() -> JobId {
@@ -129,6 +144,22 @@ mod tests {
         )
         .unwrap_err();
         assert_eq!(e, Refusal::UnknownJob(job()));
+    }
+
+    #[test]
+    fn groups_are_allowed_by_the_groups_claim_or_admin_only() {
+        let mut named = claims("u", &["*"], &[]);
+        assert_eq!(
+            authorize_group(&named, "p1").unwrap_err(),
+            Refusal::NotInGroup("p1".into()),
+            "a jobs claim says nothing of groups"
+        );
+        named.groups = vec!["p1".into()];
+        assert!(authorize_group(&named, "p1").is_ok());
+        assert!(authorize_group(&named, "p2").is_err());
+        named.groups = vec!["*".into()];
+        assert!(authorize_group(&named, "p2").is_ok());
+        assert!(authorize_group(&claims("x", &[], &["admin"]), "p9").is_ok());
     }
 
     #[test]

@@ -30,7 +30,7 @@ pub async fn handle(
     Ok(respond(poll(app, job, creds, query).await))
 }
 
-fn parse_timeout(query: &str) -> Result<Duration, ApiError> {
+pub fn parse_timeout(query: &str) -> Result<Duration, ApiError> {
     let secs = match query_param(query, "timeout") {
         None => POLL_DEFAULT_TIMEOUT_SECS,
         Some(t) => t
@@ -97,7 +97,7 @@ fn document(update: &Update) -> Response {
     res
 }
 
-fn no_content() -> Response {
+pub fn no_content() -> Response {
     no_store(warp::reply::with_status(warp::reply::reply(), StatusCode::NO_CONTENT).into_response())
 }
 

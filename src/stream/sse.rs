@@ -16,7 +16,6 @@ use warp::reply::{Reply, Response};
 use crate::auth::Credentials;
 use crate::event::{Frames, Update};
 use crate::http::stall::StallFlag;
-use crate::job::JobId;
 use crate::state::SharedState;
 use crate::stream::Transport;
 use crate::stream::cursor::{delivered, seen_id};
@@ -110,7 +109,7 @@ impl SseWriter {
             self.preamble_sent = true;
             let s = &self.app.settings;
             return Some(sse_preamble(
-                &self.opened.job,
+                &json!({"job_id": self.opened.job.as_str()}),
                 reconnect::stream_retry_ms(s),
                 s.sse_padding,
             ));
@@ -121,6 +120,7 @@ impl SseWriter {
                 frames(&update).progress.clone()
             }
             Step::Done(update) => frames(&update).done.clone()?,
+            Step::Stalled(stalled) => stalled.sse.clone(),
             Step::Heartbeat => Bytes::from_static(SSE_PING),
             Step::Expired => sse_error("token_expired"),
             Step::Revoked => sse_error("forbidden"),
@@ -130,7 +130,6 @@ impl SseWriter {
     }
 }
 
-/// The start of every SSE stream: `retry:`, optional padding, `connected`.
 /// This update's SSE bytes, encoded by the first SSE watcher that sends it and
 /// shared by every other.
 pub fn frames(update: &Update) -> &Frames {
@@ -149,7 +148,9 @@ fn encode(update: &Update) -> Frames {
     }
 }
 
-pub fn sse_preamble(job: &JobId, retry_ms: u64, padding: usize) -> Bytes {
+/// The start of every SSE stream: `retry:`, optional padding, `connected`
+/// (with `data` naming the job, or the jobs of a multi-job stream).
+pub fn sse_preamble(connected: &serde_json::Value, retry_ms: u64, padding: usize) -> Bytes {
     let mut b = BytesMut::with_capacity(64 + padding);
     b.put_slice(format!("retry: {retry_ms}\n\n").as_bytes());
     if padding > 0 {
@@ -157,8 +158,7 @@ pub fn sse_preamble(job: &JobId, retry_ms: u64, padding: usize) -> Bytes {
         b.put_bytes(b' ', padding);
         b.put_slice(b"\n\n");
     }
-    let data = json!({"job_id": job.as_str()});
-    b.put_slice(format!("event: connected\ndata: {data}\n\n").as_bytes());
+    b.put_slice(format!("event: connected\ndata: {connected}\n\n").as_bytes());
     b.freeze()
 }
 
@@ -201,8 +201,7 @@ mod tests {
 
     #[test]
     fn preamble_pads_after_retry() {
-        let job = JobId::parse("j1").unwrap();
-        let p = sse_preamble(&job, 2000, 10);
+        let p = sse_preamble(&json!({"job_id": "j1"}), 2000, 10);
         let text = std::str::from_utf8(&p).unwrap();
         assert!(text.starts_with("retry: 2000\n\n:          \n\nevent: connected\n"));
     }
