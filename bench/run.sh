@@ -235,7 +235,7 @@ start_redis() {
     mkdir -p "$WORK/redis"
     redis-server --bind 127.0.0.1 --port "$REDIS_PORT" --save "" --appendonly no \
         --dir "$WORK/redis" --logfile "$WORK/redis/redis.log" \
-        --notify-keyspace-events 'K$hgx' --maxclients 10000 &
+        --notify-keyspace-events 'K$hgsx' --maxclients 10000 &
     REDIS_PID=$!
     PIDS+=("$REDIS_PID:redis-server")
     wait_until 15 "redis-server on :$REDIS_PORT" bash -c "[[ \"\$(redis-cli -h 127.0.0.1 -p $REDIS_PORT ping)\" == PONG ]]"

@@ -51,9 +51,10 @@ pub fn token(
     sub: String,
     jobs: Vec<String>,
     roles: Vec<String>,
+    groups: Vec<String>,
     ttl: u64,
 ) -> anyhow::Result<()> {
-    println!("{}", mint_token(s, sub, jobs, roles, ttl)?);
+    println!("{}", mint_token(s, sub, jobs, roles, groups, ttl)?);
     Ok(())
 }
 
@@ -63,6 +64,7 @@ pub fn mint_token(
     sub: String,
     jobs: Vec<String>,
     roles: Vec<String>,
+    groups: Vec<String>,
     ttl: u64,
 ) -> anyhow::Result<String> {
     let secret = s.jwt_secret.as_ref().context(
@@ -76,8 +78,9 @@ pub fn mint_token(
         iat: Some(now),
         jobs: split_list(jobs),
         roles: split_list(roles),
+        groups: split_list(groups),
     };
-    if claims.has_role("publisher") {
+    if claims.has_role(crate::auth::Role::Publisher) {
         if claims.jobs.is_empty() {
             eprintln!(
                 "warning: a publisher token without --job publishes nowhere; name its jobs with --job"
@@ -255,6 +258,7 @@ pub fn dev_banner(app: &App) -> anyhow::Result<()> {
         iat: Some(now),
         jobs: vec!["demo-1".into()],
         roles: vec!["publisher".into()],
+        groups: Vec::new(),
     };
     let token = app.mint(&claims)?;
     let addr = app.addr();

@@ -69,6 +69,9 @@ pub enum Command {
         /// A role (`admin`, `publisher`; repeatable or comma-separated).
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// A group whose group stream the bearer may watch (repeatable or comma-separated; `*` for all).
+        #[arg(long = "group")]
+        groups: Vec<String>,
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
@@ -371,6 +374,20 @@ pub struct Settings {
     )]
     pub max_connect_rate: u32,
 
+    /// Most jobs one stream may carry (`?job=` lists, and the jobs of a group stream).
+    #[arg(
+        long,
+        env = "JOBCAST_MAX_JOBS_PER_STREAM",
+        default_value_t = 100,
+        global = true
+    )]
+    pub max_jobs_per_stream: usize,
+
+    /// Seconds without a new state after which a running job is reported `stalled`
+    /// (a document's `stall_after_s` overrides it for its job); 0 turns it off.
+    #[arg(long, env = "JOBCAST_STALL_SECS", default_value_t = 60, global = true)]
+    pub stall_secs: u64,
+
     /// Seconds a graceful shutdown may take before the process exits anyway.
     #[arg(
         long,
@@ -451,6 +468,10 @@ pub const MIN_JWT_SECRET_BYTES: usize = 32;
 /// Upper bound of every interval setting, in seconds (a day): larger values are
 /// mistakes, and would overflow the timers built from them.
 pub const MAX_INTERVAL_SECS: u64 = 86_400;
+
+/// Upper bound of `JOBCAST_MAX_JOBS_PER_STREAM`: a stream's cursor grows by
+/// up to 20 characters a job, and must stay a header a proxy passes.
+pub const MAX_JOBS_PER_STREAM_CAP: usize = 1000;
 
 /// Long-poll wait when the request names none.
 pub const POLL_DEFAULT_TIMEOUT_SECS: u64 = 25;
@@ -595,6 +616,12 @@ impl Settings {
                 MAX_INTERVAL_SECS,
             ),
             ("JOBCAST_RESYNC_SECS", self.resync_secs, MAX_INTERVAL_SECS),
+            ("JOBCAST_STALL_SECS", self.stall_secs, MAX_INTERVAL_SECS),
+            (
+                "JOBCAST_MAX_JOBS_PER_STREAM",
+                self.max_jobs_per_stream as u64,
+                MAX_JOBS_PER_STREAM_CAP as u64,
+            ),
             (
                 "JOBCAST_RETENTION_DAYS",
                 u64::from(self.retention_days),
@@ -615,6 +642,9 @@ impl Settings {
             return Err(
                 "JOBCAST_HEARTBEAT_SECS and JOBCAST_SSE_STALL_SECS must be at least 1".into(),
             );
+        }
+        if self.max_jobs_per_stream == 0 {
+            return Err("JOBCAST_MAX_JOBS_PER_STREAM must be at least 1".into());
         }
         if self.jwks_refresh_secs == 0 {
             return Err("JOBCAST_JWKS_REFRESH_SECS must be at least 1".into());

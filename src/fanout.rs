@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use bytes::Bytes;
 use tokio::sync::watch;
 
-use crate::event::{Source, Update};
+use crate::event::{Source, Stalled, Update};
 use crate::job::{JobId, ProgressDoc};
 
 /// What a watcher sees of a job.
@@ -33,6 +33,9 @@ pub struct FeedState {
     pub known: bool,
     /// True when the last load could ask no source (Redis and Postgres down).
     pub unavailable: bool,
+    /// Set by the job's stall timer when `latest` (not terminal) has been the
+    /// newest state for the job's stall period; cleared by the next state.
+    pub stalled: Option<Arc<Stalled>>,
 }
 
 impl FeedState {
@@ -122,6 +125,9 @@ impl Feed {
             if new_owner.is_some() {
                 s.owner = new_owner;
             }
+            if s.stalled.take().is_some() {
+                metrics::gauge!("jobcast_stalled_jobs").decrement(1.0);
+            }
         });
         Offer::Accepted(update)
     }
@@ -156,6 +162,25 @@ impl Feed {
         let _ = tokio::time::timeout(bound, rx.wait_for(|s| s.ready)).await;
 
         rx.borrow().clone()
+    }
+
+    /// Reports the job stalled, if `update` is still its newest state (under
+    /// the gate's lock, so a state accepted meanwhile wins).
+    pub fn mark_stalled(&self, update: &Arc<Update>) {
+        let _gate = crate::sync::lock(&self.gate);
+        self.state.send_if_modified(|s| {
+            let current = s.latest.as_ref().is_some_and(|l| Arc::ptr_eq(l, update));
+            if !current || s.stalled.is_some() || update.doc.terminal {
+                return false;
+            }
+            // tokio's clock: the one the timer slept on.
+            let silent = tokio::time::Instant::from_std(update.received)
+                .elapsed()
+                .as_secs();
+            s.stalled = Some(Arc::new(Stalled::encode(&self.job, silent)));
+            metrics::gauge!("jobcast_stalled_jobs").increment(1.0);
+            true
+        });
     }
 
     /// Asks for a read of the state key. Returns true when the caller must start
@@ -198,6 +223,14 @@ impl Feed {
         }
         self.read.store(READ_IDLE, Ordering::Release);
         false
+    }
+}
+
+impl Drop for Feed {
+    fn drop(&mut self) {
+        if self.state.borrow().stalled.is_some() {
+            metrics::gauge!("jobcast_stalled_jobs").decrement(1.0);
+        }
     }
 }
 
@@ -324,6 +357,29 @@ mod tests {
         );
         assert!(!f.read_finished(), "and only one");
         assert!(f.request_read());
+    }
+
+    #[test]
+    fn stalled_is_set_on_the_newest_state_only_and_cleared_by_the_next() {
+        let f = feed();
+        let Offer::Accepted(first) = f.offer(doc(r#"{"seq":1}"#), Source::RedisKey) else {
+            panic!()
+        };
+        f.mark_stalled(&first);
+        assert!(f.snapshot().stalled.is_some());
+        f.offer(doc(r#"{"seq":2}"#), Source::RedisKey);
+        assert!(f.snapshot().stalled.is_none(), "the next state clears it");
+        f.mark_stalled(&first);
+        assert!(
+            f.snapshot().stalled.is_none(),
+            "an older state never stalls"
+        );
+        let Offer::Accepted(end) = f.offer(doc(r#"{"seq":3,"status":"failed"}"#), Source::RedisKey)
+        else {
+            panic!()
+        };
+        f.mark_stalled(&end);
+        assert!(f.snapshot().stalled.is_none(), "an ended job never stalls");
     }
 
     #[test]

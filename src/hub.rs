@@ -15,6 +15,7 @@ use tracing::warn;
 use crate::event::Source;
 use crate::fanout::{Feed, Offer};
 use crate::job::{JobId, ProgressDoc};
+use crate::multi::groups::Groups;
 use crate::upstream::UpstreamCmd;
 
 struct Entry {
@@ -56,6 +57,11 @@ pub struct Hub {
     /// Is there a database where states are recorded? Without one, a state is
     /// as durable as it will ever be the moment it is accepted.
     recorded: bool,
+    /// `JOBCAST_STALL_SECS` (`None`: off unless a document asks): each feed's
+    /// stall timer starts with the feed.
+    stall_after: Option<std::time::Duration>,
+    /// A state whose group field names a watched group adds its job there.
+    groups: Arc<Groups>,
 }
 
 /// A watcher's membership of a job: keeps the job's subscription alive while held.
@@ -71,14 +77,21 @@ impl Drop for Watch {
 }
 
 impl Hub {
-    /// `recorded`: whether a database records states (`DATABASE_URL` is set).
-    pub fn new(recorded: bool) -> (Arc<Hub>, mpsc::UnboundedReceiver<UpstreamCmd>) {
+    /// `recorded`: whether a database records states (`DATABASE_URL` is set);
+    /// `stall_after`: `JOBCAST_STALL_SECS`.
+    pub fn new(
+        recorded: bool,
+        stall_after: Option<std::time::Duration>,
+        groups: Arc<Groups>,
+    ) -> (Arc<Hub>, mpsc::UnboundedReceiver<UpstreamCmd>) {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Hub {
             feeds: Mutex::new(HashMap::new()),
             remembered: Mutex::new(OwnerMemory::default()),
             upstream: tx,
             recorded,
+            stall_after,
+            groups,
         };
         (Arc::new(hub), rx)
     }
@@ -100,6 +113,7 @@ impl Hub {
             if let Some(owner) = self.memory().owners.get(job.as_str()) {
                 feed.set_stored_owner(owner);
             }
+            crate::stall::start(&feed, self.stall_after);
             let _ = self.upstream.send(UpstreamCmd::Subscribe(feed.clone()));
             metrics::gauge!("jobcast_active_jobs").increment(1.0);
             Entry { feed, watchers: 0 }
@@ -209,6 +223,11 @@ impl Hub {
                 // `PgListener`), or by the streams' bounded wait.
                 if !self.recorded || source == Source::Postgres {
                     update.durable.settle();
+                }
+                if let Some(group) = &update.doc.group
+                    && self.groups.is_watched(group)
+                {
+                    self.groups.add_members(group, [feed.job.clone()]);
                 }
             }
             Offer::Stale => {

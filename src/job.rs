@@ -99,6 +99,9 @@ pub struct ProgressDoc {
     /// The group field, where it is a valid group name; anything else is no group.
     pub group: Option<String>,
     pub terminal: bool,
+    /// `stall_after_s`: this job's silence, in seconds, before it is reported
+    /// stalled (overrides `JOBCAST_STALL_SECS`; 0 never).
+    pub stall_after_s: Option<u64>,
 }
 
 impl ProgressDoc {
@@ -149,6 +152,15 @@ impl ProgressDoc {
             .filter(|g| JobId::is_valid(g))
             .map(str::to_owned);
         let terminal = status.as_deref().is_some_and(|s| rules.is_terminal(s));
+        let stall_after_s = map.get("stall_after_s").and_then(|v| match v {
+            Value::Number(n) => n.as_u64().or_else(|| {
+                n.as_f64()
+                    .filter(|f| f.is_finite() && *f >= 0.0)
+                    .map(|f| f.ceil() as u64)
+            }),
+            Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        });
         Ok(ProgressDoc {
             json,
             seq,
@@ -156,6 +168,7 @@ impl ProgressDoc {
             owner,
             group,
             terminal,
+            stall_after_s,
         })
     }
 
@@ -274,6 +287,20 @@ mod tests {
         assert_eq!(v["stage"], "loading data");
         assert_eq!(d.seq, Some(7));
         assert!(ProgressDoc::from_hash(vec![(b"k".to_vec(), vec![0xff, 0xfe])], &rules()).is_err());
+    }
+
+    #[test]
+    fn stall_after_is_read_in_whole_seconds() {
+        let stall = |raw: &str| {
+            ProgressDoc::parse(raw.as_bytes(), &rules())
+                .unwrap()
+                .stall_after_s
+        };
+        assert_eq!(stall(r#"{"stall_after_s":2}"#), Some(2));
+        assert_eq!(stall(r#"{"stall_after_s":1.5}"#), Some(2));
+        assert_eq!(stall(r#"{"stall_after_s":"30"}"#), Some(30));
+        assert_eq!(stall(r#"{"stall_after_s":-1}"#), None);
+        assert_eq!(stall(r#"{"p":1}"#), None);
     }
 
     #[test]

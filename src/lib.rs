@@ -11,7 +11,8 @@
 //!                                         hub         registry: job id → feed; one subscription per job
 //!                                           ▼
 //!                                         fanout      latest state (watch) behind the seq gate,
-//!                                           │         encoded once (event) for every watcher
+//!                                           │         (event: the update; each transport's
+//!                                           │         encoding cached on it once, shared)
 //!                                           ▼
 //!                                         stream/watcher  one lifecycle: steps for every transport
 //!                  ┌────────────────────────┼──────────────────────┐
@@ -20,7 +21,7 @@
 //! ```
 //!
 //! Around it: `config` (settings), `startup` (App::build/run, shared with tests),
-//! `http` (routes), `auth` (tokens and ownership), `error` (JSON errors),
+//! `http` (routes, and `http::error`: the JSON errors), `auth` (tokens and ownership),
 //! `limits`, `metrics`, `store` (Postgres: reads, and the one recorder of a
 //! fleet that writes states behind), `demo` (simulated jobs), `shutdown`.
 //! The worker side (Publisher, ProgressTracker) is the `jobcast-publish` crate.
@@ -29,7 +30,6 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
-pub mod error;
 pub mod event;
 pub mod fanout;
 pub mod http;
@@ -37,8 +37,10 @@ pub mod hub;
 pub mod job;
 pub mod limits;
 pub mod metrics;
+pub mod multi;
 pub mod readiness;
 pub mod shutdown;
+pub mod stall;
 pub mod startup;
 pub mod state;
 pub mod store;

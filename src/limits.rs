@@ -9,28 +9,19 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 
-use crate::error::ApiError;
+use crate::stream::Transport;
 
-/// How a watcher is served; the `transport` label of connection metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transport {
-    Sse,
-    Ws,
-    Poll,
-    /// `GET /jobs/{id}`: held while the snapshot is read, so a client that
-    /// fires snapshots in a loop meets the same per-user limit as streams.
-    Snapshot,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Sse => "sse",
-            Transport::Ws => "ws",
-            Transport::Poll => "poll",
-            Transport::Snapshot => "snapshot",
-        }
-    }
+/// Why a connection slot was refused; the HTTP edge answers `429`.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum LimitError {
+    #[error("the gateway holds its limit of {0} open streams; retry later")]
+    MaxConnections(usize),
+    #[error("you hold {0} open streams, the per-user limit; close one first")]
+    MaxPerUser(usize),
+    #[error(
+        "new connections arrive faster than this gateway admits (JOBCAST_MAX_CONNECT_RATE); retry in {retry_after_secs} s"
+    )]
+    ConnectRate { retry_after_secs: u64 },
 }
 
 pub struct Limits {
@@ -69,25 +60,19 @@ impl Limits {
         self: &Arc<Self>,
         user: &str,
         transport: Transport,
-    ) -> Result<ConnGuard, ApiError> {
+    ) -> Result<ConnGuard, LimitError> {
         let mut c = self.counts();
         if c.total >= self.max_total {
             metrics::counter!("jobcast_connections_refused_total", "reason" => "max_connections")
                 .increment(1);
-            return Err(ApiError::TooManyConnections(format!(
-                "the gateway holds its limit of {} open streams; retry later",
-                self.max_total
-            )));
+            return Err(LimitError::MaxConnections(self.max_total));
         }
         let user: Arc<str> = Arc::from(user);
         let mine = c.per_user.get(&user).copied().unwrap_or(0);
         if self.max_per_user > 0 && mine >= self.max_per_user {
             metrics::counter!("jobcast_connections_refused_total", "reason" => "max_per_user")
                 .increment(1);
-            return Err(ApiError::TooManyConnections(format!(
-                "you hold {} open streams, the per-user limit; close one first",
-                self.max_per_user
-            )));
+            return Err(LimitError::MaxPerUser(self.max_per_user));
         }
         c.total += 1;
         *c.per_user.entry(user.clone()).or_insert(0) += 1;
@@ -138,13 +123,13 @@ mod tests {
         let a = l.acquire("u", Transport::Sse).unwrap();
         let _b = l.acquire("u", Transport::Ws).unwrap();
         assert_eq!(
-            l.acquire("u", Transport::Sse).unwrap_err().code(),
-            "too_many_connections"
+            l.acquire("u", Transport::Sse).unwrap_err(),
+            LimitError::MaxPerUser(2)
         );
         let _c = l.acquire("v", Transport::Sse).unwrap();
         assert_eq!(
-            l.acquire("w", Transport::Sse).unwrap_err().code(),
-            "too_many_connections"
+            l.acquire("w", Transport::Sse).unwrap_err(),
+            LimitError::MaxConnections(3)
         );
         drop(a);
         assert!(l.acquire("u", Transport::Sse).is_ok());

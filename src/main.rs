@@ -22,8 +22,9 @@ async fn main() -> ExitCode {
             sub,
             jobs,
             roles,
+            groups,
             ttl,
-        } => cli::token(&s, sub, jobs, roles, ttl),
+        } => cli::token(&s, sub, jobs, roles, groups, ttl),
         Command::Publish {
             job,
             document,

@@ -71,7 +71,7 @@ fn zero_counters() {
     for reason in ["unavailable", "rejected"] {
         counter!("jobcast_postgres_write_errors_total", "reason" => reason).increment(0);
     }
-    for source in ["keyspace", "channel"] {
+    for source in ["keyspace", "channel", "group"] {
         counter!("jobcast_redis_events_total", "source" => source).increment(0);
     }
     for source in ["keyspace", "channel", "postgres"] {
@@ -97,11 +97,19 @@ fn zero_counters() {
     ] {
         counter!(name).increment(0);
     }
+    for name in ["jobcast_stalled_jobs", "jobcast_active_groups"] {
+        metrics::gauge!(name).increment(0.0);
+    }
 }
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_gauge!("jobcast_connections", "Open streams by transport");
+    describe_gauge!(
+        "jobcast_stalled_jobs",
+        "Watched running jobs without a new state for their stall period"
+    );
+    describe_gauge!("jobcast_active_groups", "Groups with group streams open");
     describe_counter!(
         "jobcast_postgres_writes_total",
         "Job states written behind into Postgres"

@@ -19,6 +19,7 @@ use crate::http::origin::Origin;
 use crate::hub::Hub;
 use crate::job::DocRules;
 use crate::limits::Limits;
+use crate::multi::groups::Groups;
 use crate::readiness::Readiness;
 use crate::state::{AppState, SharedState};
 use crate::store::Store;
@@ -141,7 +142,11 @@ impl App {
             }
         };
         let redis_up = Arc::new(AtomicBool::new(false));
-        let (hub, upstream_cmds) = Hub::new(store.is_some());
+        let stall_after =
+            (settings.stall_secs > 0).then(|| Duration::from_secs(settings.stall_secs));
+        let (groups, group_cmds) =
+            Groups::new(reader.clone(), store.clone(), &settings.group_prefix);
+        let (hub, upstream_cmds) = Hub::new(store.is_some(), stall_after, groups.clone());
         let loader = Loader::new(
             hub.clone(),
             reader.clone(),
@@ -190,12 +195,16 @@ impl App {
                     loader.clone(),
                     reader.clone(),
                     endpoint,
-                    settings.redis_db(),
-                    &settings.key_prefix,
+                    &settings,
                     redis_up.clone(),
                     keyspace.clone(),
+                    groups.clone(),
                 )?;
-                tasks.push(tokio::spawn(listener.run(upstream_cmds, shutdown.clone())));
+                tasks.push(tokio::spawn(listener.run(
+                    upstream_cmds,
+                    group_cmds,
+                    shutdown.clone(),
+                )));
             }
         }
         if let Some(sentinel) = sentinel {
@@ -254,7 +263,12 @@ impl App {
                 tasks.push(tokio::spawn(recorder.run(shutdown.clone())));
                 write_behind = Some(wb);
             }
-            let pg = PgListener::new(loader.clone(), store.clone(), redis_up.clone());
+            let pg = PgListener::new(
+                loader.clone(),
+                store.clone(),
+                groups.clone(),
+                redis_up.clone(),
+            );
             tasks.push(tokio::spawn(pg.run(shutdown.clone())));
             tasks.push(tokio::spawn(retention::run(
                 store,
@@ -280,6 +294,7 @@ impl App {
             loader,
             redis: reader,
             rules,
+            groups,
             verifier,
             auth_hook,
             shutdown,

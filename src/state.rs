@@ -15,6 +15,7 @@ use crate::hub::Hub;
 use crate::job::DocRules;
 use crate::limits::Limits;
 use crate::limits::rate::ConnectRate;
+use crate::multi::groups::Groups;
 use crate::readiness::Readiness;
 use crate::upstream::loader::Loader;
 use crate::upstream::redis_reader::RedisReader;
@@ -28,6 +29,8 @@ pub struct AppState {
     pub redis: RedisReader,
     /// What a valid document is (`JOBCAST_MAX_DOCUMENT_BYTES`, terminal statuses).
     pub rules: DocRules,
+    /// Group name → members, for group streams.
+    pub groups: Arc<Groups>,
     pub verifier: Verifier,
     /// `JOBCAST_AUTH_URL`: the app decides for requests without a valid JWT.
     pub auth_hook: Option<Arc<AuthHook>>,

@@ -41,14 +41,44 @@ pub struct Claims {
         skip_serializing_if = "Vec::is_empty"
     )]
     pub roles: Vec<String>,
+    /// Groups (projects) whose group streams the bearer may watch; `"*"`
+    /// means every group.
+    #[serde(
+        default,
+        deserialize_with = "one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub groups: Vec<String>,
+}
+
+/// The roles the gateway acts on; a token's other roles are carried but ignored.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Watches every job.
+    Admin,
+    /// Publishes through `POST /jobs/{id}` to the jobs its `jobs` claim names.
+    Publisher,
+}
+
+impl Role {
+    /// The role's name in the token's `roles` claim.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::Publisher => "publisher",
+        }
+    }
 }
 
 impl Claims {
-    pub fn has_role(&self, role: &str) -> bool {
-        self.roles.iter().any(|r| r == role)
+    pub fn has_role(&self, role: Role) -> bool {
+        self.roles.iter().any(|r| r == role.as_str())
     }
     pub fn names_job(&self, job: &str) -> bool {
         self.jobs.iter().any(|j| j == "*" || j == job)
+    }
+    pub fn names_group(&self, group: &str) -> bool {
+        self.groups.iter().any(|g| g == "*" || g == group)
     }
 }
 
@@ -284,6 +314,7 @@ mod tests {
             iat: None,
             jobs: vec![],
             roles: vec![],
+            groups: vec![],
         }
     }
 
@@ -339,9 +370,12 @@ mod tests {
 
     #[test]
     fn list_claims_accept_a_single_string() {
-        let c: Claims =
-            serde_json::from_str(r#"{"sub":"u","exp":1,"jobs":"*","roles":["admin"]}"#).unwrap();
+        let c: Claims = serde_json::from_str(
+            r#"{"sub":"u","exp":1,"jobs":"*","roles":["admin"],"groups":"p1"}"#,
+        )
+        .unwrap();
         assert!(c.names_job("anything"));
-        assert!(c.has_role("admin"));
+        assert!(c.has_role(Role::Admin));
+        assert!(c.names_group("p1") && !c.names_group("p2"));
     }
 }

@@ -93,8 +93,13 @@ impl Credentials {
 /// One query parameter (`application/x-www-form-urlencoded`: `+` is a space,
 /// malformed escapes stay as they are, bytes that are not UTF-8 become U+FFFD).
 pub fn query_param(query: &str, name: &str) -> Option<String> {
+    query_params(query, name).next()
+}
+
+/// Every value of a repeated query parameter (`job=a&job=b`), percent-decoded, in order.
+pub fn query_params<'a>(query: &'a str, name: &'a str) -> impl Iterator<Item = String> + 'a {
     form_urlencoded::parse(query.as_bytes())
-        .find(|(k, _)| k == name)
+        .filter(move |(k, _)| k == name)
         .map(|(_, v)| v.into_owned())
 }
 

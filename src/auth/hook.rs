@@ -23,7 +23,6 @@ use warp::http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::auth::{AuthError, Claims};
 use crate::config::Settings;
-use crate::error::ApiError;
 use crate::job::JobId;
 
 /// Bound on one call to the app: past it the request is `503`, never allowed.
@@ -271,6 +270,30 @@ pub fn grant_claims(sub: String, job: &JobId) -> Claims {
         iat: Some(now),
         jobs: vec![job.as_str().to_owned()],
         roles: Vec::new(),
+        groups: Vec::new(),
+    }
+}
+
+/// Why the app's answer does not let the caller in; the HTTP edge turns each
+/// into its status (401, 403, 503).
+#[derive(Debug, thiserror::Error)]
+pub enum HookRefusal {
+    #[error("{}", AuthError::SessionRefused)]
+    SessionRefused,
+    #[error("the application does not let this session watch job {0}")]
+    Forbidden(JobId),
+    #[error("{0}; retry shortly")]
+    Unavailable(Arc<HookError>),
+}
+
+impl HookRefusal {
+    /// The `reason` label of `jobcast_auth_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            HookRefusal::SessionRefused => "session_refused",
+            HookRefusal::Forbidden(_) => "app_forbidden",
+            HookRefusal::Unavailable(_) => "hook_unavailable",
+        }
     }
 }
 
@@ -278,14 +301,12 @@ pub fn grant_claims(sub: String, job: &JobId) -> Claims {
 pub fn into_claims(
     decision: Result<Decision, Arc<HookError>>,
     job: &JobId,
-) -> Result<(Claims, Duration), ApiError> {
+) -> Result<(Claims, Duration), HookRefusal> {
     match decision {
         Ok(Decision::Allow { sub, ttl }) => Ok((grant_claims(sub, job), ttl)),
-        Ok(Decision::Unauthorized { .. }) => Err(ApiError::Unauthorized(AuthError::SessionRefused)),
-        Ok(Decision::Forbidden { .. }) => Err(ApiError::Forbidden(format!(
-            "the application does not let this session watch job {job}"
-        ))),
-        Err(e) => Err(ApiError::Unavailable(format!("{e}; retry shortly"))),
+        Ok(Decision::Unauthorized { .. }) => Err(HookRefusal::SessionRefused),
+        Ok(Decision::Forbidden { .. }) => Err(HookRefusal::Forbidden(job.clone())),
+        Err(e) => Err(HookRefusal::Unavailable(e)),
     }
 }
 

@@ -9,5 +9,5 @@ pub mod hook;
 pub mod jwks;
 pub mod policy;
 
-pub use claims::{AuthError, Claims, Verifier};
+pub use claims::{AuthError, Claims, Role, Verifier};
 pub use credentials::{Credentials, TokenSource};

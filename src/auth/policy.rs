@@ -4,9 +4,12 @@
 //! is unknown is refused; an unknown job is `404` for a caller allowed by claim.
 //! Every other refusal is the same `403` with the same words, whether the job
 //! exists or not, so a token cannot probe which job ids exist.
+//!
+//! A group stream is allowed where the token's `groups` claim names the group
+//! (or `*`) or its `roles` include `admin`; nothing else, since the group (a
+//! project) is the unit of access there, not the single job.
 
-use crate::auth::Claims;
-use crate::error::ApiError;
+use crate::auth::{Claims, Role};
 use crate::job::JobId;
 
 /// What is known of the job when the decision is made.
@@ -15,49 +18,74 @@ pub struct JobFacts<'a> {
     pub owner: Option<&'a str>,
 }
 
-pub fn authorize(claims: &Claims, job: &JobId, facts: JobFacts<'_>) -> Result<(), ApiError> {
-    let by_claim = claims.names_job(job.as_str()) || claims.has_role("admin");
+/// Why these claims may not see or publish to a job; the HTTP edge turns each
+/// into its status (`UnknownJob` 404, the rest 403).
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    #[error("job {0} is not known to Redis or Postgres")]
+    UnknownJob(JobId),
+    /// The one answer for a job the caller may not see (another's, ownerless,
+    /// or unknown alike).
+    #[error(
+        "this token may not watch job {0}: it is neither the owner nor named in the jobs claim"
+    )]
+    NotOwner(JobId),
+    #[error("publishing needs a token with the publisher role")]
+    NotPublisher,
+    #[error(
+        "a publisher token must name the jobs it may publish to in its jobs claim (\"*\" for all)"
+    )]
+    PublisherWithoutJobs,
+    #[error("this publisher token may not publish to job {0}")]
+    NotNamedForPublish(JobId),
+    #[error("this token may not watch group {0}: it is not named in the groups claim")]
+    NotInGroup(String),
+}
+
+impl Refusal {
+    /// The `reason` label of `jobcast_auth_failures_total` for a watcher refused.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Refusal::UnknownJob(_) => "unknown_job",
+            _ => "not_owner",
+        }
+    }
+}
+
+pub fn authorize(claims: &Claims, job: &JobId, facts: JobFacts<'_>) -> Result<(), Refusal> {
+    let by_claim = claims.names_job(job.as_str()) || claims.has_role(Role::Admin);
     if by_claim {
         return if facts.known {
             Ok(())
         } else {
-            Err(ApiError::NotFound(format!(
-                "job {job} is not known to Redis or Postgres"
-            )))
+            Err(Refusal::UnknownJob(job.clone()))
         };
     }
     match facts.owner {
         Some(owner) if owner == claims.sub => Ok(()),
-        _ => Err(denied(job)),
+        _ => Err(Refusal::NotOwner(job.clone())),
     }
 }
 
-/// The one answer for a job the caller may not see (another's, ownerless, or
-/// unknown alike).
-pub fn denied(job: &JobId) -> ApiError {
-    ApiError::Forbidden(format!(
-        "this token may not watch job {job}: it is neither the owner nor named in the jobs claim"
-    ))
+/// May these claims watch every job of `group`?
+pub fn authorize_group(claims: &Claims, group: &str) -> Result<(), Refusal> {
+    if claims.names_group(group) || claims.has_role(Role::Admin) {
+        return Ok(());
+    }
+    Err(Refusal::NotInGroup(group.to_owned()))
 }
 
 /// May these claims publish to `job`? Role `publisher` and a `jobs` claim naming
 /// the job (or `*`); a publisher token without `jobs` publishes nowhere.
-pub fn authorize_publish(claims: &Claims, job: &JobId) -> Result<(), ApiError> {
-    if !claims.has_role("publisher") {
-        return Err(ApiError::Forbidden(
-            "publishing needs a token with the publisher role".into(),
-        ));
+pub fn authorize_publish(claims: &Claims, job: &JobId) -> Result<(), Refusal> {
+    if !claims.has_role(Role::Publisher) {
+        return Err(Refusal::NotPublisher);
     }
     if claims.jobs.is_empty() {
-        return Err(ApiError::Forbidden(
-            "a publisher token must name the jobs it may publish to in its jobs claim (\"*\" for all)"
-                .into(),
-        ));
+        return Err(Refusal::PublisherWithoutJobs);
     }
     if !claims.names_job(job.as_str()) {
-        return Err(ApiError::Forbidden(format!(
-            "this publisher token may not publish to job {job}"
-        )));
+        return Err(Refusal::NotNamedForPublish(job.clone()));
     }
     Ok(())
 }
@@ -74,6 +102,7 @@ mod tests {
             iat: None,
             jobs: jobs.iter().map(|s| s.to_string()).collect(),
             roles: roles.iter().map(|s| s.to_string()).collect(),
+            groups: vec![],
         }
     }
     fn job() -> JobId {
@@ -91,13 +120,13 @@ mod tests {
     #[test]
     fn other_user_is_forbidden() {
         let e = authorize(&claims("u2", &[], &[]), &job(), known(Some("u1"))).unwrap_err();
-        assert_eq!(e.code(), "forbidden");
+        assert!(matches!(e, Refusal::NotOwner(_)), "{e:?}");
     }
 
     #[test]
     fn unknown_owner_is_refused() {
         let e = authorize(&claims("u1", &[], &[]), &job(), known(None)).unwrap_err();
-        assert_eq!(e.code(), "forbidden");
+        assert!(matches!(e, Refusal::NotOwner(_)), "{e:?}");
     }
 
     #[test]
@@ -114,7 +143,23 @@ mod tests {
             },
         )
         .unwrap_err();
-        assert_eq!(e.code(), "not_found");
+        assert_eq!(e, Refusal::UnknownJob(job()));
+    }
+
+    #[test]
+    fn groups_are_allowed_by_the_groups_claim_or_admin_only() {
+        let mut named = claims("u", &["*"], &[]);
+        assert_eq!(
+            authorize_group(&named, "p1").unwrap_err(),
+            Refusal::NotInGroup("p1".into()),
+            "a jobs claim says nothing of groups"
+        );
+        named.groups = vec!["p1".into()];
+        assert!(authorize_group(&named, "p1").is_ok());
+        assert!(authorize_group(&named, "p2").is_err());
+        named.groups = vec!["*".into()];
+        assert!(authorize_group(&named, "p2").is_ok());
+        assert!(authorize_group(&claims("x", &[], &["admin"]), "p9").is_ok());
     }
 
     #[test]
@@ -144,6 +189,6 @@ mod tests {
             },
         )
         .unwrap_err();
-        assert_eq!(e.code(), "forbidden");
+        assert!(matches!(e, Refusal::NotOwner(_)), "{e:?}");
     }
 }

@@ -42,6 +42,7 @@ impl Token {
             "jobcast-tail".into(),
             Vec::new(),
             vec!["admin".into()],
+            Vec::new(),
             MINTED_TOKEN_TTL_SECS,
         )
         .context("without --token, tail mints an admin token from JWT_SECRET")?;

@@ -4,25 +4,23 @@
 use bytes::{Buf, BufMut, BytesMut};
 use futures::{Stream, StreamExt};
 use serde_json::json;
-use warp::http::{HeaderValue, StatusCode, header};
+use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 
 use crate::auth::policy::{JobFacts, authorize, authorize_publish};
 use crate::auth::{AuthError, Credentials, TokenSource};
-use crate::error::ApiError;
+use crate::http::caller::{authenticate, parse_job, verify};
+use crate::http::error::{ApiError, respond};
+use crate::http::reply::json_document;
 use crate::job::{DocError, ProgressDoc};
-use crate::limits::Transport;
 use crate::state::SharedState;
-use crate::stream::{authenticate, parse_job, verify};
+use crate::stream::Transport;
 
 /// TTL given to state keys written through `POST /jobs/{id}`, in seconds.
 pub const PUBLISH_TTL_SECS: u64 = jobcast_publish::DEFAULT_TTL_SECS;
 
 pub async fn snapshot(job: String, app: SharedState, creds: Credentials) -> Response {
-    match get(job, app, creds).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
+    respond(get(job, app, creds).await)
 }
 
 async fn get(job: String, app: SharedState, creds: Credentials) -> Result<Response, ApiError> {
@@ -46,13 +44,8 @@ async fn get(job: String, app: SharedState, creds: Credentials) -> Result<Respon
     let Some((doc, source)) = fetched.doc else {
         return Err(ApiError::NotFound(format!("job {job} has no state yet")));
     };
-    let mut res = Response::new(doc.json.clone().into());
+    let mut res = json_document(doc.json.clone());
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(
         "x-jobcast-source",
         HeaderValue::from_static(source.store_name()),
@@ -86,10 +79,7 @@ where
     S: Stream<Item = Result<B, warp::Error>>,
     B: Buf,
 {
-    match post(job, app, creds, declared_len, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
+    respond(post(job, app, creds, declared_len, body).await)
 }
 
 async fn post<S, B>(

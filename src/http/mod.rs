@@ -1,11 +1,14 @@
 //! The HTTP surface: small filters composed into [`routes`],
 //! handlers as plain async fns, state through [`with_state`], one `recover`.
 
+pub mod caller;
 pub mod client_info;
 pub mod cors;
+pub mod error;
 pub mod jobs;
 pub mod ops;
 pub mod origin;
+pub mod reply;
 pub mod selftest;
 pub mod server;
 pub mod stall;
@@ -16,10 +19,9 @@ use std::convert::Infallible;
 use warp::{Filter, Reply};
 
 use crate::auth::credentials::{credentials, query_param};
-use crate::error;
 use crate::http::stall::StallFlag;
 use crate::state::SharedState;
-use crate::stream;
+use crate::{multi, stream};
 
 pub fn with_state(
     app: SharedState,
@@ -75,6 +77,62 @@ pub fn routes(
         .then(|job, app, creds, query| stream::poll::handle(app, job, creds, query))
         .map(unwrap_infallible);
 
+    let many_sse = warp::path!("events")
+        .and(warp::get())
+        .and(state.clone())
+        .and(credentials())
+        .and(last_event_id())
+        .and(raw_query())
+        .and(warp::ext::optional::<StallFlag>())
+        .then(multi::sse::list)
+        .map(unwrap_infallible);
+
+    let many_ws = warp::path!("ws")
+        .and(warp::get())
+        .and(state.clone())
+        .and(credentials())
+        .and(raw_query())
+        .and(upgrade::handshake())
+        .then(multi::ws::list)
+        .map(unwrap_infallible);
+
+    let group_ws = warp::path!("groups" / String / "ws")
+        .and(warp::get())
+        .and(state.clone())
+        .and(credentials())
+        .and(raw_query())
+        .and(upgrade::handshake())
+        .then(|group, app, creds, query, ws| multi::ws::group(app, group, creds, query, ws))
+        .map(unwrap_infallible);
+
+    let many_poll = warp::path!("poll")
+        .and(warp::get())
+        .and(state.clone())
+        .and(credentials())
+        .and(raw_query())
+        .then(multi::poll::list)
+        .map(unwrap_infallible);
+
+    let group_sse = warp::path!("groups" / String / "events")
+        .and(warp::get())
+        .and(state.clone())
+        .and(credentials())
+        .and(last_event_id())
+        .and(raw_query())
+        .and(warp::ext::optional::<StallFlag>())
+        .then(|group, app, creds, last, query, stall| {
+            multi::sse::group(app, group, creds, last, query, stall)
+        })
+        .map(unwrap_infallible);
+
+    let group_poll = warp::path!("groups" / String / "poll")
+        .and(warp::get())
+        .and(state.clone())
+        .and(credentials())
+        .and(raw_query())
+        .then(|group, app, creds, query| multi::poll::group(app, group, creds, query))
+        .map(unwrap_infallible);
+
     let snapshot = warp::path!("jobs" / String)
         .and(warp::get())
         .and(state.clone())
@@ -117,6 +175,16 @@ pub fn routes(
         .or(selftest::routes())
         .or(index)
         .or(files)
+        // Multi-job routes last and boxed: the single-job routes keep the
+        // shallow filter nesting (and poll depth) they had.
+        .or(many_sse
+            .or(many_ws)
+            .or(many_poll)
+            .or(group_sse)
+            .or(group_ws)
+            .or(group_poll)
+            .map(|r| Box::new(r) as Box<dyn Reply>)
+            .boxed())
         .or(cors::preflight(app.clone()))
         .recover(error::recover);
 

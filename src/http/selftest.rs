@@ -37,8 +37,9 @@ use warp::http::{HeaderMap, HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 use warp::{Filter, Rejection};
 
-use crate::error::ApiError;
 use crate::http::client_info::{ClientInfo, client_info};
+use crate::http::error::{ApiError, respond};
+use crate::http::reply::no_store;
 use crate::http::upgrade::{WsHandshake, handshake};
 
 /// Tick events per self-test stream.
@@ -132,12 +133,12 @@ pub fn routes() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone
         .and(with_gate.clone())
         .and(client_info())
         .and(warp::header::headers_cloned())
-        .map(
-            |gate: Arc<Gate>, client, headers: HeaderMap| match gate.admit(client, &headers) {
-                Ok(permit) => buffering(permit, client, &headers),
-                Err(e) => e.into_response(),
-            },
-        );
+        .map(|gate: Arc<Gate>, client, headers: HeaderMap| {
+            respond(
+                gate.admit(client, &headers)
+                    .map(|permit| buffering(permit, client, &headers)),
+            )
+        });
 
     let ws = warp::path!("debug" / "ws")
         .and(warp::get())
@@ -146,11 +147,11 @@ pub fn routes() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone
         .and(warp::header::headers_cloned())
         .and(handshake())
         .map(
-            |gate: Arc<Gate>, client, headers: HeaderMap, hs: WsHandshake| match gate
-                .admit(client, &headers)
-            {
-                Ok(permit) => ws_probe(permit, hs),
-                Err(e) => e.into_response(),
+            |gate: Arc<Gate>, client, headers: HeaderMap, hs: WsHandshake| {
+                respond(
+                    gate.admit(client, &headers)
+                        .map(|permit| ws_probe(permit, hs)),
+                )
             },
         );
 
@@ -159,12 +160,9 @@ pub fn routes() -> impl Filter<Extract = (Response,), Error = Rejection> + Clone
         .and(with_gate)
         .and(client_info())
         .and(warp::header::headers_cloned())
-        .map(
-            |gate: Arc<Gate>, client, headers: HeaderMap| match gate.admit(client, &headers) {
-                Ok(_permit) => poll_probe(),
-                Err(e) => e.into_response(),
-            },
-        );
+        .map(|gate: Arc<Gate>, client, headers: HeaderMap| {
+            respond(gate.admit(client, &headers).map(|_permit| poll_probe()))
+        });
 
     buffering.or(ws).unify().or(poll).unify()
 }
@@ -296,10 +294,7 @@ fn ws_probe(permit: OwnedSemaphorePermit, hs: WsHandshake) -> Response {
 
 fn poll_probe() -> Response {
     let body = json!({"transport": "poll", "sent_at_ms": now_ms()});
-    let mut res = warp::reply::json(&body).into_response();
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+    no_store(warp::reply::json(&body).into_response())
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::num::NonZeroU32;
 use governor::clock::Clock;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-use crate::error::ApiError;
+use crate::limits::LimitError;
 
 pub struct ConnectRate {
     limiter: Option<DefaultDirectRateLimiter>,
@@ -24,7 +24,7 @@ impl ConnectRate {
     }
 
     /// Takes one slot, or says when to come back.
-    pub fn admit(&self) -> Result<(), ApiError> {
+    pub fn admit(&self) -> Result<(), LimitError> {
         let Some(limiter) = &self.limiter else {
             return Ok(());
         };
@@ -33,7 +33,7 @@ impl ConnectRate {
             let retry_after_secs = retry_after(wait.as_secs_f64());
             metrics::counter!("jobcast_connections_refused_total", "reason" => "connect_rate")
                 .increment(1);
-            ApiError::ConnectRate { retry_after_secs }
+            LimitError::ConnectRate { retry_after_secs }
         })
     }
 }
@@ -61,7 +61,7 @@ mod tests {
         let r = ConnectRate::new(5);
         assert!((0..5).all(|_| r.admit().is_ok()));
         match r.admit() {
-            Err(ApiError::ConnectRate { retry_after_secs }) => {
+            Err(LimitError::ConnectRate { retry_after_secs }) => {
                 assert!((1..=2).contains(&retry_after_secs), "{retry_after_secs}")
             }
             other => panic!("expected a refusal, got {other:?}"),

@@ -218,6 +218,30 @@ impl Store {
         }))
     }
 
+    /// The ids of the jobs whose row names `group` (at most `limit`).
+    pub async fn group_jobs(&self, group: &str, limit: usize) -> Result<Vec<String>, sqlx::Error> {
+        sqlx::query_scalar(&format!(
+            "SELECT id FROM {} WHERE group_id = $1 LIMIT $2",
+            self.jobs_table()
+        ))
+        .bind(group)
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await
+    }
+
+    /// The group a job's row names, if any.
+    pub async fn job_group(&self, job: &JobId) -> Result<Option<String>, sqlx::Error> {
+        sqlx::query_scalar(&format!(
+            "SELECT group_id FROM {} WHERE id = $1",
+            self.jobs_table()
+        ))
+        .bind(job.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map(Option::flatten)
+    }
+
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()
     }

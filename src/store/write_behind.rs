@@ -111,7 +111,7 @@ impl WriteBehind {
 
     /// Records `update` as the job's newest state to persist. Never blocks.
     pub fn push(&self, job: &JobId, update: Arc<Update>) {
-        let terminal = update.done.is_some();
+        let terminal = update.is_done();
         // The flusher is woken only when its schedule changes: a job new to the
         // queue, or a terminal state (due at once). A job already queued is on
         // its timer; waking it for every update of a hot job would make it scan
@@ -131,7 +131,7 @@ impl WriteBehind {
                 }
                 Some(slot) => {
                     let old = std::mem::replace(&mut slot.update, update);
-                    if old.done.is_some() {
+                    if old.is_done() {
                         slot.superseded.push(old);
                     } else {
                         old.durable.settle();
@@ -257,7 +257,7 @@ impl WriteBehind {
                 break;
             }
             let ready_at = match pending.written_at.get(job) {
-                Some((at, _)) if !all && slot.update.done.is_none() => *at + MIN_WRITE_INTERVAL,
+                Some((at, _)) if !all && !slot.update.is_done() => *at + MIN_WRITE_INTERVAL,
                 _ => now,
             };
             if ready_at <= now {

@@ -7,16 +7,26 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::event::Update;
+use crate::event::{Stalled, Update};
 use crate::fanout::FeedState;
-use crate::limits::Transport;
 use crate::stream::Opened;
+use crate::stream::Transport;
 
 pub struct FeedCursor {
     rx: watch::Receiver<FeedState>,
     /// The state handed out last, compared by identity: every accepted state is
     /// a new `Arc`, so this needs no id arithmetic.
     last: Option<Arc<Update>>,
+    /// The stall mark handed out last, compared by identity likewise.
+    stalled: Option<Arc<Stalled>>,
+}
+
+/// What changed in a job's feed.
+pub enum FeedChange {
+    /// A newer state.
+    State(Arc<Update>),
+    /// The job's timer found its newest (running) state silent too long.
+    Stalled(Arc<Stalled>),
 }
 
 impl FeedCursor {
@@ -29,21 +39,35 @@ impl FeedCursor {
             .clone()
             .or_else(|| opened.state.latest.clone());
         let last = first.clone();
-        (FeedCursor { rx, last }, first)
+        let cursor = FeedCursor {
+            rx,
+            last,
+            stalled: None,
+        };
+        (cursor, first)
     }
 
-    /// Waits for a state newer than the last one handed out; `None` once the
-    /// feed is gone. Cancel-safe (for `select!`): nothing is consumed until the
-    /// state is returned.
-    pub async fn next(&mut self) -> Option<Arc<Update>> {
+    /// Waits for a state newer than the last one handed out, or a stall mark
+    /// not handed out yet; `None` once the feed is gone. Cancel-safe (for
+    /// `select!`): nothing is consumed until it is returned.
+    pub async fn next(&mut self) -> Option<FeedChange> {
         loop {
             self.rx.changed().await.ok()?;
-            let latest = self.rx.borrow_and_update().latest.clone();
+            let (latest, stalled) = {
+                let state = self.rx.borrow_and_update();
+                (state.latest.clone(), state.stalled.clone())
+            };
             if let Some(update) =
                 latest.filter(|u| !self.last.as_ref().is_some_and(|l| Arc::ptr_eq(l, u)))
             {
                 self.last = Some(update.clone());
-                return Some(update);
+                return Some(FeedChange::State(update));
+            }
+            if let Some(stalled) =
+                stalled.filter(|s| !self.stalled.as_ref().is_some_and(|l| Arc::ptr_eq(l, s)))
+            {
+                self.stalled = Some(stalled.clone());
+                return Some(FeedChange::Stalled(stalled));
             }
         }
     }

@@ -1,5 +1,5 @@
 //! One watcher → one client. [`open`] is the door every transport goes through
-//! (job id → token → limits → join the job's feed → first state → ownership), so
+//! (job id → token (`http::caller`) → limits → join the job's feed → first state → ownership), so
 //! a stream that cannot be opened is refused with its status code before any
 //! event is written. `watcher` runs the stream's lifecycle; `sse`, `ws` and
 //! `poll` turn its steps into bytes, frames or responses.
@@ -8,6 +8,7 @@ pub mod cursor;
 pub mod poll;
 pub mod reconnect;
 pub mod sse;
+pub mod transport;
 pub mod watcher;
 pub mod ws;
 
@@ -17,14 +18,17 @@ use tracing::Span;
 
 use crate::auth::hook::Recheck;
 use crate::auth::policy::{JobFacts, authorize};
-use crate::auth::{AuthError, Claims, Credentials};
+use crate::auth::{Claims, Credentials};
 use crate::config::FIRST_STATE_TIMEOUT;
-use crate::error::ApiError;
 use crate::fanout::FeedState;
+use crate::http::caller::{authenticate, parse_job};
+use crate::http::error::ApiError;
 use crate::hub::Watch;
 use crate::job::JobId;
-use crate::limits::{ConnGuard, Transport};
+use crate::limits::ConnGuard;
 use crate::state::AppState;
+
+pub use transport::Transport;
 
 /// An authorised watcher, holding its job's subscription and its connection slot.
 pub struct Opened {
@@ -44,70 +48,6 @@ impl Opened {
         let now = crate::auth::claims::now_secs();
         Duration::from_secs(self.claims.exp.saturating_sub(now))
     }
-}
-
-pub fn parse_job(raw: &str) -> Result<JobId, ApiError> {
-    JobId::parse(raw).map_err(|e| ApiError::BadRequest(e.to_string()))
-}
-
-/// Verifies the request's token (401 where missing or bad). May wait for one
-/// bounded JWK Set refresh when the token names an unknown `kid`.
-pub async fn verify(app: &AppState, creds: &Credentials) -> Result<Claims, ApiError> {
-    let result = match &creds.token {
-        None => Err(AuthError::Missing),
-        Some((token, _)) => app.verifier.verify_fresh(token.expose()).await,
-    };
-    result.map_err(|e| {
-        metrics::counter!("jobcast_auth_failures_total", "reason" => e.reason()).increment(1);
-        ApiError::Unauthorized(e)
-    })
-}
-
-/// Who the caller is: a valid JWT's claims, else — where `JOBCAST_AUTH_URL`
-/// is set — what the app says of the request's own headers (cookie), with the
-/// re-check an open stream needs. A WebSocket from a foreign origin is never
-/// vouched for by the app: its cookies come along with any cross-site page
-/// (cross-site WebSocket hijacking).
-pub async fn authenticate(
-    app: &AppState,
-    creds: &Credentials,
-    job: &JobId,
-    transport: Option<Transport>,
-) -> Result<(Claims, Option<Recheck>), ApiError> {
-    let Some(hook) = &app.auth_hook else {
-        return Ok((verify(app, creds).await?, None));
-    };
-    if let Some((token, _)) = &creds.token
-        && let Ok(claims) = app.verifier.verify_fresh(token.expose()).await
-    {
-        return Ok((claims, None));
-    }
-    if transport == Some(Transport::Ws)
-        && let Some(origin) = &creds.origin
-        && !app.origin_allowed(origin, creds.host.as_deref())
-    {
-        metrics::counter!("jobcast_auth_failures_total", "reason" => "origin").increment(1);
-        return Err(ApiError::Forbidden(format!(
-            "origin {origin} may not open a WebSocket with this session"
-        )));
-    }
-    let forwarded = hook.forwarded(&creds.headers.0);
-    let decision = hook.decide(&forwarded, job).await;
-    let (claims, period) = crate::auth::hook::into_claims(decision, job).inspect_err(|e| {
-        let reason = match e.code() {
-            "unauthorized" => "session_refused",
-            "forbidden" => "app_forbidden",
-            _ => "hook_unavailable",
-        };
-        metrics::counter!("jobcast_auth_failures_total", "reason" => reason).increment(1);
-    })?;
-    let recheck = Recheck {
-        hook: hook.clone(),
-        forwarded,
-        job: job.clone(),
-        period,
-    };
-    Ok((claims, Some(recheck)))
 }
 
 /// Opens a watcher on `raw_job` for the request's caller, or says why not.
@@ -140,8 +80,8 @@ pub async fn open(
             },
         )
     {
-        metrics::counter!("jobcast_auth_failures_total", "reason" => "not_owner").increment(1);
-        return Err(e);
+        metrics::counter!("jobcast_auth_failures_total", "reason" => e.reason()).increment(1);
+        return Err(e.into());
     }
     let guard = app.limits.acquire(&claims.sub, transport)?;
     let watch = app.hub.join(job.clone());
@@ -156,13 +96,8 @@ pub async fn open(
         owner: state.owner(),
     };
     if let Err(e) = authorize(&claims, &job, facts) {
-        let reason = if e.code() == "not_found" {
-            "unknown_job"
-        } else {
-            "not_owner"
-        };
-        metrics::counter!("jobcast_auth_failures_total", "reason" => reason).increment(1);
-        return Err(e);
+        metrics::counter!("jobcast_auth_failures_total", "reason" => e.reason()).increment(1);
+        return Err(e.into());
     }
     Ok(Opened {
         job,

@@ -6,16 +6,17 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
-use warp::http::{HeaderValue, StatusCode, header};
+use warp::http::{HeaderValue, StatusCode};
 use warp::reply::{Reply, Response};
 
 use crate::auth::Credentials;
 use crate::auth::credentials::query_param;
 use crate::config::{POLL_DEFAULT_TIMEOUT_SECS, POLL_MAX_TIMEOUT_SECS};
-use crate::error::ApiError;
 use crate::event::Update;
-use crate::limits::Transport;
+use crate::http::error::{ApiError, respond};
+use crate::http::reply::{json_document, no_store};
 use crate::state::SharedState;
+use crate::stream::Transport;
 use crate::stream::cursor::{delivered, is_news, seen_id};
 use crate::stream::watcher::{CloseReason, JobStep, JobWatch};
 use crate::stream::{closed, open};
@@ -26,13 +27,10 @@ pub async fn handle(
     creds: Credentials,
     query: String,
 ) -> Result<Response, Infallible> {
-    Ok(match poll(app, job, creds, query).await {
-        Ok(res) => res,
-        Err(e) => e.into_response(),
-    })
+    Ok(respond(poll(app, job, creds, query).await))
 }
 
-fn parse_timeout(query: &str) -> Result<Duration, ApiError> {
+pub fn parse_timeout(query: &str) -> Result<Duration, ApiError> {
     let secs = match query_param(query, "timeout") {
         None => POLL_DEFAULT_TIMEOUT_SECS,
         Some(t) => t
@@ -80,7 +78,7 @@ async fn poll(
 /// A terminal document is answered once it is durable (bounded), as `done` on a
 /// stream is: a client that stops polling at `X-Jobcast-Done` finds the row final.
 async fn answer(update: &Update) -> Response {
-    if update.done.is_some() {
+    if update.is_done() {
         update.durable.wait(crate::event::DURABLE_WAIT).await;
     }
     document(update)
@@ -88,28 +86,19 @@ async fn answer(update: &Update) -> Response {
 
 fn document(update: &Update) -> Response {
     delivered(update, Transport::Poll);
-    let mut res = Response::new(update.doc.json.clone().into());
+    let mut res = json_document(update.doc.json.clone());
     let h = res.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     if let Ok(v) = HeaderValue::from_str(&update.id) {
         h.insert("x-jobcast-event-id", v);
     }
-    if update.done.is_some() {
+    if update.is_done() {
         h.insert("x-jobcast-done", HeaderValue::from_static("true"));
     }
     res
 }
 
-fn no_content() -> Response {
-    let mut res =
-        warp::reply::with_status(warp::reply::reply(), StatusCode::NO_CONTENT).into_response();
-    res.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    res
+pub fn no_content() -> Response {
+    no_store(warp::reply::with_status(warp::reply::reply(), StatusCode::NO_CONTENT).into_response())
 }
 
 #[cfg(test)]

@@ -14,10 +14,10 @@ use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 
 use crate::auth::Credentials;
+use crate::event::{Frames, Update};
 use crate::http::stall::StallFlag;
-use crate::job::JobId;
-use crate::limits::Transport;
 use crate::state::SharedState;
+use crate::stream::Transport;
 use crate::stream::cursor::{delivered, seen_id};
 use crate::stream::watcher::{CloseReason, Step, Watcher};
 use crate::stream::{Opened, closed, open, reconnect};
@@ -109,7 +109,7 @@ impl SseWriter {
             self.preamble_sent = true;
             let s = &self.app.settings;
             return Some(sse_preamble(
-                &self.opened.job,
+                &json!({"job_id": self.opened.job.as_str()}),
                 reconnect::stream_retry_ms(s),
                 s.sse_padding,
             ));
@@ -117,9 +117,10 @@ impl SseWriter {
         Some(match self.watcher.next().await? {
             Step::Progress(update) => {
                 delivered(&update, Transport::Sse);
-                update.sse.clone()
+                frames(&update).progress.clone()
             }
-            Step::Done(update) => update.done.as_ref()?.0.clone(),
+            Step::Done(update) => frames(&update).done.clone()?,
+            Step::Stalled(stalled) => stalled.sse.clone(),
             Step::Heartbeat => Bytes::from_static(SSE_PING),
             Step::Expired => sse_error("token_expired"),
             Step::Revoked => sse_error("forbidden"),
@@ -129,8 +130,27 @@ impl SseWriter {
     }
 }
 
-/// The start of every SSE stream: `retry:`, optional padding, `connected`.
-pub fn sse_preamble(job: &JobId, retry_ms: u64, padding: usize) -> Bytes {
+/// This update's SSE bytes, encoded by the first SSE watcher that sends it and
+/// shared by every other.
+pub fn frames(update: &Update) -> &Frames {
+    update.wire.sse.get_or_init(|| encode(update))
+}
+
+/// `id: N\nevent: progress\ndata: {...}\n\n`, and for a terminal document
+/// `event: done\ndata: {"job_id":...,"status":...}\n\n`.
+fn encode(update: &Update) -> Frames {
+    Frames {
+        progress: update.splice(b"id: ", b"\nevent: progress\ndata: ", b"\n\n"),
+        done: update.is_done().then(|| {
+            let data = json!({"job_id": update.job.as_str(), "status": update.status()});
+            Bytes::from(format!("event: done\ndata: {data}\n\n"))
+        }),
+    }
+}
+
+/// The start of every SSE stream: `retry:`, optional padding, `connected`
+/// (with `data` naming the job, or the jobs of a multi-job stream).
+pub fn sse_preamble(connected: &serde_json::Value, retry_ms: u64, padding: usize) -> Bytes {
     let mut b = BytesMut::with_capacity(64 + padding);
     b.put_slice(format!("retry: {retry_ms}\n\n").as_bytes());
     if padding > 0 {
@@ -138,8 +158,7 @@ pub fn sse_preamble(job: &JobId, retry_ms: u64, padding: usize) -> Bytes {
         b.put_bytes(b' ', padding);
         b.put_slice(b"\n\n");
     }
-    let data = json!({"job_id": job.as_str()});
-    b.put_slice(format!("event: connected\ndata: {data}\n\n").as_bytes());
+    b.put_slice(format!("event: connected\ndata: {connected}\n\n").as_bytes());
     b.freeze()
 }
 
@@ -162,9 +181,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn sse_encodes_progress_once_and_done_when_terminal() {
+        let u = Update::for_tests(r#"{"seq":42}"#);
+        let f = frames(&u);
+        assert_eq!(
+            &f.progress[..],
+            b"id: 42\nevent: progress\ndata: {\"seq\":42}\n\n"
+        );
+        assert!(
+            f.done.is_none() && std::ptr::eq(f, frames(&u)),
+            "one encoding"
+        );
+        let u = Update::for_tests(r#"{"status":"completed"}"#);
+        assert_eq!(
+            &frames(&u).done.clone().unwrap()[..],
+            b"event: done\ndata: {\"job_id\":\"j1\",\"status\":\"completed\"}\n\n"
+        );
+    }
+
+    #[test]
     fn preamble_pads_after_retry() {
-        let job = JobId::parse("j1").unwrap();
-        let p = sse_preamble(&job, 2000, 10);
+        let p = sse_preamble(&json!({"job_id": "j1"}), 2000, 10);
         let text = std::str::from_utf8(&p).unwrap();
         assert!(text.starts_with("retry: 2000\n\n:          \n\nevent: connected\n"));
     }

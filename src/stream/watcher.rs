@@ -13,10 +13,10 @@ use std::sync::Arc;
 use tokio::time::{Interval, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
-use crate::event::{self, Update};
+use crate::event::{self, Stalled, Update};
 use crate::job::JobId;
 use crate::state::AppState;
-use crate::stream::cursor::{FeedCursor, is_news};
+use crate::stream::cursor::{FeedChange, FeedCursor, is_news};
 use crate::stream::{Opened, heartbeat_timer, revocation};
 
 /// Why a stream ended: the `reason` label of `jobcast_connections_closed_total`.
@@ -72,6 +72,8 @@ pub enum JobStep {
     /// The job ended: its terminal state is durable (or the bounded wait is
     /// over), `done` may be sent.
     Done(Arc<Update>),
+    /// The job went silent for its stall period (until its next state).
+    Stalled(Arc<Stalled>),
 }
 
 /// One job as one client sees it.
@@ -98,7 +100,7 @@ impl JobWatch {
         if let Some(update) = first {
             if is_news(&update, seen) {
                 watch.first = Some(update);
-            } else if update.done.is_some() {
+            } else if update.is_done() {
                 watch.owed_done = Some(update);
             }
         }
@@ -127,9 +129,12 @@ impl JobWatch {
         }
         let update = match self.first.take() {
             Some(update) => update,
-            None => self.cursor.next().await?,
+            None => match self.cursor.next().await? {
+                FeedChange::State(update) => update,
+                FeedChange::Stalled(stalled) => return Some(JobStep::Stalled(stalled)),
+            },
         };
-        if update.done.is_some() {
+        if update.is_done() {
             self.owed_done = Some(update.clone());
         }
         Some(JobStep::Progress(update))
@@ -141,6 +146,8 @@ pub enum Step {
     Progress(Arc<Update>),
     /// Send `done`, then end.
     Done(Arc<Update>),
+    /// The job went silent: say so.
+    Stalled(Arc<Stalled>),
     /// Time to show the connection is alive.
     Heartbeat,
     /// The token expired: say so and end.
@@ -157,7 +164,7 @@ impl Step {
     /// Why the stream ends after this step, if it does.
     pub fn close_reason(&self) -> Option<CloseReason> {
         match self {
-            Step::Progress(_) | Step::Heartbeat => None,
+            Step::Progress(_) | Step::Heartbeat | Step::Stalled(_) => None,
             Step::Done(_) => Some(CloseReason::Done),
             Step::Expired => Some(CloseReason::TokenExpired),
             Step::Revoked => Some(CloseReason::Revoked),
@@ -167,15 +174,66 @@ impl Step {
     }
 }
 
-/// A streaming watcher: its job, and the timers and signals that end it.
-pub struct Watcher {
-    pub job: JobWatch,
+/// What punctuates or ends any stream, whatever it carries.
+pub enum Signal {
+    Heartbeat,
+    Expired,
+    Revoked,
+    Shutdown,
+}
+
+impl From<Signal> for Step {
+    fn from(signal: Signal) -> Step {
+        match signal {
+            Signal::Heartbeat => Step::Heartbeat,
+            Signal::Expired => Step::Expired,
+            Signal::Revoked => Step::Revoked,
+            Signal::Shutdown => Step::Shutdown,
+        }
+    }
+}
+
+/// The timers and signals of one stream, shared by single-job watchers and
+/// multi-job streams: heartbeat, the token's expiry, a revoked session, the
+/// drain.
+pub struct Lifecycle {
     heartbeat: Interval,
     expiry: Pin<Box<Sleep>>,
     /// The app revoked the session (auth hook callers only).
     revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
     /// Registered once with the shutdown token, not on every poll.
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+}
+
+impl Lifecycle {
+    pub fn new(
+        app: &AppState,
+        token_ttl: std::time::Duration,
+        revoked: Pin<Box<dyn Future<Output = ()> + Send>>,
+    ) -> Lifecycle {
+        Lifecycle {
+            heartbeat: heartbeat_timer(app.settings.heartbeat()),
+            expiry: Box::pin(tokio::time::sleep(token_ttl)),
+            revoked,
+            shutdown: Box::pin(app.shutdown.clone().cancelled_owned()),
+        }
+    }
+
+    /// The next signal. Cancel-safe.
+    pub async fn next(&mut self) -> Signal {
+        tokio::select! {
+            _ = &mut self.shutdown => Signal::Shutdown,
+            _ = &mut self.expiry => Signal::Expired,
+            _ = &mut self.revoked => Signal::Revoked,
+            _ = self.heartbeat.tick() => Signal::Heartbeat,
+        }
+    }
+}
+
+/// A streaming watcher: its job, and the timers and signals that end it.
+pub struct Watcher {
+    pub job: JobWatch,
+    lifecycle: Lifecycle,
     /// Set once a step ended the stream: nothing follows.
     ended: Option<CloseReason>,
 }
@@ -184,10 +242,7 @@ impl Watcher {
     pub fn new(app: &AppState, opened: &mut Opened, seen: Option<&str>) -> Watcher {
         Watcher {
             job: JobWatch::start(opened, seen),
-            heartbeat: heartbeat_timer(app.settings.heartbeat()),
-            expiry: Box::pin(tokio::time::sleep(opened.token_ttl())),
-            revoked: revocation(opened),
-            shutdown: Box::pin(app.shutdown.clone().cancelled_owned()),
+            lifecycle: Lifecycle::new(app, opened.token_ttl(), revocation(opened)),
             ended: None,
         }
     }
@@ -209,10 +264,7 @@ impl Watcher {
             job_step(self.job.next().await)
         } else {
             tokio::select! {
-                _ = &mut self.shutdown => Step::Shutdown,
-                _ = &mut self.expiry => Step::Expired,
-                _ = &mut self.revoked => Step::Revoked,
-                _ = self.heartbeat.tick() => Step::Heartbeat,
+                signal = self.lifecycle.next() => signal.into(),
                 next = self.job.next() => job_step(next),
             }
         };
@@ -225,6 +277,7 @@ fn job_step(step: Option<JobStep>) -> Step {
     match step {
         Some(JobStep::Progress(update)) => Step::Progress(update),
         Some(JobStep::Done(update)) => Step::Done(update),
+        Some(JobStep::Stalled(stalled)) => Step::Stalled(stalled),
         None => Step::FeedClosed,
     }
 }

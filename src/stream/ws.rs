@@ -11,6 +11,7 @@
 use std::convert::Infallible;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -25,25 +26,26 @@ use warp::reply::{Reply, Response};
 
 use crate::auth::credentials::WS_PROTOCOL;
 use crate::auth::{Credentials, TokenSource};
-use crate::error::ApiError;
+use crate::event::{Frames, Update};
+use crate::http::error::ApiError;
 use crate::http::upgrade::WsHandshake;
 use crate::job::JobId;
-use crate::limits::Transport;
 use crate::state::SharedState;
+use crate::stream::Transport;
 use crate::stream::cursor::{delivered, seen_id};
 use crate::stream::watcher::{CloseReason, Step, Watcher};
 use crate::stream::{Opened, closed, open, reconnect};
 
 /// Pings a client may leave unanswered before the connection is closed.
-const MAX_MISSED_PONGS: u32 = 2;
+pub(crate) const MAX_MISSED_PONGS: u32 = 2;
 /// Bound on writing one frame; a client that accepts nothing for this long is gone.
-const WS_SEND_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const WS_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest message a client may send (it has nothing to say but pongs).
 const WS_MAX_CLIENT_MESSAGE: usize = 4096;
 /// Read buffer per connection: client frames are pongs and closes.
 const WS_READ_BUFFER: usize = 4096;
 
-type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
@@ -60,21 +62,9 @@ pub async fn handle(
     last_event_id: Option<String>,
     handshake: WsHandshake,
 ) -> Result<Response, Infallible> {
-    // Cross-site WebSocket hijacking: a browser sends cookies with any upgrade, so
-    // a cookie-borne token is only honoured from our own or an allowed origin.
-    if let (Some((_, TokenSource::Cookie)), Some(origin)) = (&creds.token, &creds.origin)
-        && !app.origin_allowed(origin, creds.host.as_deref())
-    {
-        metrics::counter!("jobcast_auth_failures_total", "reason" => "origin").increment(1);
-        return Ok(
-            ApiError::Forbidden(format!("origin {origin} may not use the cookie token"))
-                .into_response(),
-        );
-    }
-    let Some(on_upgrade) = handshake.slot.as_ref().and_then(|s| s.take()) else {
-        return Ok(
-            ApiError::BadRequest("this connection cannot be upgraded".into()).into_response(),
-        );
+    let on_upgrade = match upgrade_slot(&app, &creds, &handshake) {
+        Ok(on) => on,
+        Err(e) => return Ok(e.into_response()),
     };
     let opened = match open(&app, &job, &creds, Transport::Ws).await {
         Ok(o) => o,
@@ -83,24 +73,60 @@ pub async fn handle(
     let span = opened.span.clone();
     tokio::spawn(
         async move {
-            match on_upgrade.await {
-                Ok(upgraded) => {
-                    let socket = WebSocketStream::from_raw_socket(
-                        TokioIo::new(upgraded),
-                        Role::Server,
-                        Some(socket_config()),
-                    )
-                    .await;
-                    run(app, opened, socket, last_event_id).await;
-                }
-                Err(e) => {
-                    closed(Transport::Ws, CloseReason::UpgradeFailed);
-                    tracing::debug!(error = %e, "websocket upgrade failed");
-                }
+            if let Some(socket) = accept(on_upgrade).await {
+                run(app, opened, socket, last_event_id).await;
             }
         }
         .instrument(span),
     );
+    Ok(switching_protocols(&handshake, &creds))
+}
+
+/// Takes the connection's pending upgrade, refusing a cookie-borne token from
+/// a foreign origin first. Cross-site WebSocket hijacking: a browser sends
+/// cookies with any upgrade, so a cookie token is only honoured from our own
+/// or an allowed origin.
+pub(crate) fn upgrade_slot(
+    app: &SharedState,
+    creds: &Credentials,
+    handshake: &WsHandshake,
+) -> Result<hyper::upgrade::OnUpgrade, ApiError> {
+    if let (Some((_, TokenSource::Cookie)), Some(origin)) = (&creds.token, &creds.origin)
+        && !app.origin_allowed(origin, creds.host.as_deref())
+    {
+        metrics::counter!("jobcast_auth_failures_total", "reason" => "origin").increment(1);
+        return Err(ApiError::Forbidden(format!(
+            "origin {origin} may not use the cookie token"
+        )));
+    }
+    handshake
+        .slot
+        .as_ref()
+        .and_then(|s| s.take())
+        .ok_or_else(|| ApiError::BadRequest("this connection cannot be upgraded".into()))
+}
+
+/// The socket, once the `101` went out; `None` (counted) where the upgrade failed.
+pub(crate) async fn accept(on_upgrade: hyper::upgrade::OnUpgrade) -> Option<Socket> {
+    match on_upgrade.await {
+        Ok(upgraded) => Some(
+            WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(socket_config()),
+            )
+            .await,
+        ),
+        Err(e) => {
+            closed(Transport::Ws, CloseReason::UpgradeFailed);
+            tracing::debug!(error = %e, "websocket upgrade failed");
+            None
+        }
+    }
+}
+
+/// The `101 Switching Protocols` answer to a handshake.
+pub(crate) fn switching_protocols(handshake: &WsHandshake, creds: &Credentials) -> Response {
     let mut res = Response::default();
     *res.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let h = res.headers_mut();
@@ -115,7 +141,7 @@ pub async fn handle(
             HeaderValue::from_static(WS_PROTOCOL),
         );
     }
-    Ok(res)
+    res
 }
 
 async fn run(app: SharedState, mut opened: Opened, socket: Socket, last_event_id: Option<String>) {
@@ -148,16 +174,17 @@ async fn serve(
             step = watcher.next() => match step {
                 None | Some(Step::FeedClosed) => return CloseReason::FeedClosed,
                 Some(Step::Progress(update)) => {
-                    send!(text(&update.ws));
+                    send!(text(&frames(&update).progress));
                     delivered(&update, Transport::Ws);
                 }
                 Some(Step::Done(update)) => {
-                    if let Some((_, done)) = &update.done {
+                    if let Some(done) = &frames(&update).done {
                         send!(text(done));
                     }
                     let _ = tx.send(close(CloseCode::Normal, "done")).await;
                     return CloseReason::Done;
                 }
+                Some(Step::Stalled(stalled)) => send!(text(&stalled.ws)),
                 Some(Step::Heartbeat) => {
                     if missed_pongs >= MAX_MISSED_PONGS {
                         let _ = tx.send(close(CloseCode::Away, "no pong")).await;
@@ -202,18 +229,61 @@ pub fn ws_error(code: &str) -> String {
     json!({"event": "error", "error": code}).to_string()
 }
 
+/// This update's WebSocket text, encoded by the first WebSocket watcher that
+/// sends it and shared by every other.
+pub fn frames(update: &Update) -> &Frames {
+    update.wire.ws.get_or_init(|| encode(update))
+}
+
+/// `{"event":"progress","id":"N","data":{...}}`, and for a terminal document
+/// `{"event":"done","job_id":...,"status":...}`.
+fn encode(update: &Update) -> Frames {
+    Frames {
+        progress: update.splice(b"{\"event\":\"progress\",\"id\":\"", b"\",\"data\":", b"}"),
+        done: update.is_done().then(|| {
+            let done =
+                json!({"event": "done", "job_id": update.job.as_str(), "status": update.status()});
+            Bytes::from(done.to_string())
+        }),
+    }
+}
+
 /// A text frame over the job's shared encoding: no copy per watcher. The bytes
-/// were built from valid UTF-8 JSON by `event::Update::encode`.
-fn text(bytes: &bytes::Bytes) -> Message {
+/// were built from valid UTF-8 JSON.
+pub(crate) fn text(bytes: &bytes::Bytes) -> Message {
     match Utf8Bytes::try_from(bytes.clone()) {
         Ok(t) => Message::Text(t),
         Err(_) => Message::Text(String::from_utf8_lossy(bytes).into_owned().into()),
     }
 }
 
-fn close(code: CloseCode, reason: impl Into<Utf8Bytes>) -> Message {
+pub(crate) fn close(code: CloseCode, reason: impl Into<Utf8Bytes>) -> Message {
     Message::Close(Some(CloseFrame {
         code,
         reason: reason.into(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ws_encodes_progress_once_and_done_when_terminal() {
+        let u = Update::for_tests(r#"{"seq":42}"#);
+        let f = frames(&u);
+        let ws: serde_json::Value = serde_json::from_slice(&f.progress).unwrap();
+        assert_eq!(ws, json!({"event":"progress","id":"42","data":{"seq":42}}));
+        assert!(
+            f.done.is_none() && std::ptr::eq(f, frames(&u)),
+            "one encoding"
+        );
+        let u = Update::for_tests(r#"{"status":"completed"}"#);
+        let done: serde_json::Value =
+            serde_json::from_slice(&frames(&u).done.clone().unwrap()).unwrap();
+        assert_eq!(
+            done,
+            json!({"event":"done","job_id":"j1","status":"completed"})
+        );
+    }
 }

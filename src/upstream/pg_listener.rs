@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 use crate::event::Source;
 use crate::fanout::Feed;
 use crate::job::{JobId, ProgressDoc};
+use crate::multi::groups::Groups;
 use crate::store::{Store, StoredJob};
 use crate::upstream::Ended;
 use crate::upstream::backoff::Backoff;
@@ -43,16 +44,24 @@ const RESYNC_CONCURRENCY: usize = 4;
 pub struct PgListener {
     loader: Arc<Loader>,
     store: Store,
+    /// A row whose `group_id` names a watched group adds its job there.
+    groups: Arc<Groups>,
     /// Is the Redis pub/sub connection up? Decides what a row without `seq` means
     /// (see [`PgListener::is_echo`]).
     redis_up: Arc<AtomicBool>,
 }
 
 impl PgListener {
-    pub fn new(loader: Arc<Loader>, store: Store, redis_up: Arc<AtomicBool>) -> Self {
+    pub fn new(
+        loader: Arc<Loader>,
+        store: Store,
+        groups: Arc<Groups>,
+        redis_up: Arc<AtomicBool>,
+    ) -> Self {
         PgListener {
             loader,
             store,
+            groups,
             redis_up,
         }
     }
@@ -137,11 +146,26 @@ impl PgListener {
             debug!(payload, "NOTIFY payload is not a job id; ignored");
             return;
         };
+        if self.groups.any_watched() {
+            self.join_group(&job).await;
+        }
         let Some(feed) = self.loader.feed(job.as_str()) else {
             debug!(job = %job, "NOTIFY for a job without watchers here; ignored");
             return;
         };
         self.refresh(&feed).await;
+    }
+
+    /// Adds the job to its row's group, where that group has streams here
+    /// (one query per NOTIFY, and only while some group is watched).
+    async fn join_group(&self, job: &JobId) {
+        match self.store.job_group(job).await {
+            Ok(Some(group)) if self.groups.is_watched(&group) => {
+                self.groups.add_members(&group, [job.clone()]);
+            }
+            Ok(_) => {}
+            Err(e) => debug!(job = %job, error = %e, "could not read the job's group"),
+        }
     }
 
     /// Re-reads every watched job's row (after a (re)connect).

@@ -11,6 +11,10 @@
 //! when they name another one (failover) the listener moves there at once the
 //! same way, after re-applying the keyspace flags on it.
 //!
+//! For every group with group streams it holds one more: the keyspace
+//! channel of the group's set, `__keyspace@<db>__:GROUP_PREFIX{group}`; an
+//! event there asks the group registry to read the set's members again.
+//!
 //! A SUBSCRIBE that Redis refuses for one job (an ACL that allows only some
 //! channels) or leaves unanswered on a connection that still answers PING is
 //! that job's problem, not the connection's: it is reported, the job is still
@@ -31,9 +35,12 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::config::Settings;
 use crate::event::Source;
 use crate::fanout::Feed;
 use crate::job::JobId;
+use crate::multi::groups::{GroupCmd, Groups};
+use crate::multi::list::GroupName;
 use crate::upstream::Ended;
 use crate::upstream::UpstreamCmd;
 use crate::upstream::backoff::Backoff;
@@ -92,6 +99,9 @@ pub struct RedisListener {
     keyspace: Arc<KeyspaceMonitor>,
     prefix: String,
     keyspace_prefix: String,
+    groups: Arc<Groups>,
+    /// `__keyspace@<db>__:GROUP_PREFIX`.
+    group_keyspace_prefix: String,
     /// Shared with `/readyz` and the metrics: is the pub/sub connection up?
     up: Arc<AtomicBool>,
 }
@@ -101,11 +111,12 @@ impl RedisListener {
         loader: Arc<Loader>,
         reader: RedisReader,
         endpoint: PubSubEndpoint,
-        db: i64,
-        prefix: &str,
+        settings: &Settings,
         up: Arc<AtomicBool>,
         keyspace: Arc<KeyspaceMonitor>,
+        groups: Arc<Groups>,
     ) -> anyhow::Result<Self> {
+        let (db, prefix) = (settings.redis_db(), settings.key_prefix.as_str());
         Ok(RedisListener {
             loader,
             reader,
@@ -113,8 +124,38 @@ impl RedisListener {
             keyspace,
             prefix: prefix.to_owned(),
             keyspace_prefix: format!("__keyspace@{db}__:{prefix}"),
+            group_keyspace_prefix: format!("__keyspace@{db}__:{}", groups.prefix()),
+            groups,
             up,
         })
+    }
+
+    /// The keyspace channel of a group's set.
+    fn group_channel(&self, group: &GroupName) -> String {
+        format!("{}{}", self.group_keyspace_prefix, group.as_str())
+    }
+
+    /// Reads a group's members again, off the listener's path.
+    fn load_group(&self, group: GroupName) {
+        let groups = self.groups.clone();
+        tokio::spawn(async move { groups.load(&group).await });
+    }
+
+    /// Subscribes a group's set channel and then reads its members; only a
+    /// lost connection is an `Err` (a refused one is still read, and its
+    /// keyspace events missed until the next reconnect: logged).
+    async fn subscribe_group(&self, sink: &mut PubSubSink, group: GroupName) -> Result<(), Ended> {
+        let result = bounded(sink.subscribe(self.group_channel(&group))).await;
+        self.load_group(group.clone());
+        match result {
+            Ok(()) => Ok(()),
+            Err(SubscribeError::Lost(e)) => Err(Ended::Lost(e)),
+            Err(SubscribeError::Refused(e)) => {
+                warn!(group = %group, error = %e, "redis refused the group set's SUBSCRIBE; members are read at start only");
+                Ok(())
+            }
+            Err(SubscribeError::TimedOut) => bounded_ping(sink).await.map_err(Ended::Lost),
+        }
     }
 
     /// `__keyspace@<db>__:PREFIX`.
@@ -139,6 +180,7 @@ impl RedisListener {
     pub async fn run(
         self,
         mut cmds: mpsc::UnboundedReceiver<UpstreamCmd>,
+        mut group_cmds: mpsc::UnboundedReceiver<GroupCmd>,
         shutdown: CancellationToken,
     ) {
         let mut backoff = Backoff::default();
@@ -159,7 +201,14 @@ impl RedisListener {
                     }
                     let (sink, stream) = pubsub.split();
                     match self
-                        .serve(sink, stream, switches, &mut cmds, &mut refused, &shutdown)
+                        .serve(
+                            (sink, stream),
+                            switches,
+                            &mut cmds,
+                            &mut group_cmds,
+                            &mut refused,
+                            &shutdown,
+                        )
                         .await
                     {
                         Ended::Shutdown => return,
@@ -203,6 +252,11 @@ impl RedisListener {
                         Some(UpstreamCmd::Unsubscribe(_)) => {}
                         None => return,
                     },
+                    Some(cmd) = group_cmds.recv() => {
+                        if let GroupCmd::Subscribe(group) = cmd {
+                            self.load_group(group);
+                        }
+                    }
                 }
             }
         }
@@ -210,10 +264,10 @@ impl RedisListener {
 
     async fn serve(
         &self,
-        mut sink: PubSubSink,
-        mut stream: PubSubStream,
+        (mut sink, mut stream): (PubSubSink, PubSubStream),
         mut switches: Switches,
         cmds: &mut mpsc::UnboundedReceiver<UpstreamCmd>,
+        group_cmds: &mut mpsc::UnboundedReceiver<GroupCmd>,
         refused: &mut Refused,
         shutdown: &CancellationToken,
     ) -> Ended {
@@ -241,6 +295,11 @@ impl RedisListener {
                     }
                 }
                 Err(SubscribeError::Lost(e)) => return Ended::Lost(e),
+            }
+        }
+        for group in self.groups.watched() {
+            if let Err(Ended::Lost(e)) = self.subscribe_group(&mut sink, group).await {
+                return Ended::Lost(e);
             }
         }
         self.set_up(true);
@@ -282,6 +341,25 @@ impl RedisListener {
                         }
                     }
                     None => return Ended::Shutdown,
+                },
+                Some(cmd) = group_cmds.recv() => match cmd {
+                    GroupCmd::Subscribe(group) => {
+                        if let Err(lost) = self.subscribe_group(&mut sink, group).await {
+                            return lost;
+                        }
+                    }
+                    GroupCmd::Unsubscribe(group) => {
+                        if self.groups.is_watched(group.as_str()) {
+                            continue;
+                        }
+                        match bounded(sink.unsubscribe(self.group_channel(&group))).await {
+                            Ok(()) | Err(SubscribeError::Refused(_)) => {}
+                            Err(SubscribeError::TimedOut) => {
+                                return Ended::Lost(format!("no answer to UNSUBSCRIBE within {SUBSCRIBE_TIMEOUT:?}"));
+                            }
+                            Err(SubscribeError::Lost(e)) => return Ended::Lost(e),
+                        }
+                    }
                 },
                 Some(feed) = refused.due.recv() => {
                     // Still watched by the same watchers' feed? Else nothing to do.
@@ -376,7 +454,15 @@ impl RedisListener {
 
     fn dispatch(&self, msg: &redis::Msg) {
         let channel = msg.get_channel_name();
-        if let Some(job) = channel.strip_prefix(&self.keyspace_prefix) {
+        // Groups first: a group prefix may extend the job prefix.
+        if let Some(group) = channel.strip_prefix(&self.group_keyspace_prefix) {
+            metrics::counter!("jobcast_redis_events_total", "source" => "group").increment(1);
+            if self.groups.is_watched(group)
+                && let Ok(group) = GroupName::parse(group)
+            {
+                self.load_group(group);
+            }
+        } else if let Some(job) = channel.strip_prefix(&self.keyspace_prefix) {
             metrics::counter!("jobcast_redis_events_total", "source" => "keyspace").increment(1);
             if !changes_value(msg.get_payload_bytes()) {
                 return;

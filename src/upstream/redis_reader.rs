@@ -100,6 +100,9 @@ impl RedisReader {
         format!("{}{}", self.prefix, job.as_str())
     }
 
+    /// The reader's commands connection (a pool, a cluster client or the
+    /// Sentinel-tracked primary), shared with the `KeyspaceMonitor`, readiness
+    /// and the publisher instead of opening another.
     pub fn commands(&self) -> &Commands {
         &self.commands
     }

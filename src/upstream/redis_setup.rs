@@ -1,5 +1,6 @@
 //! The server's `notify-keyspace-events` flags: jobcast needs `K` (keyspace
-//! channel), `$` (strings), `h` (hashes), `g` (del, expire...) and `x` (expired).
+//! channel), `$` (strings), `h` (hashes), `s` (sets: group membership), `g`
+//! (del, expire...) and `x` (expired).
 //! Checked at start and again every `JOBCAST_REDIS_CHECK_SECS`, because another
 //! application may turn them off at any time (`CONFIG SET notify-keyspace-events
 //! Ex`) and a restarted Redis forgets a CONFIG SET. Missing flags are added back
@@ -18,7 +19,7 @@ use tracing::{info, warn};
 use crate::upstream::redis_conn::{Commands, Conn};
 
 /// Flags jobcast needs, as in the Redis documentation of keyspace events.
-pub const NEEDED_FLAGS: &str = "K$hgx";
+pub const NEEDED_FLAGS: &str = "K$hgsx";
 /// Bound on one check (CONFIG GET, and CONFIG SET where needed).
 const CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -154,7 +155,7 @@ impl KeyspaceMonitor {
             Finding::Failed(error) if changed => {
                 warn!(error = %error,
                     "could not check or set redis `notify-keyspace-events` (CONFIG refused or redis down); \
-                     set `notify-keyspace-events K$hgx` on the server, else only job channels, Postgres \
+                     set `notify-keyspace-events K$hgsx` on the server, else only job channels, Postgres \
                      and the periodic re-read push updates");
             }
             Finding::Missing { .. } | Finding::Failed(_) => {}
@@ -228,10 +229,10 @@ mod tests {
 
     #[test]
     fn reports_missing_flags() {
-        assert_eq!(missing_flags(""), "K$hgx");
+        assert_eq!(missing_flags(""), "K$hgsx");
         assert_eq!(missing_flags("KA"), "");
         assert_eq!(missing_flags("A"), "K");
-        assert_eq!(missing_flags("Ex"), "K$hg");
-        assert_eq!(missing_flags("K$hgx"), "");
+        assert_eq!(missing_flags("Ex"), "K$hgs");
+        assert_eq!(missing_flags("K$hgsx"), "");
     }
 }

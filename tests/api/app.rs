@@ -100,6 +100,7 @@ pub fn claims(sub: &str) -> Claims {
         iat: Some(now),
         jobs: vec![],
         roles: vec![],
+        groups: vec![],
     }
 }
 

@@ -17,7 +17,7 @@ const PEAK_RSS_LIMIT_KIB: u64 = 96 * 1024;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_values_are_dropped_as_too_large_without_being_read() {
     let redis = RedisServer::builder()
-        .notify_keyspace_events("K$hgx")
+        .notify_keyspace_events("K$hgsx")
         .start()
         .await;
     let mut c = redis.connection().await;

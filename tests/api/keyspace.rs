@@ -30,7 +30,7 @@ async fn jobcast_turns_keyspace_notifications_on() {
         .query_async(&mut c)
         .await
         .unwrap();
-    for f in ['K', '$', 'h', 'g', 'x'] {
+    for f in ['K', '$', 'h', 'g', 's', 'x'] {
         assert!(
             flags.contains(f) || (f != 'K' && flags.contains('A')),
             "flag {f} missing from {flags:?}"

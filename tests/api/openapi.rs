@@ -48,11 +48,18 @@ fn defined_routes() -> Vec<String> {
         for (at, _) in src.match_indices("warp::path!(") {
             let rest = &src[at + "warp::path!(".len()..];
             let args = &rest[..rest.find(')').expect("closing parenthesis")];
+            let mut previous = "";
             let path: String = args
                 .split('/')
-                .map(|seg| match seg.trim() {
-                    "String" => "/{job_id}".to_owned(),
-                    quoted => format!("/{}", quoted.trim_matches('"')),
+                .map(|seg| {
+                    let seg = seg.trim();
+                    let part = match (seg, previous) {
+                        ("String", "\"groups\"") => "/{group}".to_owned(),
+                        ("String", _) => "/{job_id}".to_owned(),
+                        (quoted, _) => format!("/{}", quoted.trim_matches('"')),
+                    };
+                    previous = seg;
+                    part
                 })
                 .collect();
             if !routes.contains(&path) {

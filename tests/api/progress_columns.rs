@@ -11,7 +11,7 @@ use serde_json::Value;
 use sqlx::PgPool;
 
 use crate::app::{Options, TestApp, spawn_app_with};
-use crate::clients::Sse;
+use crate::clients::{Gateway, Sse};
 
 const RECIPE: &str = "docs/recipes/progress-columns.sql";
 const EVENT_WAIT: Duration = Duration::from_secs(5);
@@ -252,4 +252,89 @@ async fn progress_columns_written_by_sql_functions_stream_live_without_redis() {
         .await
         .expect("DBSIZE");
     assert_eq!(keys, 0, "the whole run wrote nothing to Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_project_stream_serves_every_job_of_the_project_live_without_redis() {
+    // Arrange: two jobs of one project in the application's own table.
+    let (app, pool) = app_with_recipe().await;
+    call(
+        &pool,
+        "INSERT INTO public.jobs (id, project_id, user_id) VALUES
+             ('p-1', 'proj-7', 'alice'), ('p-2', 'proj-7', 'bob'), ('other', 'proj-8', 'alice')",
+    )
+    .await;
+    let mut claims = crate::app::claims("alice");
+    claims.groups = vec!["proj-7".into()];
+    let auth = crate::app::bearer(&crate::app::sign(&claims));
+
+    // Act: one project stream.
+    let mut sse = app.sse("/groups/proj-7/events", &auth).await;
+    assert_eq!(sse.status, 200);
+    let connected = sse.expect("connected").await.json();
+    let mut members: Vec<String> = serde_json::from_value(connected["jobs"].clone()).unwrap();
+    members.sort();
+    assert_eq!(members, ["p-1", "p-2"], "the project's rows, not proj-8's");
+    let mut seen = [
+        next_group_event(&mut sse, "progress").await,
+        next_group_event(&mut sse, "progress").await,
+    ];
+    seen.sort_by_key(|v| v["job_id"].as_str().unwrap_or("").to_owned());
+    assert_eq!(seen[0]["document"]["status"], "pending");
+
+    // Assert: every function call streams live, each job ends with `done`,
+    // and a job the application adds later joins.
+    call(
+        &pool,
+        "SELECT update_job_progress('p-1', 'solving', 2, 4, 'half')",
+    )
+    .await;
+    let running = next_group_event(&mut sse, "progress").await;
+    assert_eq!(
+        (
+            running["job_id"].as_str(),
+            running["document"]["status"].as_str()
+        ),
+        (Some("p-1"), Some("running"))
+    );
+    call(
+        &pool,
+        "INSERT INTO public.jobs (id, project_id, user_id) VALUES ('p-3', 'proj-7', 'alice')",
+    )
+    .await;
+    assert_eq!(next_group_event(&mut sse, "joined").await["job_id"], "p-3");
+    assert_eq!(
+        next_group_event(&mut sse, "progress").await["job_id"],
+        "p-3"
+    );
+    for (job, sql) in [
+        ("p-1", "SELECT complete_job_progress('p-1', 'done')"),
+        ("p-2", "SELECT error_job_progress('p-2', 'boom')"),
+        ("p-3", "SELECT complete_job_progress('p-3', 'done')"),
+    ] {
+        call(&pool, sql).await;
+        assert_eq!(next_group_event(&mut sse, "progress").await["job_id"], job);
+        let done = next_group_event(&mut sse, "done").await;
+        assert_eq!(done["job_id"], job);
+    }
+    let mut redis = app.redis().await;
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(keys.is_empty(), "no Redis write at all: {keys:?}");
+}
+
+/// The next group-stream event named `event` (pings skipped), its data.
+async fn next_group_event(sse: &mut Sse, event: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + EVENT_WAIT;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        match sse.next_within(left).await {
+            Some(ev) if ev.event == event => return ev.json(),
+            Some(ev) if ev.event == ":comment" => continue,
+            other => panic!("expected `{event}`, got {other:?}"),
+        }
+    }
 }

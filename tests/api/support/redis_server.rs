@@ -33,7 +33,7 @@ pub struct RedisServerBuilder {
 impl RedisServerBuilder {
     /// Value of `notify-keyspace-events` at start. The default is `""`
     /// (notifications off, as on a stock Redis), which is what shows that
-    /// jobcast turns them on itself; `"KA"` or `"K$hgx"` start with them on.
+    /// jobcast turns them on itself; `"KA"` or `"K$hgsx"` start with them on.
     pub fn notify_keyspace_events(mut self, flags: impl Into<String>) -> Self {
         self.notify_keyspace_events = flags.into();
         self

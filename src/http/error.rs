@@ -11,6 +11,9 @@ use warp::reply::{Reply, Response};
 use warp::{Rejection, reject};
 
 use crate::auth::AuthError;
+use crate::auth::hook::HookRefusal;
+use crate::auth::policy::Refusal;
+use crate::limits::LimitError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -28,10 +31,9 @@ pub enum ApiError {
     PayloadTooLarge(String),
     #[error("{0}")]
     TooManyConnections(String),
-    #[error(
-        "new connections arrive faster than this gateway admits (JOBCAST_MAX_CONNECT_RATE); retry in {retry_after_secs} s"
-    )]
-    ConnectRate { retry_after_secs: u64 },
+    /// A connection slot refused by `limits` (`Retry-After` for the connect rate).
+    #[error("{0}")]
+    Limit(LimitError),
     #[error("{0}")]
     Unavailable(String),
     #[error("internal error")]
@@ -47,9 +49,7 @@ impl ApiError {
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::TooManyConnections(_) | ApiError::ConnectRate { .. } => {
-                StatusCode::TOO_MANY_REQUESTS
-            }
+            ApiError::TooManyConnections(_) | ApiError::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -63,13 +63,47 @@ impl ApiError {
             ApiError::NotFound(_) => "not_found",
             ApiError::Conflict(_) => "conflict",
             ApiError::PayloadTooLarge(_) => "payload_too_large",
-            ApiError::TooManyConnections(_) | ApiError::ConnectRate { .. } => {
-                "too_many_connections"
-            }
+            ApiError::TooManyConnections(_) | ApiError::Limit(_) => "too_many_connections",
             ApiError::Unavailable(_) => "unavailable",
             ApiError::Internal(_) => "internal",
         }
     }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        ApiError::Unauthorized(e)
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(e: Refusal) -> Self {
+        match e {
+            Refusal::UnknownJob(_) => ApiError::NotFound(e.to_string()),
+            _ => ApiError::Forbidden(e.to_string()),
+        }
+    }
+}
+
+impl From<HookRefusal> for ApiError {
+    fn from(e: HookRefusal) -> Self {
+        match e {
+            HookRefusal::SessionRefused => ApiError::Unauthorized(AuthError::SessionRefused),
+            HookRefusal::Forbidden(_) => ApiError::Forbidden(e.to_string()),
+            HookRefusal::Unavailable(_) => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<LimitError> for ApiError {
+    fn from(e: LimitError) -> Self {
+        ApiError::Limit(e)
+    }
+}
+
+/// A handler's outcome as the response: its own, or the error's JSON.
+pub fn respond(result: Result<Response, ApiError>) -> Response {
+    result.unwrap_or_else(Reply::into_response)
 }
 
 impl Reply for ApiError {
@@ -82,7 +116,7 @@ impl Reply for ApiError {
         let body = json!({"error": self.code(), "message": self.to_string()});
         let mut res =
             warp::reply::with_status(warp::reply::json(&body), self.status()).into_response();
-        if let ApiError::ConnectRate { retry_after_secs } = &self {
+        if let ApiError::Limit(LimitError::ConnectRate { retry_after_secs }) = &self {
             res.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
