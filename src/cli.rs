@@ -8,11 +8,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::auth::Claims;
 use crate::auth::claims::now_secs;
-use crate::config::Settings;
+use crate::config::{RedisTarget, Settings};
 use crate::job::{DocRules, JobId, MAX_JOB_ID_LEN, ProgressDoc};
 use crate::startup::App;
 use crate::store::Store;
-use jobcast_publish::Publisher;
+use crate::upstream::sentinel::SentinelPrimary;
+use jobcast_publish::{Publisher, RedisLocation};
 
 fn store(s: &Settings) -> anyhow::Result<Store> {
     let url = s
@@ -166,7 +167,8 @@ pub async fn publish(
             rules.max_bytes
         )
     })?;
-    let publisher = Publisher::connect_with_prefix(&s.redis_url, &s.key_prefix)?
+    let publisher = publisher(s)
+        .await?
         .with_group_prefix(&s.group_prefix)
         .with_ttl(ttl);
     let receivers = publisher
@@ -178,6 +180,32 @@ pub async fn publish(
         publisher.key(&job)
     );
     Ok(())
+}
+
+/// A publisher for wherever the settings say Redis is (the primary the
+/// sentinels name now, behind sentinels).
+async fn publisher(s: &Settings) -> anyhow::Result<Publisher> {
+    let target = s.redis_target().map_err(anyhow::Error::msg)?;
+    let location = match &target {
+        RedisTarget::Sentinel(t) => {
+            let (host, port) = SentinelPrimary::new(t.clone())
+                .discover()
+                .await
+                .context("no sentinel (REDIS_SENTINELS) names a reachable primary")?;
+            RedisLocation::Single(t.primary_info(&host, port))
+        }
+        other => location_now(other).context("REDIS_URL")?,
+    };
+    Ok(Publisher::connect_to(location, &s.key_prefix)?)
+}
+
+/// One server or a cluster as the publisher takes it (`None` behind sentinels).
+fn location_now(target: &RedisTarget) -> Option<RedisLocation> {
+    match target {
+        RedisTarget::Single(info) => Some(RedisLocation::Single(info.clone())),
+        RedisTarget::Cluster(seeds) => Some(RedisLocation::Cluster(seeds.clone())),
+        RedisTarget::Sentinel(_) => None,
+    }
 }
 
 /// The document text with `field` set to `group`; refuses a document that
@@ -202,7 +230,7 @@ pub async fn demo(
     once: bool,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    let publisher = Publisher::connect_with_prefix(&s.redis_url, &s.key_prefix)?;
+    let publisher = publisher(s).await?;
     let mut runs = Vec::new();
     for i in 1..=jobs.max(1) {
         let job = JobId::parse(&format!("demo-{i}"))?;
@@ -236,8 +264,15 @@ pub fn dev_banner(app: &App) -> anyhow::Result<()> {
     let addr = app.addr();
     let state = app.state();
     let job = JobId::parse("demo-1")?;
-    let publisher =
-        Publisher::connect_with_prefix(&state.settings.redis_url, &state.settings.key_prefix)?;
+    let Some(location) = state
+        .settings
+        .redis_target()
+        .ok()
+        .and_then(|t| location_now(&t))
+    else {
+        anyhow::bail!("--dev needs REDIS_URL to name one server or a cluster");
+    };
+    let publisher = Publisher::connect_to(location, &state.settings.key_prefix)?;
     tokio::spawn(crate::demo::run(
         publisher,
         job,

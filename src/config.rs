@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+pub use crate::upstream::redis_target::RedisTarget;
+
 /// A string that must never reach a log line: `Debug` and `Display` print `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
@@ -157,6 +159,20 @@ pub struct Settings {
         hide_env_values = true
     )]
     pub redis_url: String,
+
+    /// REDIS_URL names Redis Cluster seeds (`redis://host:port[,host:port…]`);
+    /// the `redis+cluster://` scheme says so by itself.
+    #[arg(long, env = "JOBCAST_REDIS_CLUSTER", default_value_t = false, action = clap::ArgAction::Set, global = true)]
+    pub redis_cluster: bool,
+
+    /// Sentinels (`host:port`, comma-separated) that name the Redis primary;
+    /// REDIS_URL then gives only the user, password and db.
+    #[arg(long, env = "REDIS_SENTINELS", value_delimiter = ',', global = true)]
+    pub redis_sentinels: Vec<String>,
+
+    /// The name the sentinels know the primary by.
+    #[arg(long, env = "REDIS_SENTINEL_MASTER", global = true)]
+    pub redis_sentinel_master: Option<String>,
 
     /// Postgres URL; unset means Redis-only.
     #[arg(long, env = "DATABASE_URL", global = true, hide_env_values = true)]
@@ -484,18 +500,25 @@ impl Settings {
         Duration::from_secs(self.heartbeat_secs.max(1))
     }
 
-    /// The Redis db number from `REDIS_URL` (keyspace channels name it).
+    /// The Redis db number from `REDIS_URL` (keyspace channels name it); 0 in
+    /// a cluster, which has no other.
     pub fn redis_db(&self) -> i64 {
-        redis::parse_redis_url(&self.redis_url)
-            .and_then(|u| {
-                let path = u.path().trim_start_matches('/');
-                if path.is_empty() {
-                    Some(0)
-                } else {
-                    path.parse().ok()
-                }
-            })
-            .unwrap_or(0)
+        match self.redis_target() {
+            Ok(RedisTarget::Single(info)) => info.redis.db,
+            Ok(RedisTarget::Sentinel(s)) => s.redis.db,
+            Ok(RedisTarget::Cluster(_)) | Err(_) => 0,
+        }
+    }
+
+    /// Where Redis is: one server, a cluster's seeds, or a primary named by
+    /// sentinels. Errors name the setting to fix, never its value.
+    pub fn redis_target(&self) -> Result<RedisTarget, String> {
+        RedisTarget::from_settings(
+            &self.redis_url,
+            self.redis_cluster,
+            &self.redis_sentinels,
+            self.redis_sentinel_master.as_deref(),
+        )
     }
 
     /// Checks that do not need any I/O. Errors name the setting to fix.
@@ -517,12 +540,7 @@ impl Settings {
                 self.pg_schema
             ));
         }
-        if redis::parse_redis_url(&self.redis_url).is_none() {
-            // Never the URL itself: it may carry a password.
-            return Err(
-                "REDIS_URL is not a Redis URL (redis://[user:password@]host:port[/db])".into(),
-            );
-        }
+        self.redis_target()?;
         if self.jwt_secret.is_none()
             && self.jwt_public_key_file.is_none()
             && self.jwt_jwks_url.is_none()

@@ -92,6 +92,8 @@ fn zero_counters() {
         "jobcast_redis_subscribe_errors_total",
         "jobcast_resyncs_total",
         "jobcast_accept_paused_total",
+        "jobcast_redis_primary_switches_total",
+        "jobcast_redis_subscriptions_moved_total",
     ] {
         counter!(name).increment(0);
     }
@@ -152,6 +154,14 @@ fn describe() {
     describe_counter!(
         "jobcast_redis_subscriptions_total",
         "Job subscriptions taken on Redis"
+    );
+    describe_counter!(
+        "jobcast_redis_subscriptions_moved_total",
+        "Job subscriptions moved to a cluster slot's new primary (failover, resharding)"
+    );
+    describe_counter!(
+        "jobcast_redis_primary_switches_total",
+        "Redis primaries learnt from the sentinels (the first one, then each failover)"
     );
     describe_counter!(
         "jobcast_postgres_fallbacks_total",

@@ -1,7 +1,11 @@
 //! What `/readyz` answers from: a report of the sources' health refreshed in
 //! the background at most once a second, so a load balancer probing often (or
-//! many of them) costs Redis and Postgres nothing per request.
+//! many of them) costs Redis and Postgres nothing per request. A Redis primary
+//! that is changing — a sentinel failover in progress, or in a cluster a
+//! primary whose jobs are not subscribed on its successor yet — makes the
+//! report say `failover`.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -10,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::store::Store;
 use crate::upstream::redis_reader::RedisReader;
 use crate::upstream::redis_setup::{KeyspaceEvents, KeyspaceMonitor};
+use crate::upstream::sentinel::SentinelPrimary;
 
 /// Time between two refreshes (a refresh waiting on a dead source takes longer).
 pub const REFRESH_PERIOD: Duration = Duration::from_secs(1);
@@ -20,12 +25,18 @@ pub struct Report {
     /// `None` without `DATABASE_URL`.
     pub postgres: Option<bool>,
     pub keyspace_events: KeyspaceEvents,
+    /// The Redis primary is changing (sentinel failover, or a cluster primary
+    /// whose jobs are not yet subscribed on its successor).
+    pub redis_failover: bool,
 }
 
 pub struct Readiness {
     reader: RedisReader,
     store: Option<Store>,
     keyspace: Arc<KeyspaceMonitor>,
+    sentinel: Option<Arc<SentinelPrimary>>,
+    /// The cluster listener's "every job is subscribed on its primary".
+    cluster_settled: Option<Arc<AtomicBool>>,
     report: RwLock<Report>,
 }
 
@@ -35,24 +46,41 @@ impl Readiness {
         reader: RedisReader,
         store: Option<Store>,
         keyspace: Arc<KeyspaceMonitor>,
+        sentinel: Option<Arc<SentinelPrimary>>,
+        cluster_settled: Option<Arc<AtomicBool>>,
     ) -> Arc<Self> {
         let report = Report {
             redis: false,
             postgres: store.as_ref().map(|_| false),
             keyspace_events: keyspace.state(),
+            redis_failover: false,
         };
         let readiness = Arc::new(Readiness {
             reader,
             store,
             keyspace,
+            sentinel,
+            cluster_settled,
             report: RwLock::new(report),
         });
         readiness.refresh().await;
         readiness
     }
 
+    /// The last report, with the failover state as it is now (two atomic
+    /// loads: a failover is often shorter than a refresh period).
     pub fn report(&self) -> Report {
-        *crate::sync::read(&self.report)
+        let mut report = *crate::sync::read(&self.report);
+        report.redis_failover = self.failover_now();
+        report
+    }
+
+    fn failover_now(&self) -> bool {
+        self.sentinel.as_ref().is_some_and(|s| s.failing_over())
+            || self
+                .cluster_settled
+                .as_ref()
+                .is_some_and(|up| !up.load(Ordering::Acquire))
     }
 
     async fn refresh(&self) {
@@ -70,6 +98,7 @@ impl Readiness {
             redis,
             postgres,
             keyspace_events: self.keyspace.state(),
+            redis_failover: self.failover_now(),
         };
         *crate::sync::write(&self.report) = report;
     }

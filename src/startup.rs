@@ -13,6 +13,7 @@ use tracing::{info, warn};
 
 use crate::auth::jwks::Jwks;
 use crate::auth::{Claims, Verifier};
+use crate::config::RedisTarget;
 use crate::config::{RecorderMode, Secret, Settings};
 use crate::http::origin::Origin;
 use crate::hub::Hub;
@@ -25,13 +26,16 @@ use crate::store::Store;
 use crate::store::recorder::Recorder;
 use crate::store::retention;
 use crate::store::write_behind::WriteBehind;
+use crate::upstream::cluster_listener::ClusterListener;
 use crate::upstream::loader::Loader;
 use crate::upstream::pg_listener::PgListener;
-use crate::upstream::redis_listener::RedisListener;
+use crate::upstream::redis_conn::Commands;
+use crate::upstream::redis_listener::{PubSubEndpoint, RedisListener};
 use crate::upstream::redis_reader::RedisReader;
 use crate::upstream::redis_selftest;
 use crate::upstream::redis_setup::KeyspaceMonitor;
 use crate::upstream::resync;
+use crate::upstream::sentinel::SentinelPrimary;
 
 pub struct App {
     addr: SocketAddr,
@@ -73,8 +77,14 @@ impl App {
         let rules = DocRules::from_settings(&settings);
         let auth_hook = crate::auth::hook::AuthHook::from_settings(&settings)?;
 
-        let reader = RedisReader::new(&settings.redis_url, &settings.key_prefix, rules.clone())
-            .context("REDIS_URL")?;
+        let target = settings.redis_target().map_err(anyhow::Error::msg)?;
+        info!(redis = %target.describe(), "redis");
+        let sentinel = match &target {
+            RedisTarget::Sentinel(t) => Some(SentinelPrimary::new(t.clone())),
+            _ => None,
+        };
+        let commands = Commands::new(&target, sentinel.clone()).context("REDIS_URL")?;
+        let reader = RedisReader::new(commands.clone(), &settings.key_prefix, rules.clone());
         let store = match &settings.database_url {
             None => {
                 warn!(
@@ -94,8 +104,13 @@ impl App {
                 Some(store)
             }
         };
+        if let Some(sentinel) = &sentinel
+            && sentinel.discover().await.is_none()
+        {
+            warn!("no sentinel names a reachable redis primary yet; starting anyway, asking again");
+        }
         let keyspace = Arc::new(KeyspaceMonitor::new(
-            reader.pool().clone(),
+            commands.clone(),
             settings.configure_redis,
         ));
         keyspace.check().await;
@@ -139,28 +154,62 @@ impl App {
             rules.clone(),
             redis_up.clone(),
         );
-        let listener = RedisListener::new(
-            loader.clone(),
-            reader.clone(),
-            &settings,
-            redis_up.clone(),
-            keyspace.clone(),
-            groups.clone(),
-        )?;
         redis_selftest::check(
-            listener.client(),
+            commands.probe_client().await,
             &reader,
-            listener.keyspace_prefix(),
+            &format!(
+                "__keyspace@{}__:{}",
+                settings.redis_db(),
+                settings.key_prefix
+            ),
             &settings.key_prefix,
         )
         .await
         .context("Redis permissions")?;
-        let readiness = Readiness::new(reader.clone(), store.clone(), keyspace.clone()).await;
-        tasks.push(tokio::spawn(listener.run(
-            upstream_cmds,
-            group_cmds,
-            shutdown.clone(),
-        )));
+        let readiness = Readiness::new(
+            reader.clone(),
+            store.clone(),
+            keyspace.clone(),
+            sentinel.clone(),
+            target.is_cluster().then(|| redis_up.clone()),
+        )
+        .await;
+        match &target {
+            RedisTarget::Cluster(seeds) => {
+                let listener = ClusterListener::new(
+                    loader.clone(),
+                    seeds.clone(),
+                    &settings.key_prefix,
+                    redis_up.clone(),
+                    keyspace.clone(),
+                );
+                tasks.push(tokio::spawn(listener.run(upstream_cmds, shutdown.clone())));
+            }
+            RedisTarget::Single(_) | RedisTarget::Sentinel(_) => {
+                let endpoint = match (&sentinel, commands.probe_client().await) {
+                    (Some(primary), _) => PubSubEndpoint::Sentinel(primary.clone()),
+                    (None, Some(client)) => PubSubEndpoint::Fixed(client),
+                    (None, None) => anyhow::bail!("REDIS_URL names no server"),
+                };
+                let listener = RedisListener::new(
+                    loader.clone(),
+                    reader.clone(),
+                    endpoint,
+                    &settings,
+                    redis_up.clone(),
+                    keyspace.clone(),
+                    groups.clone(),
+                )?;
+                tasks.push(tokio::spawn(listener.run(
+                    upstream_cmds,
+                    group_cmds,
+                    shutdown.clone(),
+                )));
+            }
+        }
+        if let Some(sentinel) = sentinel {
+            tasks.push(tokio::spawn(sentinel.run(shutdown.clone())));
+        }
         tasks.push(tokio::spawn(readiness.clone().run(shutdown.clone())));
         if settings.redis_check_secs > 0 {
             let period = Duration::from_secs(settings.redis_check_secs);
@@ -181,13 +230,31 @@ impl App {
         metrics::gauge!("jobcast_recorder").set(0.0);
         let mut write_behind = None;
         if let Some(store) = store {
-            if settings.recorder == RecorderMode::Auto {
+            // The recorder's pattern subscription hears one server: the one
+            // REDIS_URL names, or the primary the sentinels name at start.
+            let recorder_redis = match &target {
+                RedisTarget::Single(info) => Some(info.clone()),
+                RedisTarget::Sentinel(_) => commands
+                    .primaries()
+                    .await
+                    .ok()
+                    .and_then(|p| p.into_iter().next()),
+                RedisTarget::Cluster(_) => None,
+            };
+            if settings.recorder == RecorderMode::Auto && recorder_redis.is_none() {
+                warn!(
+                    "the recorder does not run on a Redis Cluster (or without a primary): states are not written behind by this instance"
+                );
+            }
+            if settings.recorder == RecorderMode::Auto
+                && let Some(recorder_redis) = recorder_redis
+            {
                 let wb = WriteBehind::new(store.clone());
                 let recorder = Recorder::new(
                     store.clone(),
                     wb.clone(),
                     reader.clone(),
-                    &settings.redis_url,
+                    recorder_redis,
                     settings.redis_db(),
                     &settings.key_prefix,
                     rules.clone(),

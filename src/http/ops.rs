@@ -15,7 +15,8 @@ pub fn healthz() -> Response {
 
 /// `200 {"redis":"up","postgres":"up","keyspace_events":"on"}`; `200` with
 /// `"status":"degraded"` where one source is down, or keyspace notifications are
-/// known to be off, but streams are served; `503` where no source is reachable.
+/// known to be off, or the Redis primary is changing (`"redis":"failover"`), but
+/// streams are served; `503` where no source is reachable.
 /// Answers from the background report (no Redis or Postgres round trip here).
 pub async fn readyz(app: SharedState) -> Response {
     let report = app.readiness.report();
@@ -23,7 +24,15 @@ pub async fn readyz(app: SharedState) -> Response {
     let pg = report.postgres;
     let word = |up: bool| if up { "up" } else { "down" };
     let any_up = redis_up || pg == Some(true);
-    let all_up = redis_up && pg != Some(false) && report.keyspace_events != KeyspaceEvents::Off;
+    let all_up = redis_up
+        && !report.redis_failover
+        && pg != Some(false)
+        && report.keyspace_events != KeyspaceEvents::Off;
+    let redis_word = if redis_up && report.redis_failover {
+        "failover"
+    } else {
+        word(redis_up)
+    };
     let status = if all_up {
         "ready"
     } else if any_up {
@@ -33,7 +42,7 @@ pub async fn readyz(app: SharedState) -> Response {
     };
     let body = json!({
         "status": status,
-        "redis": word(redis_up),
+        "redis": redis_word,
         "postgres": pg.map_or("disabled", word),
         "keyspace_events": report.keyspace_events.as_str(),
     });

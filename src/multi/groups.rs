@@ -179,10 +179,10 @@ impl Groups {
     pub async fn load(&self, group: &GroupName) {
         let key = self.key(group);
         let from_set = tokio::time::timeout(LOAD_TIMEOUT, async {
-            let mut conn = self.reader.pool().get().await.ok()?;
+            let mut conn = self.reader.commands().get().await.ok()?;
             redis::cmd("SMEMBERS")
                 .arg(&key)
-                .query_async::<Vec<String>>(&mut *conn)
+                .query_async::<Vec<String>>(&mut conn)
                 .await
                 .ok()
         })

@@ -88,7 +88,7 @@ impl Recorder {
         store: Store,
         write_behind: WriteBehind,
         reader: RedisReader,
-        redis_url: &str,
+        redis: redis::ConnectionInfo,
         db: i64,
         prefix: &str,
         rules: DocRules,
@@ -97,7 +97,7 @@ impl Recorder {
             write_behind,
             store,
             reader,
-            client: redis::Client::open(redis_url)?,
+            client: redis::Client::open(redis)?,
             rules,
             prefix: prefix.to_owned(),
             keyspace_prefix: format!("__keyspace@{db}__:{prefix}"),
@@ -346,14 +346,19 @@ impl Recorder {
         let mut keys_seen = 0usize;
         loop {
             let step = tokio::time::timeout(REDIS_TIMEOUT, async {
-                let mut conn = self.reader.pool().get().await.map_err(|e| e.to_string())?;
+                let mut conn = self
+                    .reader
+                    .commands()
+                    .get()
+                    .await
+                    .map_err(|e| e.to_string())?;
                 redis::cmd("SCAN")
                     .arg(cursor)
                     .arg("MATCH")
                     .arg(&pattern)
                     .arg("COUNT")
                     .arg(SCAN_BATCH)
-                    .query_async::<(u64, Vec<String>)>(&mut *conn)
+                    .query_async::<(u64, Vec<String>)>(&mut conn)
                     .await
                     .map_err(|e| e.to_string())
             })

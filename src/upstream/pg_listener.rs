@@ -88,6 +88,8 @@ impl PgListener {
                         Ended::Lost(why) => {
                             warn!(error = %why, "postgres LISTEN connection lost; Redis streams go on, reconnecting");
                         }
+                        // A Redis primary switch; never a Postgres ending.
+                        Ended::Switched => {}
                     }
                     set_up(false);
                     was_up = false;

@@ -7,7 +7,9 @@
 //! When the connection fails, open streams stay open: the listener reconnects
 //! with backoff, then re-subscribes every watched job and reads each one's
 //! current state (a bounded number at a time), so nothing written meanwhile is
-//! missed.
+//! missed. Behind sentinels the connection goes to the primary they name, and
+//! when they name another one (failover) the listener moves there at once the
+//! same way, after re-applying the keyspace flags on it.
 //!
 //! For every group with group streams it holds one more: the keyspace
 //! channel of the group's set, `__keyspace@<db>__:GROUP_PREFIX{group}`; an
@@ -45,6 +47,7 @@ use crate::upstream::backoff::Backoff;
 use crate::upstream::loader::Loader;
 use crate::upstream::redis_reader::RedisReader;
 use crate::upstream::redis_setup::KeyspaceMonitor;
+use crate::upstream::sentinel::{Addr, SentinelPrimary};
 
 /// Bound on one SUBSCRIBE/UNSUBSCRIBE round trip; past it the connection is
 /// considered dead and rebuilt.
@@ -55,11 +58,42 @@ const RESUBSCRIBE_BATCH: usize = 500;
 const REFUSED_RETRY_START: Duration = Duration::from_secs(1);
 const REFUSED_RETRY_MAX: Duration = Duration::from_secs(30);
 
+/// Where the pub/sub connection goes.
+pub enum PubSubEndpoint {
+    Fixed(redis::Client),
+    /// The primary the sentinels name now; a new one ends the connection.
+    Sentinel(Arc<SentinelPrimary>),
+}
+
+type Switches = Option<tokio::sync::watch::Receiver<Option<Addr>>>;
+
+impl PubSubEndpoint {
+    /// A pub/sub connection, and (behind sentinels) what tells of a new primary.
+    async fn connect(&self) -> redis::RedisResult<(redis::aio::PubSub, Switches)> {
+        match self {
+            PubSubEndpoint::Fixed(client) => Ok((client.get_async_pubsub().await?, None)),
+            PubSubEndpoint::Sentinel(primary) => {
+                // Watch first: a switch while connecting is then not missed.
+                let mut switches = primary.changed();
+                let (host, port) = primary.resolve().await.ok_or_else(|| {
+                    redis::RedisError::from((
+                        redis::ErrorKind::IoError,
+                        "no sentinel names a reachable redis primary",
+                    ))
+                })?;
+                switches.borrow_and_update();
+                let client = redis::Client::open(primary.target().primary_info(&host, port))?;
+                Ok((client.get_async_pubsub().await?, Some(switches)))
+            }
+        }
+    }
+}
+
 pub struct RedisListener {
     loader: Arc<Loader>,
     /// Pooled connections, for the `PUBSUB NUMSUB` that confirms a SUBSCRIBE.
     reader: RedisReader,
-    client: redis::Client,
+    endpoint: PubSubEndpoint,
     /// Re-checked on every reconnect: a restarted Redis has lost a CONFIG SET of
     /// its notification flags.
     keyspace: Arc<KeyspaceMonitor>,
@@ -73,24 +107,20 @@ pub struct RedisListener {
 }
 
 impl RedisListener {
-    /// Reads `REDIS_URL`, its db number and `JOBCAST_KEY_PREFIX` from `settings`.
     pub fn new(
         loader: Arc<Loader>,
         reader: RedisReader,
+        endpoint: PubSubEndpoint,
         settings: &Settings,
         up: Arc<AtomicBool>,
         keyspace: Arc<KeyspaceMonitor>,
         groups: Arc<Groups>,
     ) -> anyhow::Result<Self> {
-        let (redis_url, db, prefix) = (
-            settings.redis_url.as_str(),
-            settings.redis_db(),
-            settings.key_prefix.as_str(),
-        );
+        let (db, prefix) = (settings.redis_db(), settings.key_prefix.as_str());
         Ok(RedisListener {
             loader,
             reader,
-            client: redis::Client::open(redis_url)?,
+            endpoint,
             keyspace,
             prefix: prefix.to_owned(),
             keyspace_prefix: format!("__keyspace@{db}__:{prefix}"),
@@ -128,10 +158,6 @@ impl RedisListener {
         }
     }
 
-    pub fn client(&self) -> &redis::Client {
-        &self.client
-    }
-
     /// `__keyspace@<db>__:PREFIX`.
     pub fn keyspace_prefix(&self) -> &str {
         &self.keyspace_prefix
@@ -163,10 +189,10 @@ impl RedisListener {
         loop {
             let connected = tokio::select! {
                 _ = shutdown.cancelled() => return,
-                c = tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.client.get_async_pubsub()) => c,
+                c = tokio::time::timeout(SUBSCRIBE_TIMEOUT, self.endpoint.connect()) => c,
             };
             match connected {
-                Ok(Ok(pubsub)) => {
+                Ok(Ok((pubsub, switches))) => {
                     backoff.reset();
                     if !was_up {
                         info!("redis pub/sub connection is back; re-subscribing watched jobs");
@@ -176,8 +202,8 @@ impl RedisListener {
                     let (sink, stream) = pubsub.split();
                     match self
                         .serve(
-                            sink,
-                            stream,
+                            (sink, stream),
+                            switches,
                             &mut cmds,
                             &mut group_cmds,
                             &mut refused,
@@ -188,6 +214,13 @@ impl RedisListener {
                         Ended::Shutdown => return,
                         Ended::Lost(why) => {
                             warn!(error = %why, "redis pub/sub connection lost; streams stay open, reconnecting");
+                        }
+                        Ended::Switched => {
+                            // To the new primary at once; its flags are checked
+                            // (and set) before anything is subscribed there.
+                            self.set_up(false);
+                            was_up = false;
+                            continue;
                         }
                     }
                     self.set_up(false);
@@ -231,8 +264,8 @@ impl RedisListener {
 
     async fn serve(
         &self,
-        mut sink: PubSubSink,
-        mut stream: PubSubStream,
+        (mut sink, mut stream): (PubSubSink, PubSubStream),
+        mut switches: Switches,
         cmds: &mut mpsc::UnboundedReceiver<UpstreamCmd>,
         group_cmds: &mut mpsc::UnboundedReceiver<GroupCmd>,
         refused: &mut Refused,
@@ -273,8 +306,15 @@ impl RedisListener {
         let loader = self.loader.clone();
         tokio::spawn(async move { loader.reread_all().await });
         loop {
+            let switched = async {
+                match switches.as_mut() {
+                    Some(rx) => rx.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => return Ended::Shutdown,
+                true = switched => return Ended::Switched,
                 cmd = cmds.recv() => match cmd {
                     Some(UpstreamCmd::Subscribe(feed)) => {
                         let result = self.subscribe(&mut sink, &feed, refused).await;
@@ -424,12 +464,7 @@ impl RedisListener {
             }
         } else if let Some(job) = channel.strip_prefix(&self.keyspace_prefix) {
             metrics::counter!("jobcast_redis_events_total", "source" => "keyspace").increment(1);
-            let event = msg.get_payload_bytes();
-            // Removal keeps what watchers know; `expire`/`persist` change no value.
-            if matches!(
-                event,
-                b"del" | b"expired" | b"evicted" | b"expire" | b"persist" | b"rename_from"
-            ) {
+            if !changes_value(msg.get_payload_bytes()) {
                 return;
             }
             if let Some(feed) = self.loader.feed(job) {
@@ -443,6 +478,15 @@ impl RedisListener {
             }
         }
     }
+}
+
+/// Whether a keyspace event may have changed the key's value: removal keeps
+/// what watchers know, and `expire`/`persist` change no value.
+pub(crate) fn changes_value(event: &[u8]) -> bool {
+    !matches!(
+        event,
+        b"del" | b"expired" | b"evicted" | b"expire" | b"persist" | b"rename_from"
+    )
 }
 
 /// Jobs whose SUBSCRIBE Redis refused, each with its retry backoff; a retry

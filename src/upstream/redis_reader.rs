@@ -1,22 +1,19 @@
-//! Reads and writes state keys through the connection pool. A read is ONE round
+//! Reads and writes state keys through the command connections
+//! (`redis_conn`: a pool, or a cluster-aware connection). A read is ONE round
 //! trip (a Lua script returning the key's type with its value), so a keyspace
 //! event costs exactly one call whatever the key holds. The script measures the
 //! value inside Redis first (STRLEN, HLEN, HSTRLEN) and returns only its size
 //! when it is over the document limit, so a huge value never crosses the wire.
-//! Writes are the publisher path: SET with TTL and PUBLISH in one atomic script.
+//! Writes are the publisher path: SET with TTL and PUBLISH in one atomic script
+//! (SPUBLISH in a cluster: the job channel is a shard channel there).
 
 use std::time::Duration;
 
-use deadpool_redis::{Config, Pool, PoolConfig, Runtime, Timeouts};
 use redis::Value;
 
 use crate::job::{DocError, DocRules, JobId, ProgressDoc};
-
-/// Bound on any single Redis command from the pool: a hung Redis must not hold a
-/// watcher's first state or a snapshot request for longer than this.
-pub const REDIS_COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pooled command connections; pub/sub has its own dedicated connection.
-pub const REDIS_POOL_SIZE: usize = 32;
+pub use crate::upstream::redis_conn::REDIS_COMMAND_TIMEOUT;
+use crate::upstream::redis_conn::{Commands, ConnError};
 
 /// `{type, value}`, `{type}` for other types and missing keys, or
 /// `{type, 'too_large', size}` when the value is over `ARGV[1]` bytes (a hash
@@ -45,8 +42,8 @@ return {t}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RedisError {
-    #[error("redis pool: {0}")]
-    Pool(#[from] deadpool_redis::PoolError),
+    #[error("{0}")]
+    Conn(#[from] ConnError),
     #[error("redis: {0}")]
     Redis(#[from] redis::RedisError),
     #[error("redis did not answer within {0:?}")]
@@ -58,7 +55,8 @@ pub enum RedisError {
 impl RedisError {
     /// Redis refused the command for the connection's ACL user (`NOPERM`).
     pub fn is_permission_denied(&self) -> bool {
-        matches!(self, RedisError::Redis(e) if e.code() == Some("NOPERM"))
+        matches!(self, RedisError::Redis(e) | RedisError::Conn(ConnError::Redis(e))
+            if e.code() == Some("NOPERM"))
     }
 }
 
@@ -75,7 +73,7 @@ pub enum KeyState {
 
 #[derive(Clone)]
 pub struct RedisReader {
-    pool: Pool,
+    commands: Commands,
     prefix: String,
     rules: DocRules,
     read: redis::Script,
@@ -83,48 +81,42 @@ pub struct RedisReader {
 }
 
 impl RedisReader {
-    pub fn new(url: &str, prefix: &str, rules: DocRules) -> anyhow::Result<Self> {
-        let mut cfg = Config::from_url(url);
-        cfg.pool = Some(PoolConfig {
-            max_size: REDIS_POOL_SIZE,
-            timeouts: Timeouts {
-                wait: Some(REDIS_COMMAND_TIMEOUT),
-                create: Some(REDIS_COMMAND_TIMEOUT),
-                recycle: Some(REDIS_COMMAND_TIMEOUT),
-            },
-            ..Default::default()
-        });
-        let pool = cfg.create_pool(Some(Runtime::Tokio1))?;
-        Ok(RedisReader {
-            pool,
+    pub fn new(commands: Commands, prefix: &str, rules: DocRules) -> Self {
+        let write = if commands.is_cluster() {
+            jobcast_publish::wire::sharded_write_script()
+        } else {
+            jobcast_publish::wire::write_script()
+        };
+        RedisReader {
+            commands,
             prefix: prefix.to_owned(),
             rules,
             read: redis::Script::new(READ_SCRIPT),
-            write: jobcast_publish::wire::write_script(),
-        })
+            write,
+        }
     }
 
     pub fn key(&self, job: &JobId) -> String {
         format!("{}{}", self.prefix, job.as_str())
     }
 
-    /// The reader's connection pool, for the one other user of the same Redis
-    /// connections: startup hands it to the `KeyspaceMonitor`, so its CONFIG
-    /// checks share this pool's size and timeouts instead of opening a second pool.
-    pub fn pool(&self) -> &Pool {
-        &self.pool
+    /// The reader's commands connection (a pool, a cluster client or the
+    /// Sentinel-tracked primary), shared with the `KeyspaceMonitor`, readiness
+    /// and the publisher instead of opening another.
+    pub fn commands(&self) -> &Commands {
+        &self.commands
     }
 
     /// One round trip: the key's type and value.
     pub async fn read(&self, job: &JobId) -> Result<KeyState, RedisError> {
         let key = self.key(job);
         let value: Value = bounded(async {
-            let mut conn = self.pool.get().await?;
+            let mut conn = self.commands.get().await?;
             Ok(self
                 .read
                 .key(&key)
                 .arg(self.rules.max_bytes)
-                .invoke_async(&mut *conn)
+                .invoke_async(&mut conn)
                 .await?)
         })
         .await?;
@@ -167,14 +159,14 @@ impl RedisReader {
     }
 
     /// Writes a document like a worker would: SET the state key (with `ttl_secs`,
-    /// 0 = none) and PUBLISH it on the job channel, atomically. Returns the number
+    /// 0 = none) and PUBLISH it on the job channel (SPUBLISH in a cluster), atomically. Returns the number
     /// of channel subscribers that got it.
     pub async fn write(&self, job: &JobId, json: &[u8], ttl_secs: u64) -> Result<i64, RedisError> {
         let key = self.key(job);
         bounded(async {
-            let mut conn = self.pool.get().await?;
+            let mut conn = self.commands.get().await?;
             Ok(
-                jobcast_publish::wire::write_state(&self.write, &mut *conn, &key, json, ttl_secs)
+                jobcast_publish::wire::write_state(&self.write, &mut conn, &key, json, ttl_secs)
                     .await?,
             )
         })
@@ -187,11 +179,11 @@ impl RedisReader {
         channels: &[String],
     ) -> Result<Vec<(String, i64)>, RedisError> {
         bounded(async {
-            let mut conn = self.pool.get().await?;
+            let mut conn = self.commands.get().await?;
             Ok(redis::cmd("PUBSUB")
                 .arg("NUMSUB")
                 .arg(channels)
-                .query_async(&mut *conn)
+                .query_async(&mut conn)
                 .await?)
         })
         .await
@@ -208,10 +200,10 @@ impl RedisReader {
     ) -> Result<i64, RedisError> {
         let key = self.key(job);
         bounded(async {
-            let mut conn = self.pool.get().await?;
+            let mut conn = self.commands.get().await?;
             Ok(jobcast_publish::wire::write_state_in_group(
                 &self.write,
-                &mut *conn,
+                &mut conn,
                 &key,
                 json,
                 ttl_secs,
@@ -224,13 +216,9 @@ impl RedisReader {
     }
 
     pub async fn ping(&self) -> bool {
-        bounded(async {
-            let mut conn = self.pool.get().await?;
-            let pong: String = redis::cmd("PING").query_async(&mut *conn).await?;
-            Ok(pong)
-        })
-        .await
-        .is_ok()
+        bounded(async { Ok(self.commands.ping().await?) })
+            .await
+            .is_ok()
     }
 }
 

@@ -38,7 +38,7 @@ pub enum PermissionError {
 
 /// Runs the probes; `Err` only for a permission Redis refused.
 pub async fn check(
-    client: &redis::Client,
+    client: Option<redis::Client>,
     reader: &RedisReader,
     keyspace_prefix: &str,
     prefix: &str,
@@ -53,7 +53,16 @@ pub async fn check(
     // A plain connection, not the pub/sub one: redis-rs's pub/sub sink drops
     // the error a refused SUBSCRIBE gets, a plain command returns it. The
     // connection is in subscribed mode afterwards and is dropped.
-    match tokio::time::timeout(PROBE_TIMEOUT, client.get_multiplexed_async_connection()).await {
+    let connect = async {
+        match &client {
+            Some(client) => client.get_multiplexed_async_connection().await,
+            None => Err(redis::RedisError::from((
+                redis::ErrorKind::IoError,
+                "no reachable redis primary",
+            ))),
+        }
+    };
+    match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
         Ok(Ok(mut conn)) => {
             for (channel, pattern) in probes {
                 let mut cmd = redis::cmd("SUBSCRIBE");

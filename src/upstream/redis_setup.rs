@@ -6,14 +6,17 @@
 //! Ex`) and a restarted Redis forgets a CONFIG SET. Missing flags are added back
 //! unless told not to; where CONFIG is refused (managed Redis) the state is
 //! `unknown`. The state feeds `/readyz` and `jobcast_redis_keyspace_events`, and
-//! only changes of it are logged.
+//! only changes of it are logged. In a Redis Cluster every node is checked,
+//! replicas too (notifications are node-local, and a promoted replica must
+//! already have them); the state is the worst node's.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::time::Duration;
 
-use deadpool_redis::Pool;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
+
+use crate::upstream::redis_conn::{Commands, Conn};
 
 /// Flags jobcast needs, as in the Redis documentation of keyspace events.
 pub const NEEDED_FLAGS: &str = "K$hgsx";
@@ -73,7 +76,7 @@ impl KeyspaceEvents {
 const NEVER_CHECKED: u8 = u8::MAX;
 
 pub struct KeyspaceMonitor {
-    pool: Pool,
+    commands: Commands,
     /// `JOBCAST_CONFIGURE_REDIS`: whether missing flags may be CONFIG SET.
     configure: bool,
     state: AtomicU8,
@@ -87,10 +90,22 @@ enum Finding {
     Failed(String),
 }
 
+impl Finding {
+    /// How bad it is, for the worst of several nodes.
+    fn rank(&self) -> u8 {
+        match self {
+            Finding::On { .. } => 0,
+            Finding::Fixed { .. } => 1,
+            Finding::Missing { .. } => 2,
+            Finding::Failed(_) => 3,
+        }
+    }
+}
+
 impl KeyspaceMonitor {
-    pub fn new(pool: Pool, configure: bool) -> Self {
+    pub fn new(commands: Commands, configure: bool) -> Self {
         KeyspaceMonitor {
-            pool,
+            commands,
             configure,
             state: AtomicU8::new(NEVER_CHECKED),
         }
@@ -148,12 +163,30 @@ impl KeyspaceMonitor {
         state
     }
 
+    /// Inspects every node; the worst finding wins (a failure, then missing
+    /// flags, then a fix, then all on).
     async fn inspect(&self) -> Result<Finding, anyhow::Error> {
-        let mut conn = self.pool.get().await?;
+        let mut worst: Option<Finding> = None;
+        for (node, conn) in self.commands.every_node().await {
+            let finding = match conn {
+                Ok(conn) => match self.inspect_node(conn).await {
+                    Ok(f) => f,
+                    Err(e) => Finding::Failed(format!("{node}: {e}")),
+                },
+                Err(e) => Finding::Failed(format!("{node}: {e}")),
+            };
+            if worst.as_ref().is_none_or(|w| finding.rank() > w.rank()) {
+                worst = Some(finding);
+            }
+        }
+        worst.ok_or_else(|| anyhow::anyhow!("no redis node to check"))
+    }
+
+    async fn inspect_node(&self, mut conn: Conn) -> Result<Finding, anyhow::Error> {
         let (_, current): (String, String) = redis::cmd("CONFIG")
             .arg("GET")
             .arg("notify-keyspace-events")
-            .query_async(&mut *conn)
+            .query_async(&mut conn)
             .await?;
         let missing = missing_flags(&current);
         if missing.is_empty() {
@@ -170,7 +203,7 @@ impl KeyspaceMonitor {
             .arg("SET")
             .arg("notify-keyspace-events")
             .arg(&wanted)
-            .query_async::<()>(&mut *conn)
+            .query_async::<()>(&mut conn)
             .await?;
         Ok(Finding::Fixed { flags: wanted })
     }

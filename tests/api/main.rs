@@ -13,6 +13,7 @@ mod auth_causes;
 mod auth_hook;
 mod browser;
 mod deploy;
+mod distributed_redis;
 mod durable;
 mod fanout;
 mod final_state;

@@ -1,17 +1,21 @@
 //! [`Publisher`]: a handle that writes progress documents for jobs through
-//! [`crate::wire`], over one multiplexed connection that reconnects by itself.
-//! Cheap to clone; connects on first use.
+//! [`crate::wire`], over one multiplexed connection that reconnects by itself
+//! (for a Redis Cluster, a cluster connection that follows MOVED and failover,
+//! and the channel is sharded). Cheap to clone; connects on first use.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::ConnectionManager;
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
 use tokio::sync::OnceCell;
 
 use crate::job_id::JobId;
+use crate::redis_url::{RedisLocation, RedisUrlError};
 use crate::wire::{
     DEFAULT_GROUP_PREFIX, DEFAULT_KEY_PREFIX, DEFAULT_MAX_DOCUMENT_BYTES, DEFAULT_TTL_SECS,
-    write_script, write_state, write_state_in_group,
+    sharded_write_script, write_script, write_state, write_state_in_group,
 };
 
 /// Bound on one write, so a hung Redis fails a worker's call instead of
@@ -24,12 +28,26 @@ pub enum PublishError {
     Redis(#[from] redis::RedisError),
     #[error("redis did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("REDIS_URL {0}")]
+    Url(#[from] RedisUrlError),
+}
+
+/// Where writes go: one server, or a cluster.
+#[derive(Clone)]
+enum Target {
+    Single {
+        client: redis::Client,
+        conn: Arc<OnceCell<ConnectionManager>>,
+    },
+    Cluster {
+        client: ClusterClient,
+        conn: Arc<OnceCell<ClusterConnection>>,
+    },
 }
 
 #[derive(Clone)]
 pub struct Publisher {
-    client: redis::Client,
-    conn: Arc<OnceCell<ConnectionManager>>,
+    target: Target,
     script: Arc<redis::Script>,
     prefix: String,
     group_prefix: String,
@@ -39,15 +57,39 @@ pub struct Publisher {
 
 impl Publisher {
     /// A publisher with the default prefix, TTL and size limit. Connects lazily.
+    /// `redis+cluster://host:port[,host:port…]` names a Redis Cluster.
     pub fn connect(redis_url: &str) -> Result<Self, PublishError> {
         Self::connect_with_prefix(redis_url, DEFAULT_KEY_PREFIX)
     }
 
     pub fn connect_with_prefix(redis_url: &str, key_prefix: &str) -> Result<Self, PublishError> {
+        Self::connect_to(RedisLocation::parse(redis_url, false)?, key_prefix)
+    }
+
+    /// A publisher for an already parsed location (the gateway's settings).
+    pub fn connect_to(location: RedisLocation, key_prefix: &str) -> Result<Self, PublishError> {
+        let (target, script) = match location {
+            RedisLocation::Single(info) => (
+                Target::Single {
+                    client: redis::Client::open(info)?,
+                    conn: Arc::new(OnceCell::new()),
+                },
+                write_script(),
+            ),
+            RedisLocation::Cluster(seeds) => (
+                Target::Cluster {
+                    client: redis::cluster::ClusterClientBuilder::new(seeds)
+                        .connection_timeout(WRITE_TIMEOUT)
+                        .response_timeout(WRITE_TIMEOUT)
+                        .build()?,
+                    conn: Arc::new(OnceCell::new()),
+                },
+                sharded_write_script(),
+            ),
+        };
         Ok(Publisher {
-            client: redis::Client::open(redis_url)?,
-            conn: Arc::new(OnceCell::new()),
-            script: Arc::new(write_script()),
+            target,
+            script: Arc::new(script),
             prefix: key_prefix.to_owned(),
             group_prefix: DEFAULT_GROUP_PREFIX.to_owned(),
             ttl_secs: DEFAULT_TTL_SECS,
@@ -87,8 +129,9 @@ impl Publisher {
         format!("{}{}", self.prefix, job.as_str())
     }
 
-    /// SET + PUBLISH of `json` (a JSON object; not checked here) in one atomic
-    /// script. Returns how many channel subscribers received it.
+    /// SET + PUBLISH (SPUBLISH in a cluster) of `json` (a JSON object; not
+    /// checked here) in one atomic script. Returns how many channel
+    /// subscribers received it.
     pub async fn write(&self, job: &JobId, json: &[u8]) -> Result<i64, PublishError> {
         self.write_in_group(job, json, None).await
     }
@@ -104,25 +147,55 @@ impl Publisher {
     ) -> Result<i64, PublishError> {
         let key = self.key(job);
         let write = async {
-            let conn = self
-                .conn
-                .get_or_try_init(|| ConnectionManager::new(self.client.clone()))
-                .await?;
-            let mut conn = conn.clone();
-            match group {
-                None => write_state(&self.script, &mut conn, &key, json, self.ttl_secs).await,
-                Some(group) => {
-                    let set = self.group_key(group);
-                    write_state_in_group(
-                        &self.script,
-                        &mut conn,
-                        &key,
-                        json,
-                        self.ttl_secs,
-                        &set,
-                        job.as_str(),
-                    )
-                    .await
+            match &self.target {
+                Target::Single { client, conn } => {
+                    let mut conn = conn
+                        .get_or_try_init(|| ConnectionManager::new(client.clone()))
+                        .await?
+                        .clone();
+                    match group {
+                        None => {
+                            write_state(&self.script, &mut conn, &key, json, self.ttl_secs).await
+                        }
+                        Some(group) => {
+                            let set = self.group_key(group);
+                            write_state_in_group(
+                                &self.script,
+                                &mut conn,
+                                &key,
+                                json,
+                                self.ttl_secs,
+                                &set,
+                                job.as_str(),
+                            )
+                            .await
+                        }
+                    }
+                }
+                Target::Cluster { client, conn } => {
+                    let mut conn = conn
+                        .get_or_try_init(|| client.get_async_connection())
+                        .await?
+                        .clone();
+                    let receivers =
+                        write_state(&self.script, &mut conn, &key, json, self.ttl_secs).await?;
+                    // The set lives in another slot: its own commands, after.
+                    if let Some(group) = group {
+                        let set = self.group_key(group);
+                        redis::cmd("SADD")
+                            .arg(&set)
+                            .arg(job.as_str())
+                            .exec_async(&mut conn)
+                            .await?;
+                        if self.ttl_secs > 0 {
+                            redis::cmd("EXPIRE")
+                                .arg(&set)
+                                .arg(self.ttl_secs)
+                                .exec_async(&mut conn)
+                                .await?;
+                        }
+                    }
+                    Ok(receivers)
                 }
             }
         };

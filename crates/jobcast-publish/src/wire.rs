@@ -3,6 +3,10 @@
 //! never sees a message before the key holds its state. The gateway's
 //! `POST /jobs/{id}` writes through this same script.
 //!
+//! In a Redis Cluster the channel is sharded (`SPUBLISH`): the key and the
+//! channel have the same name, so they hash to the same slot and the one
+//! script still runs on the one primary that owns both.
+//!
 //! A job in a group is also added to the group's set (`SADD
 //! progress:group:{group} {job}`, the state key's TTL), in the same round trip
 //! but NOT inside the script: in a Redis Cluster the set and the state key
@@ -28,6 +32,8 @@ pub const DEFAULT_GROUP_PREFIX: &str = "progress:group:";
 /// browser's `Number` holds exactly, so every client compares ids as jobcast does.
 pub const MAX_SEQ: i64 = (1 << 53) - 1;
 
+/// `PUBLISH` stands for the publish command: PUBLISH, or SPUBLISH in a
+/// cluster (the job channel is a shard channel there).
 const WRITE_SCRIPT: &str = r"
 if tonumber(ARGV[2]) > 0 then
   redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
@@ -40,6 +46,11 @@ return redis.call('PUBLISH', KEYS[1], ARGV[1])
 /// The write script (its SHA is computed once; EVALSHA with a fallback to EVAL).
 pub fn write_script() -> redis::Script {
     redis::Script::new(WRITE_SCRIPT)
+}
+
+/// The write script for a Redis Cluster (`SPUBLISH` on the job's shard channel).
+pub fn sharded_write_script() -> redis::Script {
+    redis::Script::new(&WRITE_SCRIPT.replace("'PUBLISH'", "'SPUBLISH'"))
 }
 
 /// SET `key` to `json` (TTL `ttl_secs`, 0 = none) and PUBLISH it on the channel

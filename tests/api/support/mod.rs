@@ -1,5 +1,6 @@
 //! Shared helpers for the integration tests: throwaway `redis-server`
-//! processes ([`RedisServer`]), throwaway Postgres databases ([`TestDb`]),
+//! processes ([`RedisServer`]), a Redis Cluster ([`RedisCluster`]) and a
+//! Sentinel deployment ([`SentinelSetup`]) made of them, throwaway Postgres databases ([`TestDb`]),
 //! a strict nginx in front of a gateway ([`Nginx`]), a headless browser
 //! driven over DevTools ([`Chromium`]), free loopback ports and bounded polling.
 //!
@@ -14,6 +15,8 @@ pub mod jwks_server;
 pub mod nginx;
 pub mod otlp_receiver;
 pub mod postgres_db;
+pub mod redis_cluster;
+pub mod redis_sentinel;
 pub mod redis_server;
 pub mod session_app;
 
@@ -21,6 +24,8 @@ pub use chromium::Chromium;
 pub use nginx::Nginx;
 pub use otlp_receiver::OtlpReceiver;
 pub use postgres_db::TestDb;
+pub use redis_cluster::RedisCluster;
+pub use redis_sentinel::SentinelSetup;
 pub use redis_server::RedisServer;
 pub use session_app::SessionApp;
 

@@ -46,6 +46,12 @@ impl RedisServerBuilder {
         self
     }
 
+    /// Any other `redis-server` argument, e.g. `.arg("--cluster-enabled").arg("yes")`.
+    pub fn arg(mut self, arg: impl Into<String>) -> Self {
+        self.extra_args.push(arg.into());
+        self
+    }
+
     /// Starts the server and waits (at most 10 s) until it answers PING.
     pub async fn start(self) -> RedisServer {
         let mut config = vec![
@@ -148,6 +154,11 @@ impl RedisServer {
             .query_async(&mut self.connection().await)
             .await
             .unwrap_or_else(|e| panic!("PUBLISH {channel}: {e}"));
+    }
+
+    /// Whether the process runs (it has not been killed).
+    pub fn is_alive(&self) -> bool {
+        self.child.is_some()
     }
 
     /// SIGKILL, then reap. Clients see the connection drop at once. Calling

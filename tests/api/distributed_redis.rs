@@ -1,0 +1,516 @@
+//! jobcast on the distributed Redis its users run: a real Redis Cluster (3
+//! primaries + 3 replicas) whose primary is killed mid-stream, and a real
+//! Sentinel deployment (primary, replica, 3 sentinels) failed over mid-stream.
+//! Every watcher still reaches `done`, never sees a state twice or go back,
+//! and the gateway holds one subscription per watched job where the job lives.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use jobcast::config::Settings;
+use jobcast::startup::App;
+use jobcast::upstream::cluster_topology::key_slot;
+use jobcast_publish::{JobId, Publisher};
+use tokio_util::sync::CancellationToken;
+
+use crate::app::{SECRET, claims, sign};
+use crate::clients::Sse;
+use crate::support::redis_sentinel::MASTER_NAME;
+use crate::support::{RedisCluster, SentinelSetup, wait_until};
+
+const PREFIX: &str = "progress:job:";
+/// Bound on any one event of a watcher (heartbeats come every second).
+const EVENT_BOUND: Duration = Duration::from_secs(15);
+/// Bound on every watcher reaching a given state.
+const STATE_BOUND: Duration = Duration::from_secs(20);
+
+/// A gateway built as `main` builds it, on port 0, against `redis`.
+struct Gateway {
+    addr: std::net::SocketAddr,
+    shutdown: CancellationToken,
+}
+
+impl Gateway {
+    async fn start(tweak: impl FnOnce(&mut Settings)) -> Gateway {
+        let mut s = Settings::defaults();
+        s.listen = "127.0.0.1:0".parse().expect("addr");
+        s.jwt_secret = Some(jobcast::config::Secret::new(SECRET));
+        s.static_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/static").into();
+        s.heartbeat_secs = 1;
+        // Hundreds of watchers under one test user.
+        s.max_connections_per_user = 0;
+        // No periodic re-read: only subscriptions (and the re-read after a
+        // move) may deliver, so a lost subscription shows.
+        s.resync_secs = 0;
+        tweak(&mut s);
+        let app = App::build(s).await.expect("App::build");
+        let gateway = Gateway {
+            addr: app.addr(),
+            shutdown: app.shutdown_token(),
+        };
+        tokio::spawn(app.run());
+        gateway
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    async fn readyz(&self) -> serde_json::Value {
+        reqwest::get(self.url("/readyz"))
+            .await
+            .expect("GET /readyz")
+            .json()
+            .await
+            .expect("readyz JSON")
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// One SSE watcher per job; each records the last `seq` it saw, and its
+/// task returns every event id in order and whether `done` came.
+struct Watchers {
+    last_seen: Arc<Vec<AtomicU64>>,
+    tasks: Vec<tokio::task::JoinHandle<(Vec<u64>, bool)>>,
+}
+
+impl Watchers {
+    async fn start(gateway: &Gateway, jobs: &[String]) -> Watchers {
+        let mut admin = claims("watcher");
+        admin.roles = vec!["admin".into()];
+        let auth = format!("Bearer {}", sign(&admin));
+        let last_seen: Arc<Vec<AtomicU64>> =
+            Arc::new(jobs.iter().map(|_| AtomicU64::new(0)).collect());
+        let mut tasks = Vec::new();
+        for (i, job) in jobs.iter().enumerate() {
+            let url = gateway.url(&format!("/jobs/{job}/events"));
+            let (auth, last_seen) = (auth.clone(), last_seen.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut sse = Sse::connect(&url, &[("authorization", &auth)]).await;
+                assert_eq!(sse.status, 200, "{url}");
+                let mut ids = Vec::new();
+                while let Some(ev) = sse.next_within(EVENT_BOUND).await {
+                    match ev.event.as_str() {
+                        "progress" => {
+                            let id: u64 = ev
+                                .id
+                                .as_deref()
+                                .and_then(|i| i.parse().ok())
+                                .expect("numeric id");
+                            last_seen[i].store(id, Ordering::Release);
+                            ids.push(id);
+                        }
+                        "done" => return (ids, true),
+                        _ => {}
+                    }
+                }
+                (ids, false)
+            }));
+        }
+        Watchers { last_seen, tasks }
+    }
+
+    async fn wait_all_saw(&self, seq: u64) {
+        let last_seen = self.last_seen.clone();
+        wait_until(STATE_BOUND, &format!("every watcher saw seq {seq}"), || {
+            let last_seen = last_seen.clone();
+            async move { last_seen.iter().all(|s| s.load(Ordering::Acquire) >= seq) }
+        })
+        .await;
+    }
+
+    /// Awaits every watcher; asserts each reached `done` with increasing ids
+    /// that end with `terminal`.
+    async fn assert_all_done(self, jobs: &[String], terminal: u64) {
+        for (job, task) in jobs.iter().zip(self.tasks) {
+            let (ids, done) = tokio::time::timeout(STATE_BOUND, task)
+                .await
+                .unwrap_or_else(|_| panic!("watcher of {job} still open"))
+                .expect("watcher task");
+            assert!(done, "watcher of {job} never got `done`; ids {ids:?}");
+            assert!(
+                ids.windows(2).all(|w| w[0] < w[1]),
+                "{job}: ids went back or repeated: {ids:?}"
+            );
+            assert_eq!(ids.last(), Some(&terminal), "{job}: {ids:?}");
+        }
+    }
+}
+
+/// Every change of `/readyz` (`status/redis`), polled every 20 ms.
+struct ReadyzLog {
+    seen: Arc<std::sync::Mutex<Vec<String>>>,
+    stop: CancellationToken,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ReadyzLog {
+    fn start(gateway: &Gateway) -> ReadyzLog {
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let stop = CancellationToken::new();
+        let (url, log, halt) = (gateway.url("/readyz"), seen.clone(), stop.clone());
+        let task = tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            while !halt.is_cancelled() {
+                if let Ok(res) = client.get(&url).send().await
+                    && let Ok(body) = res.json::<serde_json::Value>().await
+                {
+                    let word = format!("{}/{}", body["status"], body["redis"]);
+                    let mut seen = log.lock().expect("readyz log");
+                    if seen.last() != Some(&word) {
+                        seen.push(word);
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        ReadyzLog { seen, stop, task }
+    }
+
+    /// Waits until `/readyz` is `ready` again, then asserts it was
+    /// `degraded` with `"redis":"failover"` meanwhile.
+    async fn assert_degraded_then_ready(self) {
+        let seen = self.seen.clone();
+        wait_until(STATE_BOUND, "/readyz is ready again", || {
+            let seen = seen.clone();
+            async move {
+                let seen = seen.lock().expect("readyz log");
+                seen.iter().any(|s| s.contains("failover"))
+                    && seen.last().is_some_and(|s| s.starts_with("\"ready\""))
+            }
+        })
+        .await;
+        self.stop.cancel();
+        self.task.await.expect("readyz poller");
+        let seen = self.seen.lock().expect("readyz log").clone();
+        assert!(
+            seen.contains(&"\"degraded\"/\"failover\"".to_owned()),
+            "/readyz went degraded (redis failover) and back: {seen:?}"
+        );
+    }
+}
+
+fn doc(seq: u64, terminal: bool) -> String {
+    let status = if terminal { "completed" } else { "running" };
+    format!(r#"{{"seq":{seq},"status":"{status}","owner_id":"alice","overall_progress":{seq}}}"#)
+}
+
+/// `PUBSUB SHARDNUMSUB` / `PUBSUB NUMSUB` of `channels` on one node.
+async fn subscribers(
+    conn: &mut redis::aio::MultiplexedConnection,
+    sub: &str,
+    channels: &[String],
+) -> Vec<i64> {
+    let counts: Vec<(String, i64)> = redis::cmd("PUBSUB")
+        .arg(sub)
+        .arg(channels)
+        .query_async(conn)
+        .await
+        .unwrap_or_else(|e| panic!("PUBSUB {sub}: {e}"));
+    counts.into_iter().map(|(_, n)| n).collect()
+}
+
+/// Asserts that jobcast set the keyspace-notification flags on `node`.
+async fn assert_keyspace_flags_on(node: &mut redis::aio::MultiplexedConnection, which: &str) {
+    let (_, flags): (String, String) = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("notify-keyspace-events")
+        .query_async(node)
+        .await
+        .unwrap_or_else(|e| panic!("CONFIG GET on {which}: {e}"));
+    assert!(
+        jobcast::upstream::redis_setup::missing_flags(&flags).is_empty(),
+        "jobcast set the keyspace flags on {which}: {flags:?}"
+    );
+}
+
+/// Asserts that on every primary, each job whose slot it owns has exactly one
+/// shard subscriber on its channel and one subscriber on its keyspace channel.
+async fn assert_one_subscription_per_job(cluster: &mut RedisCluster, jobs: &[String]) {
+    let shards = cluster.shards().await;
+    for shard in &shards {
+        let owned: Vec<&String> = jobs
+            .iter()
+            .filter(|j| {
+                let slot = key_slot(format!("{PREFIX}{j}").as_bytes());
+                shard.ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+            })
+            .collect();
+        assert!(
+            !owned.is_empty(),
+            "the jobs spread over every primary: {shards:?}"
+        );
+        let channels: Vec<String> = owned.iter().map(|j| format!("{PREFIX}{j}")).collect();
+        let keyspace: Vec<String> = owned
+            .iter()
+            .map(|j| format!("__keyspace@0__:{PREFIX}{j}"))
+            .collect();
+        let mut node = cluster.node(shard.primary).await;
+        let sharded = subscribers(&mut node, "SHARDNUMSUB", &channels).await;
+        assert!(
+            sharded.iter().all(|n| *n == 1),
+            "shard subscribers on {}: {sharded:?}",
+            shard.primary
+        );
+        let events = subscribers(&mut node, "NUMSUB", &keyspace).await;
+        assert!(
+            events.iter().all(|n| *n == 1),
+            "keyspace subscribers on {}: {events:?}",
+            shard.primary
+        );
+    }
+}
+
+/// `jobcast publish JOB DOC` with only `env` (and the test secret) set;
+/// returns its stdout, asserting it succeeded.
+async fn cli_publish(env: &[(&str, &str)], job: &str, body: &str) -> String {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_jobcast"));
+    cmd.env_clear()
+        .env("JWT_SECRET", SECRET)
+        .env("RUST_LOG", "warn")
+        .args(["publish", job, body])
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = tokio::time::timeout(STATE_BOUND, cmd.output())
+        .await
+        .expect("jobcast publish in time")
+        .expect("run jobcast publish");
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "jobcast publish failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+/// Retries one write until it lands (a failover refuses writes for a while).
+async fn until_written<F, Fut>(what: &str, mut write: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let deadline = tokio::time::Instant::now() + STATE_BOUND;
+    loop {
+        match write().await {
+            Ok(()) => return,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                let _ = e;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(e) => panic!("{what} never landed: {e}"),
+        }
+    }
+}
+
+/// Writes `seq` for every job: even jobs by a plain SET (keyspace events),
+/// odd ones through the publisher library (SET + SPUBLISH in one script).
+async fn write_cluster_round(
+    setter: &redis::cluster_async::ClusterConnection,
+    publisher: &Publisher,
+    jobs: &[String],
+    seq: u64,
+    terminal: bool,
+) {
+    for (i, job) in jobs.iter().enumerate() {
+        let body = doc(seq, terminal);
+        if i % 2 == 0 {
+            until_written(&format!("SET {job} seq {seq}"), || {
+                let (mut c, body) = (setter.clone(), body.clone());
+                async move {
+                    redis::cmd("SET")
+                        .arg(format!("{PREFIX}{job}"))
+                        .arg(body)
+                        .query_async::<()>(&mut c)
+                        .await
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await;
+        } else {
+            let id = JobId::parse(job).expect("job id");
+            until_written(&format!("publish {job} seq {seq}"), || {
+                let (id, body) = (id.clone(), body.clone());
+                async move {
+                    publisher
+                        .write(&id, body.as_bytes())
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_primary_killed_mid_stream_every_watcher_reaches_done() {
+    // Arrange: notifications off on every node; jobcast turns them on.
+    let mut cluster = RedisCluster::start("").await;
+    let url = cluster.url();
+    let gateway = Gateway::start(|s| s.redis_url = url.clone()).await;
+    let jobs: Vec<String> = (0..300).map(|i| format!("cluster-{i}")).collect();
+    let setter = cluster.connection().await;
+    let publisher = Publisher::connect(&cluster.url()).expect("publisher for the cluster");
+    write_cluster_round(&setter, &publisher, &jobs, 1, false).await;
+    let watchers = Watchers::start(&gateway, &jobs).await;
+    watchers.wait_all_saw(1).await;
+    write_cluster_round(&setter, &publisher, &jobs, 2, false).await;
+    watchers.wait_all_saw(2).await;
+    assert_one_subscription_per_job(&mut cluster, &jobs).await;
+
+    // Act: writers go on while the primary of job 0's slot is killed.
+    let progress = Arc::new(AtomicU64::new(2));
+    let writer = {
+        let (setter, publisher, jobs, progress) = (
+            setter.clone(),
+            publisher.clone(),
+            jobs.clone(),
+            progress.clone(),
+        );
+        tokio::spawn(async move {
+            for seq in 3..=12 {
+                write_cluster_round(&setter, &publisher, &jobs, seq, false).await;
+                progress.store(seq, Ordering::Release);
+            }
+        })
+    };
+    let seen = progress.clone();
+    wait_until(STATE_BOUND, "the writers are mid-stream", || {
+        let seen = seen.clone();
+        async move { seen.load(Ordering::Acquire) >= 4 }
+    })
+    .await;
+    assert_eq!(gateway.readyz().await["status"], "ready");
+    let readyz = ReadyzLog::start(&gateway);
+    let victim = cluster
+        .primary_of_slot(key_slot(format!("{PREFIX}{}", jobs[0]).as_bytes()))
+        .await;
+    let successor = cluster.kill_primary_and_wait_failover(victim).await;
+    writer.await.expect("writer");
+
+    // Assert: every stream goes on from the new primary, one subscription
+    // per job there, and ends with `done`.
+    watchers.wait_all_saw(12).await;
+    readyz.assert_degraded_then_ready().await;
+    assert_one_subscription_per_job(&mut cluster, &jobs).await;
+    assert_keyspace_flags_on(&mut cluster.node(successor).await, "the promoted replica").await;
+    // The last state of one job comes through the gateway's own POST, which
+    // writes SET + SPUBLISH on the slot's primary like a worker.
+    let mut publisher_claims = claims("service");
+    publisher_claims.roles = vec!["publisher".into()];
+    publisher_claims.jobs = vec![jobs[1].clone()];
+    let posted = reqwest::Client::new()
+        .post(gateway.url(&format!("/jobs/{}", jobs[1])))
+        .bearer_auth(sign(&publisher_claims))
+        .body(doc(13, true))
+        .send()
+        .await
+        .expect("POST /jobs/{id}");
+    assert_eq!(posted.status(), 201, "POST in a cluster");
+    // And one through `jobcast publish`: its SPUBLISH reaches the gateway's
+    // one shard subscription on the slot's primary.
+    let out = cli_publish(&[("REDIS_URL", &cluster.url())], &jobs[3], &doc(13, true)).await;
+    assert!(out.contains("(1 channel subscribers)"), "{out}");
+    write_cluster_round(&setter, &publisher, &jobs, 13, true).await;
+    watchers.assert_all_done(&jobs, 13).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_mid_stream_every_watcher_reaches_done() {
+    // Arrange: notifications off on both servers; jobcast sets them on the
+    // primary, and on the new one after the failover.
+    let setup = SentinelSetup::start("").await;
+    let sentinels = setup.sentinels_setting();
+    let gateway = Gateway::start(|s| {
+        s.redis_sentinels = sentinels.split(',').map(str::to_owned).collect();
+        s.redis_sentinel_master = Some(MASTER_NAME.to_owned());
+    })
+    .await;
+    let jobs: Vec<String> = (0..50).map(|i| format!("sentinel-{i}")).collect();
+    let write_round = |seq: u64, terminal: bool| {
+        let jobs = jobs.clone();
+        let setup = &setup;
+        async move {
+            // Each round asks the sentinels where the primary is now.
+            let mut primary = setup.primary().await;
+            for (i, job) in jobs.iter().enumerate() {
+                let key = format!("{PREFIX}{job}");
+                let body = doc(seq, terminal);
+                let result: redis::RedisResult<()> = if i % 2 == 0 {
+                    redis::cmd("SET")
+                        .arg(&key)
+                        .arg(&body)
+                        .query_async(&mut primary)
+                        .await
+                } else {
+                    redis::pipe()
+                        .cmd("SET")
+                        .arg(&key)
+                        .arg(&body)
+                        .ignore()
+                        .cmd("PUBLISH")
+                        .arg(&key)
+                        .arg(&body)
+                        .ignore()
+                        .query_async(&mut primary)
+                        .await
+                };
+                if let Err(e) = result {
+                    return Err(e.to_string());
+                }
+            }
+            Ok(())
+        }
+    };
+    until_written("round 1", || write_round(1, false)).await;
+    let watchers = Watchers::start(&gateway, &jobs).await;
+    watchers.wait_all_saw(1).await;
+    assert_eq!(gateway.readyz().await["status"], "ready");
+    let readyz = ReadyzLog::start(&gateway);
+
+    // Act: a forced failover between two rounds of writes.
+    until_written("round 2", || write_round(2, false)).await;
+    let new_primary = setup.failover().await;
+    for seq in 3..=6 {
+        until_written(&format!("round {seq}"), || write_round(seq, false)).await;
+    }
+
+    // Assert
+    watchers.wait_all_saw(6).await;
+    readyz.assert_degraded_then_ready().await;
+    let mut primary = setup.primary().await;
+    assert_eq!(setup.primary_port().await, new_primary);
+    assert_keyspace_flags_on(&mut primary, "the new primary").await;
+    let channels: Vec<String> = jobs.iter().map(|j| format!("{PREFIX}{j}")).collect();
+    let counts = subscribers(&mut primary, "NUMSUB", &channels).await;
+    assert!(
+        counts.iter().all(|n| *n == 1),
+        "one subscription per job on the new primary: {counts:?}"
+    );
+    let out = cli_publish(
+        &[
+            ("REDIS_SENTINELS", &sentinels),
+            ("REDIS_SENTINEL_MASTER", MASTER_NAME),
+        ],
+        &jobs[1],
+        &doc(7, true),
+    )
+    .await;
+    assert!(
+        out.contains("(1 channel subscribers)"),
+        "jobcast publish found the new primary: {out}"
+    );
+    until_written("the terminal round", || write_round(7, true)).await;
+    watchers.assert_all_done(&jobs, 7).await;
+}
