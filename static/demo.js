@@ -1,6 +1,8 @@
 // jobcast demo page logic (static/index.html). Reads ?job=&token=[&transports=ws,poll]
-// [&connect_timeout_ms=] from the URL, watches the job with jobcast.js and renders it.
+// [&connect_timeout_ms=] from the URL, watches the job with jobcast.js and renders it;
+// with ?group= instead, shows that project's dashboard (static/dashboard.js).
 import { watch, smoothProgress, etaSmoother, progressColor, formatDuration } from './jobcast.js';
+import { startDashboard } from './dashboard.js';
 
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
@@ -256,6 +258,8 @@ function setConn(state) {
 
 if (jobId) {
   start();
+} else if ((params.get('group') || '').trim()) {
+  startDashboard();
 } else {
   const form = $('job-form');
   form.hidden = false;
