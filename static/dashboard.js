@@ -120,6 +120,7 @@ function setConn(state) {
 
 export function startDashboard() {
   $('group-view').hidden = false;
+  document.querySelector('.top .sub').textContent = "Live progress of a project's jobs";
   $('group-id').textContent = group;
   document.title = `${group} — jobcast`;
   const transports = (params.get('transports') || '')
