@@ -4,28 +4,13 @@
 // Reads ?group=&token=[&transports=ws,poll] from the URL. The element ids
 // and data- attributes are used by tests.
 import { watchGroup, progressColor } from './jobcast.js';
+import { $, pctOf, setBar, showState } from './demo-ui.js';
 
-const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const group = (params.get('group') || '').trim();
 const token = (params.get('token') || '').trim();
 
-const STATE_TEXT = {
-  connecting: 'Connecting…',
-  live: 'Live',
-  reconnecting: 'Reconnecting…',
-  failed: 'Disconnected',
-  closed: 'Disconnected',
-  done: 'Finished',
-};
 
-function pctOf(doc) {
-  for (const k of ['overall_progress', 'progress', 'percent']) {
-    const v = Number(doc && doc[k]);
-    if (doc && doc[k] !== undefined && doc[k] !== null && Number.isFinite(v)) return Math.max(0, Math.min(100, v));
-  }
-  return null;
-}
 
 /** The running row of a job (created on first sight). */
 function row(jobId) {
@@ -75,14 +60,12 @@ function counts() {
 function render(jobId, doc, meta) {
   const li = row(jobId);
   li.dataset.seq = meta.id ?? '';
-  const pct = pctOf(doc);
-  if (pct !== null) {
+  const raw = pctOf(doc);
+  if (raw !== null) {
+    const pct = Math.max(0, Math.min(100, raw));
     li.dataset.pct = String(Math.floor(pct));
     li.querySelector('.pct').textContent = Math.floor(pct) + '%';
-    const bar = li.querySelector('.bar');
-    bar.style.setProperty('--pct', pct.toFixed(2) + '%');
-    bar.style.setProperty('--fill', progressColor(pct));
-    bar.setAttribute('aria-valuenow', String(Math.floor(pct)));
+    setBar(li.querySelector('.bar'), pct, progressColor(pct));
   }
   const stage = doc.stage ? String(doc.stage).replace(/_/g, ' ') : '';
   li.querySelector('.stage-line').textContent = [doc.status, stage, doc.message].filter(Boolean).join(' · ');
@@ -113,9 +96,7 @@ function finish(jobId, status, doc) {
 }
 
 function setConn(state) {
-  const el = $('group-conn');
-  el.dataset.state = state;
-  el.textContent = STATE_TEXT[state] || state;
+  showState($('group-conn'), state);
 }
 
 export function startDashboard() {

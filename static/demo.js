@@ -3,20 +3,12 @@
 // with ?group= instead, shows that project's dashboard (static/dashboard.js).
 import { watch, smoothProgress, etaSmoother, progressColor, formatDuration } from './jobcast.js';
 import { startDashboard } from './dashboard.js';
+import { $, pctOf, setBar, showState } from './demo-ui.js';
 
-const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const jobId = (params.get('job') || '').trim();
 const token = (params.get('token') || '').trim();
 
-const STATE_TEXT = {
-  connecting: 'Connecting…',
-  live: 'Live',
-  reconnecting: 'Reconnecting…',
-  failed: 'Disconnected',
-  closed: 'Disconnected',
-  done: 'Finished',
-};
 
 function humanError(err) {
   const text = humanText(err);
@@ -48,13 +40,6 @@ function showError(text) {
   $('error').hidden = !text;
 }
 
-function pctOf(doc) {
-  for (const k of ['overall_progress', 'progress', 'percent']) {
-    const v = Number(doc[k]);
-    if (doc[k] !== undefined && doc[k] !== null && Number.isFinite(v)) return v;
-  }
-  return null;
-}
 
 // --- rendering -------------------------------------------------------------
 
@@ -65,12 +50,6 @@ let finished = null; // the done payload, once the job ended
 let failedJob = false;
 let ticker = null;
 
-function setBar(bar, pct, color) {
-  const p = Math.max(0, Math.min(100, pct));
-  bar.style.setProperty('--pct', p.toFixed(2) + '%');
-  if (color) bar.style.setProperty('--fill', color);
-  bar.setAttribute('aria-valuenow', String(Math.floor(p)));
-}
 
 function renderOverall(value) {
   const shown = finished && !failedJob ? 100 : Math.floor(value);
@@ -251,9 +230,7 @@ function start() {
 }
 
 function setConn(state) {
-  const el = $('conn-state');
-  el.dataset.state = state;
-  el.textContent = STATE_TEXT[state] || state;
+  showState($('conn-state'), state);
 }
 
 if (jobId) {

@@ -115,6 +115,29 @@ function parseJson(text) {
   }
 }
 
+/**
+ * Invariant 3: lets a state through only if it is newer than the last one
+ * `g` let through (`g.lastN`, `g.lastId`, `g.docJson`, updated here): by its
+ * event id, else its `seq`, else (neither) as long as it differs.
+ */
+function passGate(g, id, doc) {
+  let n = numericId(id);
+  if (Number.isNaN(n) && Number.isInteger(doc.seq)) {
+    n = doc.seq;
+    id = String(n);
+  }
+  const json = JSON.stringify(doc);
+  if (!Number.isNaN(n)) {
+    if (!Number.isNaN(g.lastN) && n <= g.lastN) return false; // duplicate or backwards
+    g.lastN = n;
+    g.lastId = String(id);
+  } else if (json === g.docJson) {
+    return false; // no id at all: drop a byte-identical repeat
+  }
+  g.docJson = json;
+  return true;
+}
+
 // ---------------------------------------------------------------------------
 // localStorage: `jobcast.jobs` {jobId: {lastId, doc, transport, updatedAt}} for
 // `watch()`, `jobcast.streams` {stream: {cursor, transport, jobs, updatedAt}}
@@ -730,7 +753,7 @@ class Watcher extends Connection {
     this.lastId = null; // string id of the last delivered event
     this.lastN = NaN; // its numeric value
     this.lastDoc = null;
-    this.lastDocJson = null; // for documents without a numeric id
+    this.docJson = null; // for documents without a numeric id
     this.sseEvents = ['progress', 'done'];
   }
 
@@ -834,20 +857,7 @@ class Watcher extends Connection {
   }
 
   deliver(id, doc, meta = {}) {
-    if (this.ended) return;
-    let n = numericId(id);
-    if (Number.isNaN(n) && Number.isInteger(doc.seq)) {
-      n = doc.seq;
-      id = String(n);
-    }
-    if (!Number.isNaN(n)) {
-      if (!Number.isNaN(this.lastN) && n <= this.lastN) return; // duplicate or backwards
-      this.lastN = n;
-      this.lastId = String(id);
-    } else if (JSON.stringify(doc) === this.lastDocJson) {
-      return; // no id at all: drop a byte-identical repeat
-    }
-    this.lastDocJson = JSON.stringify(doc);
+    if (this.ended || !passGate(this, id, doc)) return;
     this.lastDoc = doc;
     if (this.remember && !meta.cached) updateStore(this.jobId, { lastId: this.lastId, doc });
     this.safe(this.onProgress, doc, { id: this.lastId, transport: meta.cached ? null : this.transport, cached: !!meta.cached });
@@ -911,21 +921,19 @@ class Watcher extends Connection {
 export function watch(jobId, options = {}) {
   const w = new Watcher(jobId, options);
   w.start();
-  return {
-    close: () => w.close(),
-    get state() {
-      return w.state;
-    },
-    get transport() {
-      return w.transport;
-    },
-    get lastEventId() {
-      return w.lastId;
-    },
-    get document() {
-      return w.lastDoc;
-    },
-  };
+  return handleOf(w, {
+    state: () => w.state,
+    transport: () => w.transport,
+    lastEventId: () => w.lastId,
+    document: () => w.lastDoc,
+  });
+}
+
+/** What `watch()` and the streams return: `close()` and read-only views of the watcher. */
+function handleOf(w, getters) {
+  const handle = { close: () => w.close() };
+  for (const [name, get] of Object.entries(getters)) Object.defineProperty(handle, name, { get, enumerable: true });
+  return handle;
 }
 
 // ---------------------------------------------------------------------------
@@ -1346,21 +1354,7 @@ class StreamWatcher extends Connection {
   /** Invariants 3 and 5: a job's state is delivered only if it is newer than the last one. */
   applyProgress(jobId, id, doc, meta) {
     const j = this.entry(jobId);
-    if (!j || j.ended || this.ended) return;
-    let n = numericId(id);
-    if (Number.isNaN(n) && Number.isInteger(doc.seq)) {
-      n = doc.seq;
-      id = String(n);
-    }
-    const json = JSON.stringify(doc);
-    if (!Number.isNaN(n)) {
-      if (!Number.isNaN(j.lastN) && n <= j.lastN) return; // duplicate or backwards
-      j.lastN = n;
-      j.lastId = String(id);
-    } else if (json === j.docJson) {
-      return; // no id at all: drop a byte-identical repeat
-    }
-    j.docJson = json;
+    if (!j || j.ended || this.ended || !passGate(j, id, doc)) return;
     j.doc = doc;
     j.at = Date.now();
     const wasStalled = j.stalled !== null;
@@ -1488,24 +1482,13 @@ function newEntry() {
 }
 
 function streamHandle(s) {
-  return {
-    close: () => s.close(),
-    get state() {
-      return s.state;
-    },
-    get transport() {
-      return s.transport;
-    },
-    get role() {
-      return s.role;
-    },
-    get cursor() {
-      return s.cursor;
-    },
-    get jobs() {
-      return s.view();
-    },
-  };
+  return handleOf(s, {
+    state: () => s.state,
+    transport: () => s.transport,
+    role: () => s.role,
+    cursor: () => s.cursor,
+    jobs: () => s.view(),
+  });
 }
 
 /**
