@@ -217,6 +217,10 @@ function start() {
         for (const id of ['overall-bar', 'stage-meter']) $(id).closest('.meter').hidden = true;
       }
     },
+    onStalled(seconds) {
+      $('stalled').hidden = seconds === null;
+      $('stalled').textContent = seconds === null ? '' : `stalled · no update for ${Math.round(seconds)} s`;
+    },
     onTransport(name) {
       $('transport').textContent = name;
     },

@@ -93,6 +93,8 @@ export interface WatchOptions {
   onProgress?: (doc: ProgressDocument, meta: ProgressMeta) => void;
   /** The job ended; `doc` is the last document. Nothing is called afterwards. */
   onDone?: (doc: ProgressDocument, done: DonePayload) => void;
+  /** The running job has been silent `seconds` (the gateway's stall time); `null` once its next state cleared that. */
+  onStalled?: (seconds: number | null) => void;
   /** A final error (401, 403, 404, a token that could not be renewed); `err.message` is for people. */
   onError?: (err: JobcastError) => void;
   /** The live transport changed. */
@@ -158,7 +160,7 @@ export interface StreamProgressMeta extends ProgressMeta {
 export type TabRole = 'holder' | 'follower';
 
 /** Options of `watchMany()` and `watchGroup()`: those of `watch()`, with callbacks that name the job. */
-export interface StreamOptions extends Omit<WatchOptions, 'onProgress' | 'onDone'> {
+export interface StreamOptions extends Omit<WatchOptions, 'onProgress' | 'onDone' | 'onStalled'> {
   /** A job's new state, in order, never a duplicate or a step back for that job. */
   onProgress?: (jobId: string, doc: ProgressDocument, meta: StreamProgressMeta) => void;
   /** A job ended (once per job); `status` as the gateway said it, `doc` its last state. */

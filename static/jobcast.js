@@ -750,11 +750,13 @@ class Watcher extends Connection {
     this.jobId = String(jobId);
     this.onProgress = opts.onProgress;
     this.onDone = opts.onDone;
+    this.onStalled = opts.onStalled;
+    this.stalled = null; // seconds of silence the server reported, until the next state
     this.lastId = null; // string id of the last delivered event
     this.lastN = NaN; // its numeric value
     this.lastDoc = null;
     this.docJson = null; // for documents without a numeric id
-    this.sseEvents = ['progress', 'done'];
+    this.sseEvents = ['progress', 'done', 'stalled'];
   }
 
   async start() {
@@ -785,6 +787,7 @@ class Watcher extends Connection {
 
   sseEvent(name, e, cb) {
     if (name === 'done') return cb.done(parseJson(e.data) || {});
+    if (name === 'stalled') return cb.stalled((parseJson(e.data) || {}).seconds_since_update);
     const doc = parseJson(e.data);
     if (doc && typeof doc === 'object') cb.progress(e.lastEventId, doc);
   }
@@ -804,6 +807,10 @@ class Watcher extends Connection {
     if (kind === 'done') {
       const { event, ...payload } = frame;
       cb.done(payload);
+      return true;
+    }
+    if (kind === 'stalled') {
+      cb.stalled(frame.seconds_since_update ?? (frame.data && frame.data.seconds_since_update));
       return true;
     }
     return false;
@@ -842,6 +849,12 @@ class Watcher extends Connection {
     this.finish(payload);
   }
 
+  gotStalled(name, seconds) {
+    const s = Number(seconds);
+    this.stalled = Number.isFinite(s) ? s : 0;
+    this.safe(this.onStalled, this.stalled);
+  }
+
   endedByServer() {
     // E.g. SSE answered 204 to our Last-Event-ID: the job had ended.
     if (!this.isTerminal(this.lastDoc)) return false;
@@ -860,6 +873,10 @@ class Watcher extends Connection {
     if (this.ended || !passGate(this, id, doc)) return;
     this.lastDoc = doc;
     if (this.remember && !meta.cached) updateStore(this.jobId, { lastId: this.lastId, doc });
+    if (this.stalled !== null) {
+      this.stalled = null;
+      this.safe(this.onStalled, null);
+    }
     this.safe(this.onProgress, doc, { id: this.lastId, transport: meta.cached ? null : this.transport, cached: !!meta.cached });
   }
 
@@ -904,6 +921,8 @@ class Watcher extends Connection {
  *   every new document; `cached` is true for the one replayed from localStorage.
  * @param {(doc: object, done: {job_id: string, status?: string}) => void} [options.onDone]
  *   the job ended; `doc` is the last document. Nothing else is called afterwards.
+ * @param {(seconds: number|null) => void} [options.onStalled]  the running job has been
+ *   silent `seconds` (the gateway's JOBCAST_STALL_SECS); `null` once its next state cleared that.
  * @param {(err: JobcastError) => void} [options.onError]  a final error (401, 403,
  *   404, expired token that could not be renewed); `err.message` is for people.
  * @param {(transport: 'sse'|'ws'|'poll') => void} [options.onTransport]  the live transport changed.

@@ -18,6 +18,7 @@ const w: Watch = watch('8ae7f267', {
   onError: (err: JobcastError) => void [err.code === 'forbidden', err.status, err.message],
   onTransport: (t: Transport) => void t,
   onState: (s: WatchState) => void s,
+  onStalled: (seconds: number | null) => void seconds,
   transports: ['ws', 'poll'],
   connectTimeoutMs: 4000,
   minBackoffMs: 500,
