@@ -111,12 +111,14 @@ export function startDashboard() {
   // For tests and for people poking around in the console.
   const seen = {};
   const done = {};
+  const cached = [];
   const handle = watchGroup(group, {
     token: token || undefined,
     transports: transports.length ? transports : undefined,
     onJoined: (jobId) => row(jobId),
     onProgress(jobId, doc, meta) {
       (seen[jobId] ||= []).push(Number(meta.id));
+      if (meta.cached) cached.push(jobId);
       render(jobId, doc, meta);
     },
     onStalled: setStalled,
@@ -137,5 +139,5 @@ export function startDashboard() {
       $('group-role').dataset.role = role;
     },
   });
-  window.__jobcastGroup = { handle, seen, done };
+  window.__jobcastGroup = { handle, seen, done, cached };
 }
