@@ -25,7 +25,9 @@ function row(jobId) {
   head.className = 'meter-label';
   const name = document.createElement('span');
   name.className = 'name';
-  const code = document.createElement('code');
+  const code = document.createElement('a');
+  code.className = 'job-link';
+  code.href = '/?' + new URLSearchParams(token ? { job: jobId, token } : { job: jobId });
   code.textContent = jobId;
   const badge = document.createElement('span');
   badge.className = 'stalled-badge';
