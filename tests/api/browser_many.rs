@@ -383,7 +383,7 @@ async fn watch_many_follows_a_list_to_its_end_over_each_transport() {
     )
     .await;
     let total = 4;
-    for transport in ["sse", "ws", "poll"] {
+    for transport in ["sse", "poll", "ws"] {
         let jobs: Vec<String> = (1..=3).map(|i| format!("{transport}-{i}")).collect();
         for job in &jobs {
             p.write(job, doc(job, 1, total)).await;
