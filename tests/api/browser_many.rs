@@ -226,6 +226,29 @@ async fn dashboard_follows_twelve_jobs_of_a_group_live_over_one_connection() {
 }
 
 #[tokio::test]
+async fn the_dashboard_follows_a_group_over_websocket_and_long_poll_too() {
+    let (p, jobs) = Project::with_jobs(3, 1, 10).await;
+    let browser = Chromium::launch().await;
+    for (step, transport) in [(2, "ws"), (3, "poll")] {
+        let page = browser.new_page().await;
+        page.goto(&format!("{}&transports={transport}", p.dashboard_url()))
+            .await;
+        page.wait_text("group-transport", transport, PAGE_TIMEOUT)
+            .await;
+        page.wait_text("running-count", "3", PAGE_TIMEOUT).await;
+        for job in &jobs {
+            p.write(job, doc(job, step, 10)).await;
+        }
+        wait_rows_at(&page, &jobs, step).await;
+        assert_eq!(p.connections().await, 1.0, "{transport}: one connection");
+        // Closed, so that the next tab holds its own connection.
+        page.close().await;
+        p.wait_connections(0.0, "the closed tab's connection is gone")
+            .await;
+    }
+}
+
+#[tokio::test]
 async fn two_tabs_of_a_browser_share_one_connection() {
     let (p, jobs) = Project::with_jobs(3, 1, 5).await;
     let browser = Chromium::launch().await;
