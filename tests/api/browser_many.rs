@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use crate::app::{claims, sign};
 use crate::child::ChildApp;
+use crate::clients::Gateway;
 use crate::support::chromium::{Page, artifact_path};
 use crate::support::{Chromium, RedisServer, wait_until};
 
@@ -398,7 +399,7 @@ async fn watch_many_follows_a_list_to_its_end_over_each_transport() {
     let browser = Chromium::launch().await;
     let page = browser.new_page().await;
     // Any page of the gateway's origin will do: the test drives the module.
-    page.goto(&p.child.url("/healthz")).await;
+    page.open(&p.child.url("/healthz"), PAGE_TIMEOUT).await;
     page.wait_js(
         "document.readyState === 'complete'",
         "the origin page loads",
