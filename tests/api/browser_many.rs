@@ -4,7 +4,8 @@
 //! of one group live over ONE connection; two tabs share one connection;
 //! closing the tab that holds it hands the stream to the other without losing
 //! a `done`; a job that goes silent shows its stalled badge until its next
-//! state; and `watchMany()` follows a list to its end over each transport.
+//! state (on the dashboard and on the single-job page); and `watchMany()`
+//! follows a list to its end over each transport.
 //!
 //! Screenshots go to `target/test-artifacts/`.
 
@@ -391,6 +392,37 @@ async fn a_job_that_goes_silent_shows_stalled_until_its_next_state() {
     })
     .await;
     assert_eq!(row_attr(&page, "quiet", "seq").await.as_deref(), Some("2"));
+}
+
+/// The single-job page shows the same stalled state (`watch()`'s `onStalled`).
+#[tokio::test]
+async fn the_job_page_shows_a_silent_job_stalled_until_its_next_state() {
+    let p = Project::start().await;
+    let mut quiet = doc("quiet", 1, 5);
+    quiet["stall_after_s"] = json!(1);
+    p.write("quiet", quiet).await;
+    let browser = Chromium::launch().await;
+    let page = browser.new_page().await;
+    page.goto(&p.child.url(&format!("/?job=quiet&token={}", p.token())))
+        .await;
+    page.wait_text("conn-state", "Live", PAGE_TIMEOUT).await;
+    let badge = "(() => { const b = document.getElementById('stalled'); return b.hidden ? '' : b.textContent; })()";
+    page.wait_js(
+        &format!("{badge}.includes('stalled')"),
+        "the badge shows the silent job stalled",
+        PAGE_TIMEOUT,
+    )
+    .await;
+    let mut next = doc("quiet", 2, 5);
+    next["stall_after_s"] = json!(600);
+    p.write("quiet", next).await;
+    page.wait_js(
+        &format!("{badge} === ''"),
+        "the next state clears the badge",
+        PAGE_TIMEOUT,
+    )
+    .await;
+    page.wait_text("overall-pct", "25%", PAGE_TIMEOUT).await;
 }
 
 #[tokio::test]
