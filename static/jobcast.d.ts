@@ -1,8 +1,8 @@
 // TypeScript declarations for jobcast.js, the browser client of the jobcast
 // push gateway: every option, callback, state and error code of `watch()`,
-// `watchMany()` and `watchGroup()`, and the progress-UI helpers. Kept beside jobcast.js so that `npm install
-// <path-to-jobcast>/static` gives typed imports; checked by `tsc --noEmit` in
-// the test suite (examples/react).
+// `watchMany()` and `watchGroup()`, and the progress-UI helpers. Kept beside
+// jobcast.js so that `npm install <path-to-jobcast>/static` gives typed
+// imports; checked by `tsc --noEmit` in the test suite (examples/react).
 
 /** Why a watch ended with an error; reported once, and the watch is closed. */
 export type JobcastErrorCode =
