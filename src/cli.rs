@@ -227,6 +227,7 @@ pub async fn demo(
     s: &Settings,
     jobs: usize,
     owner: String,
+    group: Option<String>,
     once: bool,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
@@ -238,6 +239,7 @@ pub async fn demo(
             publisher.clone(),
             job,
             owner.clone(),
+            group.clone(),
             once,
             stop.clone(),
         )));
@@ -248,22 +250,29 @@ pub async fn demo(
     Ok(())
 }
 
-/// `--dev`: prints the demo URL and a token, and starts a simulated job.
+/// Jobs `--dev` simulates (`demo-1` ..), all in the group [`DEV_GROUP`].
+const DEV_JOBS: usize = 4;
+const DEV_GROUP: &str = "demo";
+/// Their first runs start this far apart, so the dashboard's bars differ.
+const DEV_STAGGER: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `--dev`: prints the demo URLs and a token, and starts simulated jobs in one group.
 pub fn dev_banner(app: &App) -> anyhow::Result<()> {
     let now = now_secs();
+    let jobs: Vec<String> = (1..=DEV_JOBS).map(|i| format!("demo-{i}")).collect();
     let claims = Claims {
         sub: "demo-user".into(),
         exp: now + 24 * 3600,
         nbf: None,
         iat: Some(now),
-        jobs: vec!["demo-1".into()],
+        jobs: jobs.clone(),
         roles: vec!["publisher".into()],
-        groups: Vec::new(),
+        // The dashboard's group stream.
+        groups: vec![DEV_GROUP.into()],
     };
     let token = app.mint(&claims)?;
     let addr = app.addr();
     let state = app.state();
-    let job = JobId::parse("demo-1")?;
     let Some(location) = state
         .settings
         .redis_target()
@@ -273,20 +282,38 @@ pub fn dev_banner(app: &App) -> anyhow::Result<()> {
         anyhow::bail!("--dev needs REDIS_URL to name one server or a cluster");
     };
     let publisher = Publisher::connect_to(location, &state.settings.key_prefix)?;
-    tokio::spawn(crate::demo::run(
-        publisher,
-        job,
-        "demo-user".into(),
-        false,
-        state.shutdown.clone(),
-    ));
+    for (i, job) in jobs.iter().enumerate() {
+        let (publisher, job, stop) = (
+            publisher.clone(),
+            JobId::parse(job)?,
+            state.shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(DEV_STAGGER * i as u32) => {}
+            }
+            crate::demo::run(
+                publisher,
+                job,
+                "demo-user".into(),
+                Some(DEV_GROUP.into()),
+                false,
+                stop,
+            )
+            .await;
+        });
+    }
     println!();
-    println!("  jobcast is running in --dev mode (random JWT secret, simulated job demo-1)");
+    println!(
+        "  jobcast is running in --dev mode (random JWT secret, simulated jobs demo-1..demo-{DEV_JOBS} in group {DEV_GROUP})"
+    );
     println!();
-    println!("  demo page:  http://{addr}/?job=demo-1&token={token}");
+    println!("  dashboard:  http://{addr}/?group={DEV_GROUP}&token={token}");
+    println!("  one job:    http://{addr}/?job=demo-1&token={token}");
     println!("  token:      {token}");
     println!(
-        "  try:        curl -N -H 'Authorization: Bearer {token}' http://{addr}/jobs/demo-1/events"
+        "  try:        curl -N -H 'Authorization: Bearer {token}' http://{addr}/groups/{DEV_GROUP}/events"
     );
     println!();
     Ok(())

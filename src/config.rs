@@ -107,6 +107,10 @@ pub enum Command {
         /// Owner (`owner_id`) of the simulated jobs.
         #[arg(long, default_value = "demo-user")]
         owner: String,
+        /// Put the jobs in this group (a project): the demo page's dashboard
+        /// (`/?group=`) shows them together.
+        #[arg(long)]
+        group: Option<String>,
         /// Run once and exit instead of looping.
         #[arg(long)]
         once: bool,

@@ -1,7 +1,8 @@
 //! Simulated jobs for demos: a timetable-solver-like pipeline of weighted stages
 //! with uneven speed, written through [`ProgressTracker`] exactly as a real Rust
 //! worker would (its first user). Each run ends `completed`; the next run of the same job id
-//! starts after a pause and keeps counting `seq`, so reloading the page shows it.
+//! starts after a pause and keeps counting `seq`, so reloading the page shows it. Jobs of
+//! one group (a project) show together on the demo page's dashboard (`/?group=`).
 
 use std::time::Duration;
 
@@ -22,12 +23,13 @@ const STAGES: &[(&str, f64, u32, u64)] = &[
 const PAUSE_BETWEEN_RUNS: Duration = Duration::from_secs(15);
 pub const DEMO_TTL_SECS: u64 = 7200;
 
-/// Runs `job` through the stages, then again after a pause, until `stop`
-/// (or once, with `once`).
+/// Runs `job` (in `group`, if any) through the stages, then again after a
+/// pause, until `stop` (or once, with `once`).
 pub async fn run(
     publisher: Publisher,
     job: JobId,
     owner: String,
+    group: Option<String>,
     once: bool,
     stop: CancellationToken,
 ) {
@@ -35,7 +37,7 @@ pub async fn run(
     // Each run is a new tracker; its seqs start above the last run's.
     let mut last_seq = 0;
     loop {
-        match one_run(&publisher, &job, &owner, last_seq, &stop).await {
+        match one_run(&publisher, &job, &owner, group.as_deref(), last_seq, &stop).await {
             Ok(seq) => last_seq = seq,
             Err(e) => warn!(job = %job, error = %e, "demo job could not write to Redis; retrying"),
         }
@@ -54,11 +56,15 @@ async fn one_run(
     publisher: &Publisher,
     job: &JobId,
     owner: &str,
+    group: Option<&str>,
     last_seq: i64,
     stop: &CancellationToken,
 ) -> anyhow::Result<i64> {
     let stages: Vec<(&str, f64)> = STAGES.iter().map(|(n, w, _, _)| (*n, *w)).collect();
     let mut tracker = ProgressTracker::new(publisher.clone(), job.as_str(), owner, &stages)?;
+    if let Some(group) = group {
+        tracker = tracker.in_group(group)?;
+    }
     tracker.resume_after_seq(last_seq);
     info!(job = %job, "demo job started");
     for (name, _, steps, step_ms) in STAGES {

@@ -32,14 +32,19 @@ async fn main() -> ExitCode {
             group,
         } => cli::publish(&s, &job, &document, ttl, group.as_deref()).await,
         Command::Tail { job, url, token } => cli::tail::run(&s, &job, url, token).await,
-        Command::Demo { jobs, owner, once } => {
+        Command::Demo {
+            jobs,
+            owner,
+            group,
+            once,
+        } => {
             let stop = CancellationToken::new();
             let on_signal = stop.clone();
             tokio::spawn(async move {
                 shutdown::signalled().await;
                 on_signal.cancel();
             });
-            cli::demo(&s, jobs, owner, once, stop).await
+            cli::demo(&s, jobs, owner, group, once, stop).await
         }
     };
     if let Some(provider) = tracer {

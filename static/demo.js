@@ -1,20 +1,14 @@
 // jobcast demo page logic (static/index.html). Reads ?job=&token=[&transports=ws,poll]
-// [&connect_timeout_ms=] from the URL, watches the job with jobcast.js and renders it.
+// [&connect_timeout_ms=] from the URL, watches the job with jobcast.js and renders it;
+// with ?group= instead, shows that project's dashboard (static/dashboard.js).
 import { watch, smoothProgress, etaSmoother, progressColor, formatDuration } from './jobcast.js';
+import { startDashboard } from './dashboard.js';
+import { $, pctOf, setBar, showState } from './demo-ui.js';
 
-const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 const jobId = (params.get('job') || '').trim();
 const token = (params.get('token') || '').trim();
 
-const STATE_TEXT = {
-  connecting: 'Connecting…',
-  live: 'Live',
-  reconnecting: 'Reconnecting…',
-  failed: 'Disconnected',
-  closed: 'Disconnected',
-  done: 'Finished',
-};
 
 function humanError(err) {
   const text = humanText(err);
@@ -46,13 +40,6 @@ function showError(text) {
   $('error').hidden = !text;
 }
 
-function pctOf(doc) {
-  for (const k of ['overall_progress', 'progress', 'percent']) {
-    const v = Number(doc[k]);
-    if (doc[k] !== undefined && doc[k] !== null && Number.isFinite(v)) return v;
-  }
-  return null;
-}
 
 // --- rendering -------------------------------------------------------------
 
@@ -63,12 +50,6 @@ let finished = null; // the done payload, once the job ended
 let failedJob = false;
 let ticker = null;
 
-function setBar(bar, pct, color) {
-  const p = Math.max(0, Math.min(100, pct));
-  bar.style.setProperty('--pct', p.toFixed(2) + '%');
-  if (color) bar.style.setProperty('--fill', color);
-  bar.setAttribute('aria-valuenow', String(Math.floor(p)));
-}
 
 function renderOverall(value) {
   const shown = finished && !failedJob ? 100 : Math.floor(value);
@@ -236,6 +217,10 @@ function start() {
         for (const id of ['overall-bar', 'stage-meter']) $(id).closest('.meter').hidden = true;
       }
     },
+    onStalled(seconds) {
+      $('stalled').hidden = seconds === null;
+      $('stalled').textContent = seconds === null ? '' : `stalled · no update for ${Math.round(seconds)} s`;
+    },
     onTransport(name) {
       $('transport').textContent = name;
     },
@@ -249,13 +234,13 @@ function start() {
 }
 
 function setConn(state) {
-  const el = $('conn-state');
-  el.dataset.state = state;
-  el.textContent = STATE_TEXT[state] || state;
+  showState($('conn-state'), state);
 }
 
 if (jobId) {
   start();
+} else if ((params.get('group') || '').trim()) {
+  startDashboard();
 } else {
   const form = $('job-form');
   form.hidden = false;

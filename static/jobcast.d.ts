@@ -1,8 +1,8 @@
 // TypeScript declarations for jobcast.js, the browser client of the jobcast
-// push gateway: every option, callback, state and error code of `watch()`, and
-// the progress-UI helpers. Kept beside jobcast.js so that `npm install
-// <path-to-jobcast>/static` gives typed imports; checked by `tsc --noEmit` in
-// the test suite (examples/react).
+// push gateway: every option, callback, state and error code of `watch()`,
+// `watchMany()` and `watchGroup()`, and the progress-UI helpers. Kept beside
+// jobcast.js so that `npm install <path-to-jobcast>/static` gives typed
+// imports; checked by `tsc --noEmit` in the test suite (examples/react).
 
 /** Why a watch ended with an error; reported once, and the watch is closed. */
 export type JobcastErrorCode =
@@ -93,6 +93,8 @@ export interface WatchOptions {
   onProgress?: (doc: ProgressDocument, meta: ProgressMeta) => void;
   /** The job ended; `doc` is the last document. Nothing is called afterwards. */
   onDone?: (doc: ProgressDocument, done: DonePayload) => void;
+  /** The running job has been silent `seconds` (the gateway's stall time); `null` once its next state cleared that. */
+  onStalled?: (seconds: number | null) => void;
   /** A final error (401, 403, 404, a token that could not be renewed); `err.message` is for people. */
   onError?: (err: JobcastError) => void;
   /** The live transport changed. */
@@ -137,6 +139,8 @@ export class JobcastError extends Error {
    * has expired (exp)"), where one was seen; also appended to `message`.
    */
   readonly detail: string | undefined;
+  /** On a stream of many jobs: the job the gateway refused (its `job_id`). */
+  readonly jobId: string | undefined;
 }
 
 /**
@@ -145,6 +149,76 @@ export class JobcastError extends Error {
  * renews an expired token through `getToken`.
  */
 export function watch(jobId: string, options?: WatchOptions): Watch;
+
+/** The third argument of a stream's `onProgress`: as `ProgressMeta`, plus where it came from. */
+export interface StreamProgressMeta extends ProgressMeta {
+  /** True when another tab's connection delivered it (this tab is a follower). */
+  shared: boolean;
+}
+
+/** Whether this tab holds the stream's connection or follows the tab that does. */
+export type TabRole = 'holder' | 'follower';
+
+/** Options of `watchMany()` and `watchGroup()`: those of `watch()`, with callbacks that name the job. */
+export interface StreamOptions extends Omit<WatchOptions, 'onProgress' | 'onDone' | 'onStalled'> {
+  /** A job's new state, in order, never a duplicate or a step back for that job. */
+  onProgress?: (jobId: string, doc: ProgressDocument, meta: StreamProgressMeta) => void;
+  /** A job ended (once per job); `status` as the gateway said it, `doc` its last state. */
+  onDone?: (jobId: string, status: string | null, doc: ProgressDocument | null, meta: { cached: boolean }) => void;
+  /** A running job has been silent `seconds`; `null` once its next state cleared that. */
+  onStalled?: (jobId: string, seconds: number | null) => void;
+  /** Groups: a job is new to this watch (current members, later joiners, remembered ones); before its first state. */
+  onJoined?: (jobId: string) => void;
+  /** This tab became the holder of the connection, or a follower of another tab's. */
+  onRole?: (role: TabRole) => void;
+  /** Share one connection with the other tabs of this origin (default true). */
+  shared?: boolean;
+}
+
+/** One job of a stream, as the handle's `jobs` shows it. */
+export interface StreamJob {
+  document: ProgressDocument | null;
+  lastEventId: string | null;
+  /** The status its `done` named, once ended. */
+  status: string | null;
+  ended: boolean;
+  /** Seconds of silence while stalled, else null. */
+  stalled: number | null;
+}
+
+/** A running `watchMany()` or `watchGroup()`. */
+export interface StreamWatch {
+  /** Stops watching in this tab (another tab may take the connection over). */
+  close(): void;
+  /** A follower shows the holder's state; a list whose jobs all ended is `done`. */
+  readonly state: WatchState | null;
+  readonly transport: Transport | null;
+  readonly role: TabRole | null;
+  /** The latest cursor, exactly as the gateway sent it (opaque). */
+  readonly cursor: string | null;
+  /** Every job of the stream and its latest state. */
+  readonly jobs: Record<string, StreamJob>;
+}
+
+/**
+ * Watches a list of jobs over one connection (`/events?job=…`, then `/ws`,
+ * then `/poll`); resumes from the latest cursor; ends when every job ended.
+ */
+export function watchMany(jobIds: string[], options?: StreamOptions): StreamWatch;
+
+/** Watches every job of a group, including jobs that join later; open until `close()`. */
+export function watchGroup(group: string, options?: StreamOptions): StreamWatch;
+
+/** A remembered job of a group (localStorage). */
+export interface RememberedJob {
+  lastId: string | null;
+  doc: ProgressDocument | null;
+  status: string | null;
+  ended: boolean;
+}
+
+/** A group's jobs as this browser last knew them, without connecting. */
+export function rememberedGroup(group: string, options?: { baseUrl?: string }): Record<string, RememberedJob>;
 
 /** A remembered job (localStorage). */
 export interface ActiveJob {

@@ -3,7 +3,9 @@
 // One dependency-free ES module. `watch()` follows one job over Server-Sent
 // Events, falls back to WebSocket and then to long-polling, reconnects with
 // capped exponential backoff, resumes from the last event id and never hands
-// the application a duplicate or a step backwards. `selfTest()` checks
+// the application a duplicate or a step backwards. `watchMany()` and
+// `watchGroup()` do the same for many jobs (a list, or every job of a group)
+// over one connection, which the tabs of a browser share. `selfTest()` checks
 // whether the network in between delivers events one by one (the buffering
 // self-test of static/buffering.html). The rest are small helpers for
 // progress UIs.
@@ -18,8 +20,16 @@
 //  3. An event reaches `onProgress` only if its numeric id is greater than
 //     the last one delivered (ids are the documents' `seq`).
 //  4. After `done`, a final error or `close()`, nothing is called any more.
+//  5. On a stream of many jobs, 3 and 4 hold per job: each job has its own
+//     gate, and nothing is delivered for a job after its `done`.
+//  6. The cursor of a stream of many jobs is stored (and passed to other
+//     tabs) only after every state it covers was applied, and never parsed:
+//     resuming from it can repeat a state (the gates drop it), never skip one.
+//  7. Of the tabs watching the same stream, at most one holds a connection
+//     (Web Locks, or the BroadcastChannel election where they are missing).
 
 const STORAGE_KEY = 'jobcast.jobs';
+const STREAMS_KEY = 'jobcast.streams';
 const ALL_TRANSPORTS = ['sse', 'ws', 'poll'];
 const DEFAULT_TERMINAL_STATUSES = ['completed', 'failed', 'cancelled'];
 /** Long-poll wait the server is asked for, in seconds (server caps at 55). */
@@ -56,6 +66,7 @@ const HUMAN_MESSAGES = {
  * @property {string|undefined} detail  the server's own words on the cause (its
  *                           JSON `message`, e.g. "the token has expired (exp)"),
  *                           where one was seen; also appended to `message`
+ * @property {string|undefined} jobId  on a stream of many jobs, the job that was refused
  */
 export class JobcastError extends Error {
   constructor(code, status, message, detail) {
@@ -65,6 +76,7 @@ export class JobcastError extends Error {
     this.code = code;
     this.status = status;
     this.detail = detail || undefined;
+    this.jobId = undefined;
   }
 }
 
@@ -78,7 +90,10 @@ function errorForStatus(status, body) {
     (body && typeof body.error === 'string' && HUMAN_MESSAGES[body.error] && body.error) ||
     { 400: 'bad_request', 401: 'unauthorized', 403: 'forbidden', 404: 'not_found' }[status] ||
     'client_error';
-  return new JobcastError(code, status, undefined, detailOf(body));
+  const err = new JobcastError(code, status, undefined, detailOf(body));
+  // A stream of many jobs names the job that was refused.
+  if (body && typeof body.job_id === 'string') err.jobId = body.job_id;
+  return err;
 }
 
 /** Job ids are `A-Z a-z 0-9 . _ : -`; keep `:` literal since path params are not percent-decoded everywhere. */
@@ -100,12 +115,37 @@ function parseJson(text) {
   }
 }
 
-// ---------------------------------------------------------------------------
-// localStorage: {jobId: {lastId, doc, transport, updatedAt}}. Never holds tokens.
+/**
+ * Invariant 3: lets a state through only if it is newer than the last one
+ * `g` let through (`g.lastN`, `g.lastId`, `g.docJson`, updated here): by its
+ * event id, else its `seq`, else (neither) as long as it differs.
+ */
+function passGate(g, id, doc) {
+  let n = numericId(id);
+  if (Number.isNaN(n) && Number.isInteger(doc.seq)) {
+    n = doc.seq;
+    id = String(n);
+  }
+  const json = JSON.stringify(doc);
+  if (!Number.isNaN(n)) {
+    if (!Number.isNaN(g.lastN) && n <= g.lastN) return false; // duplicate or backwards
+    g.lastN = n;
+    g.lastId = String(id);
+  } else if (json === g.docJson) {
+    return false; // no id at all: drop a byte-identical repeat
+  }
+  g.docJson = json;
+  return true;
+}
 
-function readStore() {
+// ---------------------------------------------------------------------------
+// localStorage: `jobcast.jobs` {jobId: {lastId, doc, transport, updatedAt}} for
+// `watch()`, `jobcast.streams` {stream: {cursor, transport, jobs, updatedAt}}
+// for the streams of many jobs. Never holds tokens.
+
+function readStore(storeKey = STORAGE_KEY) {
   try {
-    const raw = globalThis.localStorage && localStorage.getItem(STORAGE_KEY);
+    const raw = globalThis.localStorage && localStorage.getItem(storeKey);
     const obj = raw ? JSON.parse(raw) : {};
     return obj && typeof obj === 'object' && !Array.isArray(obj) ? obj : {};
   } catch {
@@ -113,22 +153,30 @@ function readStore() {
   }
 }
 
-function writeStore(obj) {
+function writeStore(obj, storeKey = STORAGE_KEY) {
   try {
-    if (globalThis.localStorage) localStorage.setItem(STORAGE_KEY, JSON.stringify(obj));
+    if (globalThis.localStorage) localStorage.setItem(storeKey, JSON.stringify(obj));
   } catch {
     // Quota exceeded or storage disabled (private mode): resuming is a nicety.
   }
 }
 
-function updateStore(jobId, patch) {
-  const store = readStore();
+function updateStore(id, patch, storeKey = STORAGE_KEY) {
+  const store = readStore(storeKey);
   const now = Date.now();
-  for (const [id, entry] of Object.entries(store)) {
-    if (!entry || now - (entry.updatedAt || 0) > STORAGE_MAX_AGE_MS) delete store[id];
+  for (const [k, entry] of Object.entries(store)) {
+    if (!entry || now - (entry.updatedAt || 0) > STORAGE_MAX_AGE_MS) delete store[k];
   }
-  store[jobId] = { ...(store[jobId] || {}), ...patch, updatedAt: now };
-  writeStore(store);
+  store[id] = { ...(store[id] || {}), ...patch, updatedAt: now };
+  writeStore(store, storeKey);
+}
+
+function removeFromStore(id, storeKey = STORAGE_KEY) {
+  const store = readStore(storeKey);
+  if (id in store) {
+    delete store[id];
+    writeStore(store, storeKey);
+  }
 }
 
 /**
@@ -144,33 +192,26 @@ export function activeJobs() {
  * @param {string} jobId
  */
 export function forget(jobId) {
-  const store = readStore();
-  if (jobId in store) {
-    delete store[jobId];
-    writeStore(store);
-  }
+  removeFromStore(jobId);
 }
 
 // ---------------------------------------------------------------------------
-// Transports. Each opens one connection and reports through `cb`:
-//   cb.connected()            the server said `connected` (poll: first answer)
-//   cb.progress(id, doc)      a document
-//   cb.done(payload)          the job ended
+// Transports. Each opens one connection for a watcher `w` (a single job or a
+// stream of many) and reports through `cb`:
+//   cb.connected(info)        the server said `connected` (poll: first answer)
+//   cb.progress(...)          a state   (single job: id, doc; many: jobId, id, doc, cursor)
+//   cb.done(...)              a job ended (single job: payload; many: jobId, status, cursor)
+//   cb.stalled / joined / refused / cursor / ended   (streams of many jobs only)
 //   cb.expired()              the server said token_expired
 //   cb.final(err)             a JobcastError from the server
 //   cb.interrupted()          a connected stream is retrying by itself (SSE)
 //   cb.failed(info)           the connection is gone; info: {needsProbe, status}
-// and returns {close()}.
+// and returns {close(), send?(frame)}. What a URL looks like and what each
+// event means is the watcher's: `sseUrl()`, `sseEvents` + `sseEvent()`,
+// `wsUrl()` + `wsFrame()`, `pollUrl()` + `pollAnswer()`.
 
 function openSse(w, cb) {
-  const params = new URLSearchParams();
-  if (w.token) params.set('access_token', w.token);
-  // EventSource resends Last-Event-ID on its own reconnects; a new EventSource
-  // cannot set the header, so the id goes in the query too.
-  if (w.lastId !== null) params.set('last_event_id', w.lastId);
-  const qs = params.toString();
-  const url = `${w.baseUrl}/jobs/${pathId(w.jobId)}/events${qs ? '?' + qs : ''}`;
-  const es = new EventSource(url, { withCredentials: w.withCredentials });
+  const es = new EventSource(w.sseUrl(), { withCredentials: w.withCredentials });
   let everConnected = false;
   let interrupted = false;
   let watchdog = null;
@@ -183,20 +224,13 @@ function openSse(w, cb) {
     es.close();
   };
 
-  es.addEventListener('connected', () => {
+  es.addEventListener('connected', (e) => {
     everConnected = true;
     interrupted = false;
     clearWatchdog();
-    cb.connected();
+    cb.connected(parseJson(e.data) || {});
   });
-  es.addEventListener('progress', (e) => {
-    const doc = parseJson(e.data);
-    if (doc && typeof doc === 'object') cb.progress(e.lastEventId, doc);
-  });
-  es.addEventListener('done', (e) => {
-    close();
-    cb.done(parseJson(e.data) || {});
-  });
+  for (const name of w.sseEvents) es.addEventListener(name, (e) => w.sseEvent(name, e, cb));
   es.addEventListener('error', (e) => {
     if (typeof e.data === 'string') {
       // A server-sent `event: error`, not a connection error.
@@ -234,9 +268,8 @@ function openSse(w, cb) {
 }
 
 function openWs(w, cb) {
-  const url = new URL(`${w.baseUrl}/jobs/${pathId(w.jobId)}/ws`, globalThis.location ? location.href : undefined);
+  const url = new URL(w.wsUrl(), globalThis.location ? location.href : undefined);
   url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
-  if (w.lastId !== null) url.searchParams.set('last_event_id', w.lastId);
   const protocols = ['jobcast.v1'];
   if (w.token) protocols.push('jobcast.bearer.' + w.token);
   let ws;
@@ -261,29 +294,20 @@ function openWs(w, cb) {
     if (finished) return;
     const frame = typeof e.data === 'string' ? parseJson(e.data) : undefined;
     if (!frame || typeof frame !== 'object') return;
-    switch (frame.event) {
-      case 'connected':
-        connected = true;
-        cb.connected();
-        break;
-      case 'progress':
-        if (frame.data && typeof frame.data === 'object') cb.progress(frame.id, frame.data);
-        break;
-      case 'done': {
-        close();
-        const { event, ...payload } = frame;
-        cb.done(payload);
-        break;
-      }
-      case 'error':
-        close();
-        if (frame.error === 'token_expired') cb.expired();
-        else if (HUMAN_MESSAGES[frame.error]) cb.final(new JobcastError(frame.error));
-        else cb.failed({ needsProbe: !connected });
-        break;
-      default:
-        break; // unknown frames are ignored, for forward compatibility
+    // Single-job frames name their kind in `event`, multi-job frames in `type`.
+    const kind = frame.event || frame.type;
+    if (kind === 'connected') {
+      connected = true;
+      cb.connected(frame);
+    } else if (w.wsFrame(kind, frame, cb)) {
+      // the watcher's own frame
+    } else if (kind === 'error') {
+      close();
+      if (frame.error === 'token_expired') cb.expired();
+      else if (HUMAN_MESSAGES[frame.error]) cb.final(new JobcastError(frame.error));
+      else cb.failed({ needsProbe: !connected });
     }
+    // unknown frames are ignored, for forward compatibility
   };
   ws.onclose = (e) => {
     if (finished) return;
@@ -291,7 +315,10 @@ function openWs(w, cb) {
     // A refused handshake (401/403/404) shows up as a bare close (1006).
     cb.failed({ needsProbe: !connected, suggestedDelayMs: suggestedDelay(e) });
   };
-  return { close };
+  const send = (frame) => {
+    if (!finished && ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(frame));
+  };
+  return { close, send };
 }
 
 /**
@@ -313,18 +340,16 @@ function openPoll(w, cb) {
     ctl.abort();
   };
   (async () => {
-    // The first request leaves out `after` so the server answers at once with
-    // the current document: that answer is our "connected" (the seq gate drops
-    // it if we already have it). Later requests wait for something newer.
+    // The first request is answered at once (the watcher's `pollUrl(true)`
+    // asks for the current state): that answer is our "connected". Later
+    // requests wait for something newer.
     let first = true;
     while (!stopped) {
-      const params = new URLSearchParams();
-      if (!first && w.lastId !== null) params.set('after', w.lastId);
-      params.set('timeout', String(POLL_TIMEOUT_SECS));
       const started = Date.now();
+      const wasFirst = first;
       let res;
       try {
-        res = await fetch(`${w.baseUrl}/jobs/${pathId(w.jobId)}/poll?${params}`, {
+        res = await fetch(w.pollUrl(first), {
           headers: w.authHeaders(),
           credentials: w.withCredentials ? 'include' : 'same-origin',
           cache: 'no-store',
@@ -339,21 +364,21 @@ function openPoll(w, cb) {
         first = false;
         if (!connected) {
           connected = true;
-          cb.connected();
+          cb.connected({});
         }
         if (res.status === 200) {
-          let doc;
+          let body;
           try {
-            doc = await res.json();
+            body = await res.json();
           } catch {
-            doc = undefined;
+            body = undefined;
           }
           if (stopped) return;
-          if (doc && typeof doc === 'object') {
-            cb.progress(res.headers.get('X-Jobcast-Event-Id'), doc);
-            if (stopped) return; // a terminal document ended the watch
+          if (body && typeof body === 'object') {
+            w.pollAnswer(res, body, cb);
+            if (stopped) return; // the answer ended the watch
           }
-        } else if (Date.now() - started < 500) {
+        } else if (!wasFirst && Date.now() - started < 500) {
           // A 204 that came back at once means something between us and the
           // server does not hold the request: do not spin.
           await new Promise((r) => setTimeout(r, 1000));
@@ -387,15 +412,18 @@ function openPoll(w, cb) {
 const OPENERS = { sse: openSse, ws: openWs, poll: openPoll };
 
 // ---------------------------------------------------------------------------
+// The connection ladder, shared by `watch()` and the streams of many jobs:
+// which transport to try next, backoff, the probe that learns why a stream
+// failed, token renewal. A subclass says where to connect and what the
+// events mean (the hooks listed at the top of the transports above, plus
+// `connectedVia`, `gotProgress`, `gotDone`, `endedByServer`, `probeUrl`,
+// `probeSaysEnded`, `finish`).
 
-class Watcher {
-  constructor(jobId, opts) {
-    this.jobId = String(jobId);
+class Connection {
+  constructor(opts) {
     this.token = opts.token || null;
     this.getToken = opts.getToken || null;
     this.baseUrl = (opts.baseUrl || '').replace(/\/+$/, '');
-    this.onProgress = opts.onProgress;
-    this.onDone = opts.onDone;
     this.onError = opts.onError;
     this.onTransport = opts.onTransport;
     this.onState = opts.onState;
@@ -408,10 +436,6 @@ class Watcher {
     this.terminal = (opts.terminalStatuses || DEFAULT_TERMINAL_STATUSES).map((s) => String(s).toLowerCase());
     this.remember = opts.resume !== false;
 
-    this.lastId = null; // string id of the last delivered event
-    this.lastN = NaN; // its numeric value
-    this.lastDoc = null;
-    this.lastDocJson = null; // for documents without a numeric id
     this.state = null;
     this.transport = null; // the transport that is (or was last) live
     this.preferred = null; // a transport that has worked for this watch
@@ -452,6 +476,12 @@ class Watcher {
     this.safe(this.onState, s);
   }
 
+  setTransport(name) {
+    if (this.transport === name) return;
+    this.transport = name;
+    this.safe(this.onTransport, name);
+  }
+
   safe(fn, ...args) {
     if (typeof fn !== 'function') return;
     try {
@@ -468,63 +498,20 @@ class Watcher {
     return !!doc && typeof doc.status === 'string' && this.terminal.includes(doc.status.toLowerCase());
   }
 
-  async start() {
+  /** Gets a token if there is none yet, then starts the first round of transports. */
+  async connect() {
     if (globalThis.addEventListener) addEventListener('online', this.onOnline);
-    if (this.remember) {
-      const saved = readStore()[this.jobId];
-      if (saved) {
-        if (saved.transport && this.transports.includes(saved.transport)) this.preferred = saved.transport;
-        if (saved.doc && typeof saved.doc === 'object' && saved.lastId != null) {
-          // Show what this browser already knew, then resume after it.
-          this.deliver(String(saved.lastId), saved.doc, { cached: true });
-        }
-      }
-    }
     if (!this.token && this.getToken) {
       if (!(await this.refreshToken())) return;
     }
+    if (this.ended) return;
     this.setState('connecting');
     this.newRound();
-  }
-
-  // --- delivery ---------------------------------------------------------
-
-  deliver(id, doc, meta = {}) {
-    if (this.ended) return;
-    let n = numericId(id);
-    if (Number.isNaN(n) && Number.isInteger(doc.seq)) {
-      n = doc.seq;
-      id = String(n);
-    }
-    if (!Number.isNaN(n)) {
-      if (!Number.isNaN(this.lastN) && n <= this.lastN) return; // duplicate or backwards
-      this.lastN = n;
-      this.lastId = String(id);
-    } else if (JSON.stringify(doc) === this.lastDocJson) {
-      return; // no id at all: drop a byte-identical repeat
-    }
-    this.lastDocJson = JSON.stringify(doc);
-    this.lastDoc = doc;
-    if (this.remember && !meta.cached) updateStore(this.jobId, { lastId: this.lastId, doc });
-    this.safe(this.onProgress, doc, { id: this.lastId, transport: meta.cached ? null : this.transport, cached: !!meta.cached });
-  }
-
-  finish(payload) {
-    if (this.ended) return;
-    const doc = this.lastDoc;
-    const done = { job_id: this.jobId, ...(doc && doc.status ? { status: doc.status } : {}), ...(payload || {}) };
-    this.teardown();
-    if (this.remember) forget(this.jobId);
-    this.setState('done');
-    this.safe(this.onDone, doc || done, done);
   }
 
   fail(err) {
     if (this.ended) return;
     this.teardown();
-    if (this.remember && (err.code === 'forbidden' || err.code === 'not_found' || err.code === 'bad_request')) {
-      forget(this.jobId);
-    }
     this.setState('failed');
     this.safe(this.onError, err);
   }
@@ -537,15 +524,19 @@ class Watcher {
 
   teardown() {
     this.ended = true;
+    this.disconnect();
+  }
+
+  /** Closes the transport and every timer; the watch itself may go on (a follower tab). */
+  disconnect() {
     this.gen++;
     if (this.current) this.current.close();
     this.current = null;
     for (const t of this.timers) clearTimeout(t);
     this.timers.clear();
+    this.retryNow = null;
     if (globalThis.removeEventListener) removeEventListener('online', this.onOnline);
   }
-
-  // --- connection management --------------------------------------------
 
   orderedTransports() {
     const list = this.transports.slice();
@@ -607,31 +598,30 @@ class Watcher {
       this.current = null;
       this.tryNext();
     }, this.connectTimeoutMs);
+    // Events of a superseded transport are dropped here (invariant 1).
+    const route = (method) => (...args) => {
+      if (live()) this[method](name, ...args);
+    };
 
     const cb = {
-      connected: () => {
+      connected: (info) => {
         if (!live()) return;
         everConnected = true;
         this.cancel(timer);
         this.connectedAt = Date.now();
         this.refreshes = 0;
         this.preferred = name;
-        if (this.remember) updateStore(this.jobId, { lastId: this.lastId, doc: this.lastDoc, transport: name });
-        if (this.transport !== name) {
-          this.transport = name;
-          this.safe(this.onTransport, name);
-        }
+        this.connectedVia(name, info || {});
+        this.setTransport(name);
         this.setState('live');
       },
-      progress: (id, doc) => {
-        if (!live()) return;
-        this.deliver(id, doc);
-        // Long-poll has no `done` event: a terminal document ends the watch.
-        if (name === 'poll' && this.isTerminal(doc)) this.finish({ status: doc.status });
-      },
-      done: (payload) => {
-        if (live()) this.finish(payload);
-      },
+      progress: route('gotProgress'),
+      done: route('gotDone'),
+      stalled: route('gotStalled'),
+      joined: route('gotJoined'),
+      refused: route('gotRefused'),
+      cursor: route('gotCursor'),
+      ended: route('gotEnded'),
       expired: () => {
         if (!live()) return;
         this.gen++;
@@ -658,9 +648,9 @@ class Watcher {
   }
 
   async handleFailure(name, info, wasConnected) {
-    // The stream ended after the job's terminal document (e.g. SSE answered
-    // 204 to our Last-Event-ID): the job is over, not the connection.
-    if (this.isTerminal(this.lastDoc)) return this.finish({ status: this.lastDoc.status });
+    // The stream ended because the job (or every job) had ended: the watch
+    // is over, not the connection.
+    if (this.endedByServer()) return;
     if (info.status === 401) return this.onUnauthorized(name, info.body);
     if (wasConnected) {
       // It worked, so it is preferred: back off (or wait as long as a
@@ -681,22 +671,19 @@ class Watcher {
       case 'final':
         return this.fail(probe.error);
       case 'ok':
-        if (this.isTerminal(probe.doc)) {
-          this.deliver(probe.doc.seq, probe.doc);
-          return this.finish({ status: probe.doc.status });
-        }
+        if (this.probeSaysEnded(probe.body)) return;
         return this.tryNext(); // the server is fine: it is this transport that fails
       default:
         return this.scheduleRetry(); // the server itself is unreachable or unwell
     }
   }
 
-  /** One GET /jobs/{id} with the Authorization header, to learn why a stream failed. */
+  /** One plain GET with the Authorization header (`probeUrl()`), to learn why a stream failed. */
   async probe() {
     const ctl = new AbortController();
     const t = this.later(() => ctl.abort(), Math.max(this.connectTimeoutMs, 2000));
     try {
-      const res = await fetch(`${this.baseUrl}/jobs/${pathId(this.jobId)}`, {
+      const res = await fetch(this.probeUrl(), {
         headers: this.authHeaders(),
         credentials: this.withCredentials ? 'include' : 'same-origin',
         cache: 'no-store',
@@ -708,7 +695,7 @@ class Watcher {
       } catch {
         body = undefined;
       }
-      if (res.ok) return { kind: 'ok', doc: body && typeof body === 'object' ? body : null };
+      if (res.ok) return { kind: 'ok', body: body && typeof body === 'object' ? body : null };
       if (res.status === 401) return { kind: 'auth', body };
       if (res.status === 400 || res.status === 403 || res.status === 404) {
         return { kind: 'final', error: errorForStatus(res.status, body) };
@@ -754,6 +741,164 @@ class Watcher {
   }
 }
 
+// ---------------------------------------------------------------------------
+// One job: `watch()`.
+
+class Watcher extends Connection {
+  constructor(jobId, opts) {
+    super(opts);
+    this.jobId = String(jobId);
+    this.onProgress = opts.onProgress;
+    this.onDone = opts.onDone;
+    this.onStalled = opts.onStalled;
+    this.stalled = null; // seconds of silence the server reported, until the next state
+    this.lastId = null; // string id of the last delivered event
+    this.lastN = NaN; // its numeric value
+    this.lastDoc = null;
+    this.docJson = null; // for documents without a numeric id
+    this.sseEvents = ['progress', 'done', 'stalled'];
+  }
+
+  async start() {
+    if (this.remember) {
+      const saved = readStore()[this.jobId];
+      if (saved) {
+        if (saved.transport && this.transports.includes(saved.transport)) this.preferred = saved.transport;
+        if (saved.doc && typeof saved.doc === 'object' && saved.lastId != null) {
+          // Show what this browser already knew, then resume after it.
+          this.deliver(String(saved.lastId), saved.doc, { cached: true });
+        }
+      }
+    }
+    await this.connect();
+  }
+
+  // --- where to connect, what the events mean ---------------------------
+
+  sseUrl() {
+    const params = new URLSearchParams();
+    if (this.token) params.set('access_token', this.token);
+    // EventSource resends Last-Event-ID on its own reconnects; a new EventSource
+    // cannot set the header, so the id goes in the query too.
+    if (this.lastId !== null) params.set('last_event_id', this.lastId);
+    const qs = params.toString();
+    return `${this.baseUrl}/jobs/${pathId(this.jobId)}/events${qs ? '?' + qs : ''}`;
+  }
+
+  sseEvent(name, e, cb) {
+    if (name === 'done') return cb.done(parseJson(e.data) || {});
+    if (name === 'stalled') return cb.stalled((parseJson(e.data) || {}).seconds_since_update);
+    const doc = parseJson(e.data);
+    if (doc && typeof doc === 'object') cb.progress(e.lastEventId, doc);
+  }
+
+  wsUrl() {
+    const params = new URLSearchParams();
+    if (this.lastId !== null) params.set('last_event_id', this.lastId);
+    const qs = params.toString();
+    return `${this.baseUrl}/jobs/${pathId(this.jobId)}/ws${qs ? '?' + qs : ''}`;
+  }
+
+  wsFrame(kind, frame, cb) {
+    if (kind === 'progress') {
+      if (frame.data && typeof frame.data === 'object') cb.progress(frame.id, frame.data);
+      return true;
+    }
+    if (kind === 'done') {
+      const { event, ...payload } = frame;
+      cb.done(payload);
+      return true;
+    }
+    if (kind === 'stalled') {
+      cb.stalled(frame.seconds_since_update ?? (frame.data && frame.data.seconds_since_update));
+      return true;
+    }
+    return false;
+  }
+
+  pollUrl(first) {
+    // The first request leaves out `after` so the server answers at once with
+    // the current document (the seq gate drops it if we already have it).
+    const params = new URLSearchParams();
+    if (!first && this.lastId !== null) params.set('after', this.lastId);
+    params.set('timeout', String(POLL_TIMEOUT_SECS));
+    return `${this.baseUrl}/jobs/${pathId(this.jobId)}/poll?${params}`;
+  }
+
+  pollAnswer(res, doc, cb) {
+    cb.progress(res.headers.get('X-Jobcast-Event-Id'), doc);
+  }
+
+  probeUrl() {
+    return `${this.baseUrl}/jobs/${pathId(this.jobId)}`;
+  }
+
+  // --- what happens on them ---------------------------------------------
+
+  connectedVia(name) {
+    if (this.remember) updateStore(this.jobId, { lastId: this.lastId, doc: this.lastDoc, transport: name });
+  }
+
+  gotProgress(name, id, doc) {
+    this.deliver(id, doc);
+    // Long-poll has no `done` event: a terminal document ends the watch.
+    if (name === 'poll' && this.isTerminal(doc)) this.finish({ status: doc.status });
+  }
+
+  gotDone(name, payload) {
+    this.finish(payload);
+  }
+
+  gotStalled(name, seconds) {
+    const s = Number(seconds);
+    this.stalled = Number.isFinite(s) ? s : 0;
+    this.safe(this.onStalled, this.stalled);
+  }
+
+  endedByServer() {
+    // E.g. SSE answered 204 to our Last-Event-ID: the job had ended.
+    if (!this.isTerminal(this.lastDoc)) return false;
+    this.finish({ status: this.lastDoc.status });
+    return true;
+  }
+
+  probeSaysEnded(doc) {
+    if (!this.isTerminal(doc)) return false;
+    this.deliver(doc.seq, doc);
+    this.finish({ status: doc.status });
+    return true;
+  }
+
+  deliver(id, doc, meta = {}) {
+    if (this.ended || !passGate(this, id, doc)) return;
+    this.lastDoc = doc;
+    if (this.remember && !meta.cached) updateStore(this.jobId, { lastId: this.lastId, doc });
+    if (this.stalled !== null) {
+      this.stalled = null;
+      this.safe(this.onStalled, null);
+    }
+    this.safe(this.onProgress, doc, { id: this.lastId, transport: meta.cached ? null : this.transport, cached: !!meta.cached });
+  }
+
+  finish(payload) {
+    if (this.ended) return;
+    const doc = this.lastDoc;
+    const done = { job_id: this.jobId, ...(doc && doc.status ? { status: doc.status } : {}), ...(payload || {}) };
+    this.teardown();
+    if (this.remember) forget(this.jobId);
+    this.setState('done');
+    this.safe(this.onDone, doc || done, done);
+  }
+
+  fail(err) {
+    if (this.ended) return;
+    if (this.remember && (err.code === 'forbidden' || err.code === 'not_found' || err.code === 'bad_request')) {
+      forget(this.jobId);
+    }
+    super.fail(err);
+  }
+}
+
 /**
  * Watches one job's progress and calls back on every new document.
  *
@@ -776,6 +921,8 @@ class Watcher {
  *   every new document; `cached` is true for the one replayed from localStorage.
  * @param {(doc: object, done: {job_id: string, status?: string}) => void} [options.onDone]
  *   the job ended; `doc` is the last document. Nothing else is called afterwards.
+ * @param {(seconds: number|null) => void} [options.onStalled]  the running job has been
+ *   silent `seconds` (the gateway's JOBCAST_STALL_SECS); `null` once its next state cleared that.
  * @param {(err: JobcastError) => void} [options.onError]  a final error (401, 403,
  *   404, expired token that could not be renewed); `err.message` is for people.
  * @param {(transport: 'sse'|'ws'|'poll') => void} [options.onTransport]  the live transport changed.
@@ -793,21 +940,638 @@ class Watcher {
 export function watch(jobId, options = {}) {
   const w = new Watcher(jobId, options);
   w.start();
-  return {
-    close: () => w.close(),
-    get state() {
-      return w.state;
-    },
-    get transport() {
-      return w.transport;
-    },
-    get lastEventId() {
-      return w.lastId;
-    },
-    get document() {
-      return w.lastDoc;
-    },
-  };
+  return handleOf(w, {
+    state: () => w.state,
+    transport: () => w.transport,
+    lastEventId: () => w.lastId,
+    document: () => w.lastDoc,
+  });
+}
+
+/** What `watch()` and the streams return: `close()` and read-only views of the watcher. */
+function handleOf(w, getters) {
+  const handle = { close: () => w.close() };
+  for (const [name, get] of Object.entries(getters)) Object.defineProperty(handle, name, { get, enumerable: true });
+  return handle;
+}
+
+// ---------------------------------------------------------------------------
+// Many jobs on one connection: `watchMany()` (a list) and `watchGroup()` (a
+// project). One tab per browser holds the connection; the others follow it.
+//
+// Sharing between tabs: every watch of the same stream (same gateway, same
+// list or group) in this origin joins a BroadcastChannel and asks for a Web
+// Lock of the same name. The tab that holds the lock holds the connection
+// and posts every state it applies, then the cursor that covers it; the
+// others apply the same states through the same per-job gates and keep the
+// latest cursor. When the holder goes (its tab closes, or close()), the lock
+// passes to a waiting tab, which connects from the last cursor it was sent:
+// the server re-sends whatever came after it, so no `done` is lost. Where
+// Web Locks are missing (an insecure origin), the tabs elect a holder over
+// the channel itself: it beats every second; a silent or departed holder is
+// replaced by the lowest-id tab that claims.
+
+/** Finished jobs of a group kept in localStorage (for a finished list after a reload). */
+const MAX_ENDED_REMEMBERED = 50;
+/** localStorage is written at most this often by a busy stream (and at once on `done`). */
+const STORE_THROTTLE_MS = 250;
+/** Fallback election: the holder beats this often… */
+const BEAT_MS = 1000;
+/** …a holder silent this long is replaced… */
+const HOLDER_SILENT_MS = 3000;
+/** …a new tab waits this long for a beat before it claims… */
+const FIRST_BEAT_WAIT_MS = 600;
+/** …and a claim stands if no lower-id tab claims within this. */
+const CLAIM_MS = 300;
+const ELECTION_TICK_MS = 150;
+/** Tab states the followers mirror from the holder. */
+const MIRRORED_STATES = ['connecting', 'live', 'reconnecting'];
+
+function randomId() {
+  const a = new Uint32Array(2);
+  globalThis.crypto.getRandomValues(a);
+  return a[0].toString(36) + a[1].toString(36);
+}
+
+class StreamWatcher extends Connection {
+  constructor(kind, target, opts) {
+    super(opts);
+    this.kind = kind; // 'jobs' | 'group'
+    this.group = kind === 'group' ? String(target) : null;
+    this.listed = kind === 'jobs' ? [...new Set(Array.from(target || [], String))] : null;
+    this.key = `${this.baseUrl}|${kind === 'group' ? 'group:' + this.group : 'jobs:' + this.listed.slice().sort().join(',')}`;
+    this.onProgress = opts.onProgress;
+    this.onDone = opts.onDone;
+    this.onStalled = opts.onStalled;
+    this.onJoined = opts.onJoined;
+    this.onRole = opts.onRole;
+    this.shared = opts.shared !== false && typeof globalThis.BroadcastChannel === 'function';
+    this.sseEvents = ['progress', 'done', 'stalled', 'joined'];
+
+    /** jobId → {lastId, lastN, doc, docJson, status, ended, stalled, at} */
+    this.jobs = new Map();
+    this.cursor = null; // the latest cursor, exactly as the server sent it
+    this.role = null; // 'holder' | 'follower'
+    this.tabId = randomId();
+    this.channel = null;
+    this.releaseLock = null;
+    this.lockAbort = null;
+    this.election = null; // the fallback election's interval
+    this.lastBeat = 0;
+    this.claimUntil = 0;
+    this.startedAt = Date.now();
+    this.saveTimer = null;
+    this.onPageHide = () => {
+      this.save();
+      if (this.role === 'holder' && this.election) this.post({ t: 'bye', from: this.tabId });
+    };
+    if (this.listed) for (const id of this.listed) this.jobs.set(id, newEntry());
+  }
+
+  start() {
+    if (globalThis.addEventListener) addEventListener('pagehide', this.onPageHide);
+    this.restore();
+    if (this.ended) return;
+    if (!this.shared) return this.becomeHolder();
+    this.channel = new BroadcastChannel('jobcast:' + this.key);
+    this.channel.onmessage = (e) => this.onMessage(e.data);
+    this.setState('connecting');
+    this.post({ t: 'hello', from: this.tabId });
+    const locks = globalThis.navigator && navigator.locks;
+    if (locks && typeof locks.request === 'function') {
+      this.lockAbort = new AbortController();
+      locks
+        .request('jobcast:' + this.key, { signal: this.lockAbort.signal }, () => {
+          if (this.ended) return undefined;
+          return new Promise((release) => {
+            this.releaseLock = release;
+            this.becomeHolder();
+          });
+        })
+        .catch(() => {}); // aborted: this watch closed while waiting
+    } else {
+      this.election = setInterval(() => this.electionTick(), ELECTION_TICK_MS);
+    }
+  }
+
+  // --- roles ------------------------------------------------------------
+
+  setRole(role) {
+    if (this.role === role) return;
+    this.role = role;
+    this.safe(this.onRole, role);
+  }
+
+  becomeHolder() {
+    if (this.ended) return;
+    this.setRole('holder');
+    this.state = null; // announce our own 'connecting' to the followers
+    this.connect();
+  }
+
+  /** Fallback election (no Web Locks): see the comment at the top of this section. */
+  electionTick() {
+    if (this.ended) return;
+    const now = Date.now();
+    if (this.role === 'holder') {
+      if (now - this.lastBeat >= BEAT_MS) {
+        this.lastBeat = now;
+        this.post({ t: 'beat', from: this.tabId });
+      }
+      return;
+    }
+    if (this.claimUntil) {
+      if (now >= this.claimUntil) {
+        this.claimUntil = 0;
+        this.lastBeat = 0;
+        this.becomeHolder();
+      }
+      return;
+    }
+    const silent = this.lastBeat ? now - this.lastBeat >= HOLDER_SILENT_MS : now - this.startedAt >= FIRST_BEAT_WAIT_MS;
+    if (silent) {
+      this.claimUntil = now + CLAIM_MS;
+      this.post({ t: 'claim', from: this.tabId });
+    }
+  }
+
+  onElectionMessage(m) {
+    if (m.t === 'beat') {
+      if (this.role === 'holder') {
+        // Two holders: the higher id steps down (the other hears our beat and stays).
+        if (m.from < this.tabId) {
+          this.disconnect();
+          this.setRole('follower');
+          this.lastBeat = Date.now();
+        }
+        return;
+      }
+      this.lastBeat = Date.now();
+      this.claimUntil = 0;
+    } else if (m.t === 'claim') {
+      if (this.role === 'holder') {
+        this.lastBeat = Date.now();
+        this.post({ t: 'beat', from: this.tabId });
+      } else if (this.claimUntil && m.from < this.tabId) {
+        this.claimUntil = 0;
+        this.lastBeat = Date.now();
+      }
+    } else if (m.t === 'bye' && this.role !== 'holder') {
+      this.lastBeat = 1; // long ago: claim on the next tick
+    }
+  }
+
+  post(msg) {
+    if (!this.channel) return;
+    try {
+      this.channel.postMessage(msg);
+    } catch {
+      // closed channel, or a document that cannot be cloned
+    }
+  }
+
+  /** The holder tells the followers what it applied. */
+  tell(msg) {
+    if (this.role === 'holder') this.post(msg);
+  }
+
+  onMessage(m) {
+    if (this.ended || !m || typeof m !== 'object') return;
+    if (m.t === 'beat' || m.t === 'claim' || m.t === 'bye') {
+      if (this.election) this.onElectionMessage(m);
+      if (m.t === 'bye' && this.role !== 'holder' && MIRRORED_STATES.includes(this.state)) this.setState('reconnecting');
+      return;
+    }
+    if (m.t === 'hello') {
+      if (this.role === 'holder') this.post(this.snapshot());
+      return;
+    }
+    if (this.role === 'holder') return; // another holder's echo during a fallback election
+    if (this.election) this.lastBeat = Date.now(); // the holder spoke: it is alive
+    const via = { transport: m.transport || this.transport, shared: true };
+    switch (m.t) {
+      case 'snapshot':
+        this.setRole('follower');
+        for (const [id, s] of m.jobs || []) {
+          if (!this.entry(id)) continue;
+          if (s.doc) this.applyProgress(id, s.lastId, s.doc, via);
+          if (s.stalled !== null && s.stalled !== undefined) this.applyStalled(id, s.stalled);
+          if (s.ended) this.applyDone(id, s.status, via);
+        }
+        this.applyCursor(m.cursor);
+        this.mirror(m);
+        break;
+      case 'state':
+        this.setRole('follower');
+        this.mirror(m);
+        break;
+      case 'progress':
+        this.applyProgress(m.job, m.id, m.doc, via);
+        break;
+      case 'done':
+        this.applyDone(m.job, m.status, via);
+        break;
+      case 'stalled':
+        this.applyStalled(m.job, m.seconds);
+        break;
+      case 'joined':
+        this.entry(m.job);
+        break;
+      case 'cursor':
+        this.applyCursor(m.cursor);
+        break;
+      default:
+        return;
+    }
+    this.checkAllEnded();
+  }
+
+  /** A follower shows the holder's connection state and transport as its own. */
+  mirror(m) {
+    if (m.transport) this.setTransport(m.transport);
+    if (MIRRORED_STATES.includes(m.state)) this.setState(m.state);
+  }
+
+  snapshot() {
+    const jobs = [];
+    for (const [id, j] of this.jobs) {
+      jobs.push([id, { lastId: j.lastId, doc: j.doc, status: j.status, ended: j.ended, stalled: j.stalled }]);
+    }
+    return { t: 'snapshot', cursor: this.cursor, state: this.state, transport: this.transport, jobs };
+  }
+
+  setState(s) {
+    const changed = this.state !== s;
+    super.setState(s);
+    if (changed && MIRRORED_STATES.includes(s)) this.tell({ t: 'state', state: s, transport: this.transport });
+  }
+
+  setTransport(name) {
+    const changed = this.transport !== name;
+    super.setTransport(name);
+    if (changed) this.tell({ t: 'state', state: this.state, transport: name });
+  }
+
+  // --- where to connect, what the events mean ---------------------------
+
+  path(route) {
+    return this.group !== null ? `${this.baseUrl}/groups/${pathId(this.group)}/${route}` : `${this.baseUrl}/${route}`;
+  }
+
+  params() {
+    const params = new URLSearchParams();
+    for (const id of this.listed || []) params.append('job', id);
+    // EventSource resends the cursor as Last-Event-ID on its own reconnects;
+    // a new EventSource cannot set the header, so it goes in the query too.
+    if (this.cursor) params.set('cursor', this.cursor);
+    return params;
+  }
+
+  sseUrl() {
+    const params = this.params();
+    if (this.token) params.set('access_token', this.token);
+    return `${this.path('events')}?${params}`;
+  }
+
+  sseEvent(name, e, cb) {
+    const d = parseJson(e.data);
+    if (!d || typeof d !== 'object' || d.job_id === undefined) return;
+    if (name === 'progress') {
+      if (d.document && typeof d.document === 'object') cb.progress(d.job_id, d.id, d.document, e.lastEventId);
+    } else if (name === 'done') cb.done(d.job_id, d.status, e.lastEventId);
+    else if (name === 'stalled') cb.stalled(d.job_id, d.seconds_since_update);
+    else if (name === 'joined') cb.joined(d.job_id);
+  }
+
+  wsUrl() {
+    return `${this.path('ws')}?${this.params()}`;
+  }
+
+  wsFrame(kind, frame, cb) {
+    switch (kind) {
+      case 'progress':
+        if (frame.document && typeof frame.document === 'object') {
+          cb.progress(frame.job_id, frame.id, frame.document, frame.cursor);
+        }
+        return true;
+      case 'done':
+        cb.done(frame.job_id, frame.status, frame.cursor);
+        return true;
+      case 'stalled':
+        cb.stalled(frame.job_id, frame.seconds_since_update);
+        return true;
+      case 'joined':
+        cb.joined(frame.job_id);
+        return true;
+      case 'watching':
+      case 'unwatching':
+        return true;
+      case 'error':
+        // An in-band refusal of one `watch` names its job; the connection stays.
+        return frame.job !== undefined;
+      default:
+        return false;
+    }
+  }
+
+  pollUrl(first) {
+    // The first request asks for no wait: it answers at once with whatever
+    // the cursor has not seen (or 204), and that answer is "connected".
+    const params = this.params();
+    params.set('timeout', String(first ? 0 : POLL_TIMEOUT_SECS));
+    return `${this.path('poll')}?${params}`;
+  }
+
+  pollAnswer(res, body, cb) {
+    for (const ev of Array.isArray(body.events) ? body.events : []) {
+      if (!ev || typeof ev !== 'object') continue;
+      if (ev.type === 'progress' && ev.document && typeof ev.document === 'object') {
+        cb.progress(ev.job_id, ev.id, ev.document);
+      } else if (ev.type === 'done') cb.done(ev.job_id, ev.status);
+      else if (ev.type === 'stalled') cb.stalled(ev.job_id, ev.seconds_since_update);
+      else if (ev.type === 'joined') cb.joined(ev.job_id);
+    }
+    cb.cursor(body.cursor);
+    if (body.ended === true) cb.ended();
+  }
+
+  probeUrl() {
+    return this.pollUrl(true);
+  }
+
+  // --- what happens on them (holder) ------------------------------------
+
+  connectedVia(name, info) {
+    if (this.group !== null && Array.isArray(info.jobs)) for (const id of info.jobs) this.entry(id);
+    this.dirty();
+  }
+
+  gotProgress(name, jobId, id, doc, cursor) {
+    this.applyProgress(jobId, id, doc, { transport: name });
+    this.applyCursor(cursor);
+    this.checkAllEnded();
+  }
+
+  gotDone(name, jobId, status, cursor) {
+    this.applyDone(jobId, status, { transport: name });
+    this.applyCursor(cursor);
+    this.checkAllEnded();
+  }
+
+  gotStalled(name, jobId, seconds) {
+    this.applyStalled(jobId, seconds);
+  }
+
+  gotJoined(name, jobId) {
+    this.entry(jobId);
+  }
+
+  gotCursor(name, cursor) {
+    this.applyCursor(cursor);
+    this.checkAllEnded();
+  }
+
+  gotEnded() {
+    this.finish();
+  }
+
+  endedByServer() {
+    return this.checkAllEnded();
+  }
+
+  probeSaysEnded(body) {
+    if (!body) return false; // 204: nothing new, and the server is fine
+    // The probe is a real long-poll answer: take what it brought.
+    this.pollAnswer(null, body, {
+      progress: (...a) => this.gotProgress('poll', ...a),
+      done: (...a) => this.gotDone('poll', ...a),
+      stalled: (...a) => this.gotStalled('poll', ...a),
+      joined: (...a) => this.gotJoined('poll', ...a),
+      cursor: (c) => this.gotCursor('poll', c),
+      ended: () => this.finish(),
+    });
+    return this.ended;
+  }
+
+  // --- the per-job state (holder and followers alike) -------------------
+
+  /** The job's entry; a group creates it (and says `onJoined`), a list knows only its own. */
+  entry(jobId) {
+    if (jobId === undefined || jobId === null || jobId === '') return null;
+    const id = String(jobId);
+    let j = this.jobs.get(id);
+    if (!j && this.group !== null && !this.ended) {
+      j = newEntry();
+      this.jobs.set(id, j);
+      this.tell({ t: 'joined', job: id });
+      this.dirty();
+      this.safe(this.onJoined, id);
+    }
+    return j || null;
+  }
+
+  /** Invariants 3 and 5: a job's state is delivered only if it is newer than the last one. */
+  applyProgress(jobId, id, doc, meta) {
+    const j = this.entry(jobId);
+    if (!j || j.ended || this.ended || !passGate(j, id, doc)) return;
+    j.doc = doc;
+    j.at = Date.now();
+    const wasStalled = j.stalled !== null;
+    j.stalled = null;
+    this.tell({ t: 'progress', job: String(jobId), id: j.lastId, doc, transport: this.transport });
+    if (!meta.cached) this.dirty();
+    if (wasStalled) this.safe(this.onStalled, String(jobId), null);
+    this.safe(this.onProgress, String(jobId), doc, {
+      id: j.lastId,
+      transport: meta.cached ? null : meta.transport || this.transport,
+      cached: !!meta.cached,
+      shared: !!meta.shared,
+    });
+  }
+
+  applyDone(jobId, status, meta = {}) {
+    const j = this.entry(jobId);
+    if (!j || j.ended || this.ended) return;
+    j.ended = true;
+    j.status = typeof status === 'string' && status ? status : (j.doc && j.doc.status) || null;
+    j.stalled = null;
+    j.at = Date.now();
+    this.tell({ t: 'done', job: String(jobId), status: j.status });
+    if (!meta.cached) this.dirty(true);
+    this.safe(this.onDone, String(jobId), j.status, j.doc, { cached: !!meta.cached });
+  }
+
+  applyStalled(jobId, seconds) {
+    const j = this.entry(jobId);
+    if (!j || j.ended || this.ended) return;
+    const s = Number(seconds);
+    j.stalled = Number.isFinite(s) ? s : 0;
+    this.tell({ t: 'stalled', job: String(jobId), seconds: j.stalled });
+    this.safe(this.onStalled, String(jobId), j.stalled);
+  }
+
+  /** Invariant 6: called only after the states the cursor covers were applied. */
+  applyCursor(cursor) {
+    if (typeof cursor !== 'string' || !cursor || this.ended) return;
+    this.cursor = cursor;
+    this.tell({ t: 'cursor', cursor });
+    this.dirty();
+  }
+
+  /** A list ends when every listed job has ended; a group never does. */
+  checkAllEnded() {
+    if (this.ended) return true;
+    if (!this.listed || !this.listed.every((id) => this.jobs.get(id).ended)) return false;
+    this.finish();
+    return true;
+  }
+
+  finish() {
+    if (this.ended) return;
+    this.teardown();
+    if (this.remember) removeFromStore(this.key, STREAMS_KEY);
+    this.setState('done');
+  }
+
+  teardown() {
+    const wasHolder = this.role === 'holder';
+    if (wasHolder) this.save();
+    super.teardown();
+    clearTimeout(this.saveTimer);
+    clearInterval(this.election);
+    if (wasHolder && this.election) this.post({ t: 'bye', from: this.tabId });
+    if (this.releaseLock) this.releaseLock();
+    if (this.lockAbort) this.lockAbort.abort();
+    if (this.channel) this.channel.close();
+    this.channel = null;
+    if (globalThis.removeEventListener) removeEventListener('pagehide', this.onPageHide);
+  }
+
+  // --- localStorage: {key: {cursor, transport, jobs: {id: {lastId, doc, status, ended, at}}, updatedAt}}
+
+  restore() {
+    if (!this.remember) return;
+    const saved = readStore(STREAMS_KEY)[this.key];
+    if (!saved || typeof saved !== 'object') return;
+    if (saved.transport && this.transports.includes(saved.transport)) this.preferred = saved.transport;
+    const jobs = saved.jobs && typeof saved.jobs === 'object' ? saved.jobs : {};
+    // Show what this browser already knew (finished jobs too), then resume after it.
+    for (const [id, s] of Object.entries(jobs)) {
+      if (!s || typeof s !== 'object' || !this.entry(id)) continue;
+      if (s.doc && typeof s.doc === 'object') this.applyProgress(id, s.lastId, s.doc, { cached: true });
+      if (s.ended) this.applyDone(id, s.status, { cached: true });
+    }
+    if (typeof saved.cursor === 'string' && saved.cursor) this.cursor = saved.cursor;
+    this.checkAllEnded();
+  }
+
+  /** Something changed: the holder writes localStorage soon (at once when `now`). */
+  dirty(now = false) {
+    if (!this.remember || this.role !== 'holder') return;
+    if (now) return this.save();
+    if (this.saveTimer === null) this.saveTimer = setTimeout(() => this.save(), STORE_THROTTLE_MS);
+  }
+
+  save() {
+    clearTimeout(this.saveTimer);
+    this.saveTimer = null;
+    if (!this.remember || this.role !== 'holder') return;
+    const ended = [...this.jobs.entries()].filter(([, j]) => j.ended).sort((a, b) => b[1].at - a[1].at);
+    const dropped = new Set(ended.slice(MAX_ENDED_REMEMBERED).map(([id]) => id));
+    const jobs = {};
+    for (const [id, j] of this.jobs) {
+      if (dropped.has(id)) continue;
+      jobs[id] = { lastId: j.lastId, doc: j.doc, status: j.status, ended: j.ended, at: j.at };
+    }
+    updateStore(this.key, { cursor: this.cursor, transport: this.preferred, jobs }, STREAMS_KEY);
+  }
+
+  /** What the handle's `jobs` shows: every job of the stream and its latest state. */
+  view() {
+    const out = {};
+    for (const [id, j] of this.jobs) {
+      out[id] = { document: j.doc, lastEventId: j.lastId, status: j.status, ended: j.ended, stalled: j.stalled };
+    }
+    return out;
+  }
+}
+
+function newEntry() {
+  return { lastId: null, lastN: NaN, doc: null, docJson: null, status: null, ended: false, stalled: null, at: 0 };
+}
+
+function streamHandle(s) {
+  return handleOf(s, {
+    state: () => s.state,
+    transport: () => s.transport,
+    role: () => s.role,
+    cursor: () => s.cursor,
+    jobs: () => s.view(),
+  });
+}
+
+/**
+ * Watches a list of jobs over one connection (`/events?job=A&job=B…`, then
+ * `/ws`, then `/poll`): the same ladder, backoff, resume and token renewal as
+ * `watch()`, with per-job callbacks. Resumes from the latest cursor the
+ * server sent (kept as it came, never parsed). Ends (state `done`) when every
+ * listed job has ended. Tabs of this origin watching the same list share one
+ * connection (see `shared`).
+ *
+ * @param {string[]} jobIds
+ * @param {object} [options]  everything `watch()` takes, except that the callbacks name the job:
+ * @param {(jobId: string, doc: object, meta: {id: string|null, transport: string|null, cached: boolean, shared: boolean}) => void} [options.onProgress]
+ *   a job's new state, never a duplicate or a step back per job; `shared` is true
+ *   when another tab's connection delivered it.
+ * @param {(jobId: string, status: string|null, doc: object|null, meta: {cached: boolean}) => void} [options.onDone]
+ *   a job ended (once per job).
+ * @param {(jobId: string, seconds: number|null) => void} [options.onStalled]
+ *   a running job has been silent `seconds`; `null` when its next state cleared that.
+ * @param {(role: 'holder'|'follower') => void} [options.onRole]
+ *   whether this tab holds the connection or follows the tab that does.
+ * @param {boolean} [options.shared=true]  share one connection with the other tabs
+ *   of this origin (BroadcastChannel + Web Locks); false: this tab connects itself.
+ * @returns {{close(): void, readonly state: string|null, readonly transport: string|null,
+ *   readonly role: string|null, readonly cursor: string|null, readonly jobs: object}}
+ */
+export function watchMany(jobIds, options = {}) {
+  const s = new StreamWatcher('jobs', jobIds, options);
+  s.start();
+  return streamHandle(s);
+}
+
+/**
+ * Watches every job of a group (a project): its current jobs, then jobs that
+ * join later (`onJoined`, before a job's first state). Like `watchMany()`,
+ * but the stream stays open until `close()`. The token needs the group in
+ * its `groups` claim (or role `admin`). localStorage remembers the group's
+ * jobs, finished ones too, so a reload shows them at once and resumes.
+ *
+ * @param {string} group
+ * @param {object} [options]  as `watchMany()`, plus:
+ * @param {(jobId: string) => void} [options.onJoined]  a job is new to this watch.
+ * @returns the same handle as `watchMany()`.
+ */
+export function watchGroup(group, options = {}) {
+  const s = new StreamWatcher('group', group, options);
+  s.start();
+  return streamHandle(s);
+}
+
+/**
+ * A group's jobs as this browser last knew them (localStorage), without connecting.
+ * @param {string} group
+ * @param {{baseUrl?: string}} [options]
+ * @returns {Object<string, {lastId: string|null, doc: object|null, status: string|null, ended: boolean}>}
+ */
+export function rememberedGroup(group, { baseUrl = '' } = {}) {
+  const key = `${String(baseUrl).replace(/\/+$/, '')}|group:${group}`;
+  const saved = readStore(STREAMS_KEY)[key];
+  const out = {};
+  for (const [id, s] of Object.entries((saved && saved.jobs) || {})) {
+    if (s && typeof s === 'object') out[id] = { lastId: s.lastId ?? null, doc: s.doc ?? null, status: s.status ?? null, ended: !!s.ended };
+  }
+  return out;
 }
 
 // ---------------------------------------------------------------------------

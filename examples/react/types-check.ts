@@ -1,8 +1,8 @@
 // Compile-time checks of static/jobcast.d.ts (run by `tsc --noEmit` in the test
 // suite): every option and callback is typed, and misuse is a type error
 // (each @ts-expect-error line must fail to compile, or tsc reports it).
-import { JobcastError, activeJobs, etaSmoother, forget, formatDuration, progressColor, smoothProgress, watch } from 'jobcast';
-import type { DonePayload, ProgressDocument, ProgressMeta, Transport, Watch, WatchState } from 'jobcast';
+import { JobcastError, activeJobs, etaSmoother, forget, formatDuration, progressColor, rememberedGroup, smoothProgress, watch, watchGroup, watchMany } from 'jobcast';
+import type { DonePayload, ProgressDocument, ProgressMeta, StreamJob, StreamProgressMeta, StreamWatch, TabRole, Transport, Watch, WatchState } from 'jobcast';
 
 const w: Watch = watch('8ae7f267', {
   token: 'jwt',
@@ -18,6 +18,7 @@ const w: Watch = watch('8ae7f267', {
   onError: (err: JobcastError) => void [err.code === 'forbidden', err.status, err.message],
   onTransport: (t: Transport) => void t,
   onState: (s: WatchState) => void s,
+  onStalled: (seconds: number | null) => void seconds,
   transports: ['ws', 'poll'],
   connectTimeoutMs: 4000,
   minBackoffMs: 500,
@@ -29,6 +30,28 @@ const w: Watch = watch('8ae7f267', {
 const state: WatchState | null = w.state;
 const last: string | null = w.lastEventId;
 w.close();
+
+const many: StreamWatch = watchMany(['a', 'b'], {
+  token: 'jwt',
+  getToken: () => 'fresh-jwt',
+  onProgress: (jobId: string, doc: ProgressDocument, meta: StreamProgressMeta) =>
+    void [jobId, doc.overall_progress, meta.id, meta.cached, meta.shared, meta.transport],
+  onDone: (jobId: string, status: string | null, doc: ProgressDocument | null, meta: { cached: boolean }) =>
+    void [jobId, status, doc?.seq, meta.cached],
+  onStalled: (jobId: string, seconds: number | null) => void [jobId, seconds],
+  onRole: (role: TabRole) => void role,
+  onState: (s: WatchState) => void s,
+  transports: ['sse', 'poll'],
+  shared: false,
+});
+const group = watchGroup('project-7', { onJoined: (jobId: string) => void jobId, resume: true });
+const row: StreamJob | undefined = group.jobs['a'];
+const groupCursor: string | null = group.cursor;
+const role: TabRole | null = many.role;
+const kept: boolean | undefined = rememberedGroup('project-7', { baseUrl: '' })['a']?.ended;
+void [row?.stalled, groupCursor, role, kept, new JobcastError('forbidden', 403).jobId];
+many.close();
+group.close();
 
 const smooth = smoothProgress({ ease: 0.3 });
 const shown: number = smooth(42) + smooth.tick() + smooth.done() + smooth.value;
@@ -49,5 +72,9 @@ watch(42);
 watch('j', { onProgress: (doc: string) => doc });
 // @ts-expect-error: no such option
 watch('j', { retries: 3 });
+// @ts-expect-error: watchMany takes a list of job ids
+watchMany('a');
+// @ts-expect-error: a stream's onProgress names the job first
+watchMany(['a'], { onProgress: (doc: ProgressDocument) => doc });
 // @ts-expect-error: not an error code
 new JobcastError('teapot');

@@ -12,6 +12,7 @@ mod auth;
 mod auth_causes;
 mod auth_hook;
 mod browser;
+mod browser_many;
 mod deploy;
 mod distributed_redis;
 mod durable;

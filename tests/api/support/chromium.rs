@@ -191,6 +191,7 @@ struct Process {
 pub struct Page {
     cdp: Arc<Cdp>,
     session: String,
+    target: String,
 }
 
 impl Chromium {
@@ -285,6 +286,10 @@ impl Chromium {
                 .as_str()
                 .expect("attachToTarget gives a sessionId")
                 .to_owned(),
+            target: target["targetId"]
+                .as_str()
+                .expect("createTarget gives a targetId")
+                .to_owned(),
         };
         for domain in ["Page.enable", "Runtime.enable", "Log.enable"] {
             page.call(domain, json!({})).await;
@@ -336,6 +341,18 @@ impl Page {
             timeout,
         )
         .await;
+    }
+
+    /// Closes the tab, as the user's Ctrl+W does: its scripts stop, its
+    /// connections close and its Web Locks are released.
+    pub async fn close(self) {
+        self.cdp
+            .call(
+                None,
+                "Target.closeTarget",
+                json!({ "targetId": self.target }),
+            )
+            .await;
     }
 
     /// Reloads the page, as the user's F5 does (localStorage stays).
