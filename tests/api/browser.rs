@@ -222,7 +222,7 @@ async fn page_reload_mid_job_resumes_without_duplicate_or_backwards_step() {
     page.wait_text("overall-pct", "100%", PAGE_TIMEOUT).await;
 }
 
-/// Issue 6: a stream ends at its token's `exp`; the browser client asks its
+/// A stream ends at its token's `exp`; the browser client asks its
 /// `getToken` callback for a fresh token and resumes, on SSE and on WebSocket,
 /// without a duplicate or a step backwards.
 #[tokio::test]
