@@ -32,8 +32,7 @@ use crate::stream::Transport;
 use crate::stream::cursor::delivered;
 use crate::stream::watcher::{CloseReason, Lifecycle, Signal};
 use crate::stream::ws::{
-    MAX_MISSED_PONGS, Socket, WS_SEND_TIMEOUT, accept, close, switching_protocols, text,
-    upgrade_slot,
+    MAX_MISSED_PONGS, Socket, accept, close, send_within, switching_protocols, text, upgrade_slot,
 };
 use crate::stream::{closed, reconnect};
 
@@ -130,9 +129,8 @@ async fn serve(app: &SharedState, mut opened: OpenedMany, socket: Socket) -> Clo
     let (mut tx, mut rx_client) = socket.split();
     macro_rules! send {
         ($msg:expr) => {
-            match tokio::time::timeout(WS_SEND_TIMEOUT, tx.send($msg)).await {
-                Ok(Ok(())) => {}
-                _ => return CloseReason::ClientGone,
+            if !send_within(&mut tx, $msg).await {
+                return CloseReason::ClientGone;
             }
         };
     }

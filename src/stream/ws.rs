@@ -47,6 +47,18 @@ const WS_READ_BUFFER: usize = 4096;
 
 pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
+/// Sends one frame, waiting at most [`WS_SEND_TIMEOUT`]; `false` when the
+/// client is gone or stopped reading.
+pub(crate) async fn send_within<S>(tx: &mut S, msg: Message) -> bool
+where
+    S: futures::Sink<Message> + Unpin,
+{
+    matches!(
+        tokio::time::timeout(WS_SEND_TIMEOUT, tx.send(msg)).await,
+        Ok(Ok(()))
+    )
+}
+
 fn socket_config() -> WebSocketConfig {
     WebSocketConfig::default()
         .read_buffer_size(WS_READ_BUFFER)
@@ -161,9 +173,8 @@ async fn serve(
     let (mut tx, mut rx_client) = socket.split();
     macro_rules! send {
         ($msg:expr) => {
-            match tokio::time::timeout(WS_SEND_TIMEOUT, tx.send($msg)).await {
-                Ok(Ok(())) => {}
-                _ => return CloseReason::ClientGone,
+            if !send_within(&mut tx, $msg).await {
+                return CloseReason::ClientGone;
             }
         };
     }
