@@ -50,37 +50,31 @@ pub fn routes(
     app: SharedState,
 ) -> impl Filter<Extract = (impl Reply,), Error = Infallible> + Clone {
     let state = with_state(app.clone());
+    // What every stream route starts with: a GET, the state, the credentials.
+    let caller = warp::get().and(state.clone()).and(credentials());
 
     let sse = warp::path!("jobs" / String / "events")
-        .and(warp::get())
-        .and(state.clone())
-        .and(credentials())
+        .and(caller.clone())
         .and(last_event_id())
         .and(warp::ext::optional::<StallFlag>())
         .then(|job, app, creds, last, stall| stream::sse::handle(app, job, creds, last, stall))
         .map(unwrap_infallible);
 
     let ws = warp::path!("jobs" / String / "ws")
-        .and(warp::get())
-        .and(state.clone())
-        .and(credentials())
+        .and(caller.clone())
         .and(last_event_id())
         .and(upgrade::handshake())
         .then(|job, app, creds, last, ws| stream::ws::handle(app, job, creds, last, ws))
         .map(unwrap_infallible);
 
     let poll = warp::path!("jobs" / String / "poll")
-        .and(warp::get())
-        .and(state.clone())
-        .and(credentials())
+        .and(caller.clone())
         .and(raw_query())
         .then(|job, app, creds, query| stream::poll::handle(app, job, creds, query))
         .map(unwrap_infallible);
 
     let many_sse = warp::path!("events")
-        .and(warp::get())
-        .and(state.clone())
-        .and(credentials())
+        .and(caller.clone())
         .and(last_event_id())
         .and(raw_query())
         .and(warp::ext::optional::<StallFlag>())
@@ -88,35 +82,27 @@ pub fn routes(
         .map(unwrap_infallible);
 
     let many_ws = warp::path!("ws")
-        .and(warp::get())
-        .and(state.clone())
-        .and(credentials())
+        .and(caller.clone())
         .and(raw_query())
         .and(upgrade::handshake())
         .then(multi::ws::list)
         .map(unwrap_infallible);
 
     let group_ws = warp::path!("groups" / String / "ws")
-        .and(warp::get())
-        .and(state.clone())
-        .and(credentials())
+        .and(caller.clone())
         .and(raw_query())
         .and(upgrade::handshake())
         .then(|group, app, creds, query, ws| multi::ws::group(app, group, creds, query, ws))
         .map(unwrap_infallible);
 
     let many_poll = warp::path!("poll")
-        .and(warp::get())
-        .and(state.clone())
-        .and(credentials())
+        .and(caller.clone())
         .and(raw_query())
         .then(multi::poll::list)
         .map(unwrap_infallible);
 
     let group_sse = warp::path!("groups" / String / "events")
-        .and(warp::get())
-        .and(state.clone())
-        .and(credentials())
+        .and(caller.clone())
         .and(last_event_id())
         .and(raw_query())
         .and(warp::ext::optional::<StallFlag>())
@@ -126,17 +112,13 @@ pub fn routes(
         .map(unwrap_infallible);
 
     let group_poll = warp::path!("groups" / String / "poll")
-        .and(warp::get())
-        .and(state.clone())
-        .and(credentials())
+        .and(caller.clone())
         .and(raw_query())
         .then(|group, app, creds, query| multi::poll::group(app, group, creds, query))
         .map(unwrap_infallible);
 
     let snapshot = warp::path!("jobs" / String)
-        .and(warp::get())
-        .and(state.clone())
-        .and(credentials())
+        .and(caller.clone())
         .then(jobs::snapshot);
 
     let publish = warp::path!("jobs" / String)
