@@ -4,7 +4,9 @@
 pub mod caller;
 pub mod client_info;
 pub mod cors;
+pub mod direct;
 pub mod error;
+pub mod head;
 pub mod jobs;
 pub mod ops;
 pub mod origin;
@@ -19,7 +21,7 @@ use std::convert::Infallible;
 use warp::{Filter, Reply};
 
 use crate::auth::credentials::{credentials, query_param};
-use crate::http::stall::StallFlag;
+use crate::http::direct::stream_conn;
 use crate::state::SharedState;
 use crate::{multi, stream};
 
@@ -56,8 +58,8 @@ pub fn routes(
     let sse = warp::path!("jobs" / String / "events")
         .and(caller.clone())
         .and(last_event_id())
-        .and(warp::ext::optional::<StallFlag>())
-        .then(|job, app, creds, last, stall| stream::sse::handle(app, job, creds, last, stall))
+        .and(stream_conn())
+        .then(|job, app, creds, last, conn| stream::sse::handle(app, job, creds, last, conn))
         .map(unwrap_infallible);
 
     let ws = warp::path!("jobs" / String / "ws")
@@ -77,7 +79,7 @@ pub fn routes(
         .and(caller.clone())
         .and(last_event_id())
         .and(raw_query())
-        .and(warp::ext::optional::<StallFlag>())
+        .and(stream_conn())
         .then(multi::sse::list)
         .map(unwrap_infallible);
 
@@ -105,9 +107,9 @@ pub fn routes(
         .and(caller.clone())
         .and(last_event_id())
         .and(raw_query())
-        .and(warp::ext::optional::<StallFlag>())
-        .then(|group, app, creds, last, query, stall| {
-            multi::sse::group(app, group, creds, last, query, stall)
+        .and(stream_conn())
+        .then(|group, app, creds, last, query, conn| {
+            multi::sse::group(app, group, creds, last, query, conn)
         })
         .map(unwrap_infallible);
 

@@ -1,5 +1,7 @@
 //! The accept loop: warp's filters served by hyper with the settings warp's own
-//! `serve` does not expose: a header read timeout (slow-loris protection), a
+//! `serve` does not expose, and event streams answered on the direct path
+//! ([`direct`]) when they are a connection's first request: a header read
+//! timeout (slow-loris protection), a
 //! write-stall bound (`stall`), an ordered graceful stop (stop accepting, then
 //! wait for open connections, whose streams end themselves on the same
 //! shutdown token), and a cap on open
@@ -8,6 +10,7 @@
 //! reconnect needs are always there.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -15,7 +18,7 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
@@ -24,7 +27,9 @@ use tokio_util::sync::CancellationToken;
 use warp::{Filter, Reply};
 
 use crate::http::client_info::WithClientInfo;
-use crate::http::stall::StallGuard;
+use crate::http::direct::{self, DirectSlot};
+use crate::http::head::{self, FirstRequest, Rewind};
+use crate::http::stall::{StallFlag, StallGuard};
 use crate::http::upgrade::WithUpgradeSlot;
 
 /// A client must send its request head within this time, or it is disconnected.
@@ -46,7 +51,7 @@ pub async fn serve<F, R>(
     max_sockets: usize,
 ) where
     F: Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
-    R: Reply,
+    R: Reply + 'static,
 {
     let graceful = GracefulShutdown::new();
     let mut builder = Builder::new(TokioExecutor::new());
@@ -55,6 +60,12 @@ pub async fn serve<F, R>(
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_REQUEST_HEAD_BYTES);
+    let conns = Arc::new(Connections {
+        builder,
+        routes,
+        stall_after,
+        shutdown: shutdown.clone(),
+    });
     let slots = Arc::new(Semaphore::new(max_sockets.max(1)));
     let mut at_cap = false;
     loop {
@@ -98,26 +109,89 @@ pub async fn serve<F, R>(
             stream,
             _slot: slot,
         };
-        let io = StallGuard::new(stream, stall_after);
-        let service = WithUpgradeSlot(
-            WithClientInfo {
-                peer,
-                inner: TowerToHyperService::new(warp::service(routes.clone())),
-            },
-            io.flag(),
-        );
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(io), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
+        // Every connection holds a watcher, so the stop below waits for it,
+        // on the direct path as under hyper.
+        tokio::spawn(conns.clone().serve(stream, peer, graceful.watcher()));
     }
     drop(listener);
     graceful.shutdown().await;
+}
+
+/// What every connection is served with.
+struct Connections<F> {
+    builder: Builder<TokioExecutor>,
+    routes: F,
+    stall_after: Duration,
+    shutdown: CancellationToken,
+}
+
+impl<F, R> Connections<F>
+where
+    F: Filter<Extract = (R,), Error = Infallible> + Clone + Send + Sync + 'static,
+    R: Reply + 'static,
+{
+    /// One connection: its first request on the direct path when it asks for
+    /// an event stream, then (or else) hyper for whatever follows.
+    async fn serve(self: Arc<Self>, mut stream: Slotted, peer: SocketAddr, watcher: Watcher) {
+        let first = tokio::select! {
+            _ = self.shutdown.cancelled() => return,
+            first = tokio::time::timeout(
+                HEADER_READ_TIMEOUT,
+                head::read_first(&mut stream, MAX_REQUEST_HEAD_BYTES),
+            ) => first,
+        };
+        let pre = match first {
+            // As hyper does: a client that sends no head in time is dropped.
+            Err(_) | Ok(FirstRequest::Gone) => return,
+            Ok(FirstRequest::Other(read)) => read,
+            Ok(FirstRequest::Stream(req, rest)) => {
+                match self.direct(&stream.stream, req, peer).await {
+                    direct::Ended::KeepAlive if !self.shutdown.is_cancelled() => rest,
+                    _ => return,
+                }
+            }
+        };
+        let io = StallGuard::new(Rewind::new(pre, stream), self.stall_after);
+        let service = WithUpgradeSlot(
+            WithClientInfo {
+                peer,
+                inner: TowerToHyperService::new(warp::service(self.routes.clone())),
+            },
+            io.flag(),
+        );
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        if let Err(e) = watcher.watch(conn.into_owned()).await {
+            tracing::debug!(error = %e, "connection ended with an error");
+        }
+    }
+
+    /// Answers one event-stream request on the socket itself.
+    async fn direct(
+        &self,
+        sock: &TcpStream,
+        req: hyper::Request<()>,
+        peer: SocketAddr,
+    ) -> direct::Ended {
+        let (parts, ()) = req.into_parts();
+        let close = head::wants_close(&parts);
+        let mut req =
+            hyper::Request::from_parts(parts, http_body_util::Empty::<bytes::Bytes>::new());
+        let slot = DirectSlot::default();
+        let stall = StallFlag::default();
+        req.extensions_mut().insert(slot.clone());
+        req.extensions_mut().insert(stall.clone());
+        let service = WithClientInfo {
+            peer,
+            inner: TowerToHyperService::new(warp::service(self.routes.clone())),
+        };
+        let res = match hyper::service::Service::call(&service, req).await {
+            Ok(res) => res,
+            Err(never) => match never {},
+        };
+        direct::write_response(sock, res, &slot, close, self.stall_after, &stall).await
+    }
 }
 
 /// An accepted socket holding its slot of the socket cap until it is dropped.

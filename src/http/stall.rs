@@ -31,6 +31,11 @@ impl StallFlag {
     pub fn is_set(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
+
+    /// Marks the connection as cut for not reading.
+    pub fn set(&self) {
+        self.0.store(true, Ordering::Release);
+    }
 }
 
 pub struct StallGuard<T> {
@@ -71,7 +76,7 @@ impl<T> StallGuard<T> {
             .waiting
             .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         if timer.as_mut().poll(cx).is_ready() {
-            self.flag.0.store(true, Ordering::Release);
+            self.flag.set();
             return Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 "client stopped reading: write stalled",

@@ -8,12 +8,12 @@ use std::convert::Infallible;
 
 use bytes::Bytes;
 use serde_json::json;
-use sync_wrapper::SyncStream;
 use warp::http::StatusCode;
 use warp::reply::{Reply, Response};
 
 use crate::auth::Credentials;
 use crate::event;
+use crate::http::direct::StreamConn;
 use crate::http::stall::StallFlag;
 use crate::multi::door::{OpenedMany, open_group, open_list};
 use crate::multi::jobset::Item;
@@ -22,7 +22,7 @@ use crate::multi::{Refusal, connected};
 use crate::state::SharedState;
 use crate::stream::Transport;
 use crate::stream::cursor::delivered;
-use crate::stream::sse::{SSE_PING, sse_error, sse_preamble, sse_retry, stream_headers};
+use crate::stream::sse::{SSE_PING, sse_error, sse_preamble, sse_retry};
 use crate::stream::watcher::{CloseReason, Lifecycle, Signal};
 use crate::stream::{closed, reconnect};
 
@@ -32,14 +32,14 @@ pub async fn list(
     creds: Credentials,
     last_event_id: Option<String>,
     query: String,
-    stall: Option<StallFlag>,
+    conn: StreamConn,
 ) -> Result<Response, Infallible> {
     let opened = async {
         let jobs = parse_jobs(&query, app.settings.max_jobs_per_stream)?;
         let cursor = resume_cursor(last_event_id.as_deref(), &query);
         open_list(&app, jobs, &creds, Transport::Sse, cursor).await
     };
-    Ok(respond(app.clone(), opened.await, stall))
+    Ok(respond(app.clone(), opened.await, conn))
 }
 
 /// `GET /groups/{group}/events`
@@ -49,18 +49,14 @@ pub async fn group(
     creds: Credentials,
     last_event_id: Option<String>,
     query: String,
-    stall: Option<StallFlag>,
+    conn: StreamConn,
 ) -> Result<Response, Infallible> {
     let cursor = resume_cursor(last_event_id.as_deref(), &query);
     let opened = open_group(&app, &group, &creds, Transport::Sse, cursor).await;
-    Ok(respond(app.clone(), opened, stall))
+    Ok(respond(app.clone(), opened, conn))
 }
 
-fn respond(
-    app: SharedState,
-    opened: Result<OpenedMany, Refusal>,
-    stall: Option<StallFlag>,
-) -> Response {
+fn respond(app: SharedState, opened: Result<OpenedMany, Refusal>, conn: StreamConn) -> Response {
     let opened = match opened {
         Ok(o) => o,
         Err(refusal) => return refusal.into_response(),
@@ -71,18 +67,12 @@ fn respond(
         return warp::reply::with_status(warp::reply::reply(), StatusCode::NO_CONTENT)
             .into_response();
     }
-    let writer = Writer::new(app, opened, stall);
+    let writer = Writer::new(app, opened, conn.stall());
     let body = futures::stream::unfold(writer, |mut w| async move {
         let chunks = w.next_chunks().await?;
-        Some((
-            futures::stream::iter(chunks.into_iter().map(Ok::<Bytes, Infallible>)),
-            w,
-        ))
+        Some((futures::stream::iter(chunks), w))
     });
-    let body = futures::StreamExt::flatten(body);
-    let mut res = warp::reply::stream(SyncStream::new(body)).into_response();
-    stream_headers(res.headers_mut());
-    res
+    conn.respond(futures::StreamExt::flatten(body))
 }
 
 /// One connection's stream; dropped by hyper when the client goes away,

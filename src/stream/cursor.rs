@@ -3,7 +3,9 @@
 //! newer), and the next state newer than the last one handed out. Only the
 //! newest state is ever handed out (latest-value conflation).
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+
+use metrics::{Counter, Histogram};
 
 use tokio::sync::watch;
 
@@ -94,11 +96,26 @@ pub fn is_news(update: &Update, client_has: Option<&str>) -> bool {
 }
 
 /// Counts a state written to a client, and how long it took since it arrived.
+/// The metric handles are looked up once per process, not per delivery.
 pub fn delivered(update: &Update, transport: Transport) {
-    metrics::counter!("jobcast_events_delivered_total", "transport" => transport.as_str())
-        .increment(1);
-    metrics::histogram!("jobcast_delivery_latency_seconds")
-        .record(update.received.elapsed().as_secs_f64());
+    const ALL: [Transport; 4] = [
+        Transport::Sse,
+        Transport::Ws,
+        Transport::Poll,
+        Transport::Snapshot,
+    ];
+    static HANDLES: OnceLock<[(Counter, Histogram); 4]> = OnceLock::new();
+    let handles = HANDLES.get_or_init(|| {
+        ALL.map(|t| {
+            (
+                metrics::counter!("jobcast_events_delivered_total", "transport" => t.as_str()),
+                metrics::histogram!("jobcast_delivery_latency_seconds"),
+            )
+        })
+    });
+    let (counter, latency) = &handles[ALL.iter().position(|t| *t == transport).unwrap_or(0)];
+    counter.increment(1);
+    latency.record(update.received.elapsed().as_secs_f64());
 }
 
 #[cfg(test)]

@@ -1,20 +1,20 @@
 //! The Server-Sent Events writer. The response body IS the watcher: a stream
-//! that hyper's connection task polls, which turns the [`Watcher`]'s steps into
-//! pre-encoded, shared bytes. No task or queue of its own, so a
-//! watcher costs one connection's buffers and a feed receiver, and a state
-//! reaches the socket with one wake-up. Headers defeat proxy compression and
-//! buffering.
+//! that the connection's task polls (on the direct path, or hyper's), which
+//! turns the [`Watcher`]'s steps into pre-encoded, shared bytes. No task or
+//! queue of its own, so a watcher costs its connection and a feed receiver,
+//! and a state reaches the socket with one wake-up. Headers defeat proxy
+//! compression and buffering.
 
 use std::convert::Infallible;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::json;
-use sync_wrapper::SyncStream;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 
 use crate::auth::Credentials;
 use crate::event::{Frames, Update};
+use crate::http::direct::StreamConn;
 use crate::http::stall::StallFlag;
 use crate::state::SharedState;
 use crate::stream::Transport;
@@ -27,7 +27,7 @@ pub async fn handle(
     job: String,
     creds: Credentials,
     last_event_id: Option<String>,
-    stall: Option<StallFlag>,
+    conn: StreamConn,
 ) -> Result<Response, Infallible> {
     let mut opened = match open(&app, &job, &creds, Transport::Sse).await {
         Ok(o) => o,
@@ -47,15 +47,13 @@ pub async fn handle(
         opened,
         watcher,
         preamble_sent: false,
-        stall,
+        stall: conn.stall(),
     };
     let body = futures::stream::unfold(writer, |mut w| async move {
         let chunk = w.next_chunk().await?;
-        Some((Ok::<Bytes, Infallible>(chunk), w))
+        Some((chunk, w))
     });
-    let mut res = warp::reply::stream(SyncStream::new(body)).into_response();
-    stream_headers(res.headers_mut());
-    Ok(res)
+    Ok(conn.respond(body))
 }
 
 /// The headers of every event stream (jobs and the buffering self-test): they

@@ -1,0 +1,330 @@
+//! The direct path of event streams: after warp has answered a stream request
+//! (auth, limits, headers, CORS — the same filters as every route), the
+//! response head and then each event are written straight to the socket by
+//! the connection's task, as one chunk each (`writev` of the chunk header,
+//! the shared event bytes and the CRLF), without hyper's per-connection
+//! dispatcher and its read and write buffers. A write that would block waits
+//! for the socket at most the write-stall bound; meanwhile the watcher does not
+//! read its feed, so it conflates to the newest state as before.
+//!
+//! A handler offers its body through the request's [`StreamConn`]: where the
+//! accept loop put one, the body goes into the slot and the response carries
+//! only the head; elsewhere (a stream requested on a kept-alive connection
+//! that hyper serves) [`StreamConn::respond`] makes it hyper's streaming body.
+//! When a stream ends by itself (`done`), the connection goes back to hyper for
+//! the client's next request; a response without a stream (an error, `204`)
+//! is written here and the connection then goes to hyper as well.
+
+use std::convert::Infallible;
+use std::io::{self, IoSlice};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt};
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use sync_wrapper::SyncStream;
+use tokio::net::TcpStream;
+use warp::Filter;
+use warp::http::{HeaderValue, StatusCode, header};
+use warp::reply::{Reply, Response};
+
+use crate::http::stall::StallFlag;
+
+/// Where a stream handler leaves its body for the direct path.
+#[derive(Clone, Default)]
+pub struct DirectSlot(Arc<Mutex<Option<BoxStream<'static, Bytes>>>>);
+
+impl DirectSlot {
+    fn take(&self) -> Option<BoxStream<'static, Bytes>> {
+        crate::sync::lock(&self.0).take()
+    }
+}
+
+/// What the connection offers a stream handler: the slot for the direct
+/// path (where the accept loop answers on the socket itself) and the flag set
+/// when the connection is cut for not reading.
+#[derive(Clone, Default)]
+pub struct StreamConn {
+    stall: Option<StallFlag>,
+    direct: Option<DirectSlot>,
+}
+
+impl StreamConn {
+    pub fn stall(&self) -> Option<StallFlag> {
+        self.stall.clone()
+    }
+
+    /// A `200` event-stream response with `body` and the stream headers: the
+    /// head only, with the body in the direct path's slot, or a streaming
+    /// body hyper writes.
+    pub fn respond<S>(&self, body: S) -> Response
+    where
+        S: Stream<Item = Bytes> + Send + 'static,
+    {
+        let mut res = match &self.direct {
+            Some(slot) => {
+                *crate::sync::lock(&slot.0) = Some(body.boxed());
+                Response::new(Default::default())
+            }
+            None => {
+                let body = body.map(Ok::<Bytes, Infallible>);
+                warp::reply::stream(SyncStream::new(Box::pin(body))).into_response()
+            }
+        };
+        crate::stream::sse::stream_headers(res.headers_mut());
+        res
+    }
+}
+
+/// The request's [`StreamConn`].
+pub fn stream_conn() -> impl Filter<Extract = (StreamConn,), Error = Infallible> + Clone {
+    warp::ext::optional::<StallFlag>()
+        .and(warp::ext::optional::<DirectSlot>())
+        .map(|stall, direct| StreamConn { stall, direct })
+}
+
+/// How a response on the direct path ended.
+pub enum Ended {
+    /// Complete: the connection may carry the client's next request.
+    KeepAlive,
+    /// The connection is over (client gone, write failed or stalled, or it
+    /// asked to close).
+    Close,
+}
+
+/// Writes `res` to `sock`: the head, then the stream left in `slot` (chunked),
+/// or the response's own (small) body with its length.
+pub async fn write_response(
+    sock: &TcpStream,
+    res: Response,
+    slot: &DirectSlot,
+    close: bool,
+    stall_after: Duration,
+    stall: &StallFlag,
+) -> Ended {
+    let (mut parts, body) = res.into_parts();
+    if close {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    let stream = match slot.take() {
+        Some(stream) => stream,
+        // Errors and `204`: small, complete bodies, written with their length.
+        None if body.size_hint().exact().is_some() => {
+            let body = match body.collect().await {
+                Ok(collected) => collected.to_bytes(),
+                Err(_) => return Ended::Close,
+            };
+            let bodyless = parts.status == StatusCode::NO_CONTENT
+                || parts.status == StatusCode::NOT_MODIFIED
+                || parts.status.is_informational();
+            if !bodyless {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+            }
+            let head = encode_head(&parts);
+            return match write_all(sock, &[&head, &body], stall_after, stall).await {
+                Ok(()) if !close => Ended::KeepAlive,
+                _ => Ended::Close,
+            };
+        }
+        // A body of unknown length that did not use the slot: chunked too.
+        None => body
+            .into_data_stream()
+            .take_while(|data| futures::future::ready(data.is_ok()))
+            .filter_map(|data| futures::future::ready(data.ok()))
+            .boxed(),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::TRANSFER_ENCODING,
+        HeaderValue::from_static("chunked"),
+    );
+    let head = encode_head(&parts);
+    // A stream lives for hours: keep nothing of the response but its body.
+    drop(parts);
+    if write_all(sock, &[&head], stall_after, stall).await.is_err() {
+        return Ended::Close;
+    }
+    drop(head);
+    match pump(sock, stream, stall_after, stall).await {
+        Ok(()) if !close => Ended::KeepAlive,
+        _ => Ended::Close,
+    }
+}
+
+/// Writes the stream's items as chunks until it ends (then the last chunk),
+/// the client goes away or a write fails. The body is dropped before this
+/// returns, after the stall flag is set where the client stopped reading.
+async fn pump(
+    sock: &TcpStream,
+    mut stream: BoxStream<'static, Bytes>,
+    stall_after: Duration,
+    stall: &StallFlag,
+) -> io::Result<()> {
+    let mut scratch = [0u8; 256];
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            item = stream.next() => {
+                let Some(event) = item else {
+                    break write_all(sock, &[b"0\r\n\r\n"], stall_after, stall).await;
+                };
+                if event.is_empty() {
+                    continue;
+                }
+                let size = chunk_size_line(event.len());
+                if let Err(e) = write_all(sock, &[size.as_bytes(), &event, b"\r\n"], stall_after, stall).await {
+                    break Err(e);
+                }
+            }
+            ready = sock.readable() => {
+                if let Err(e) = ready {
+                    break Err(e);
+                }
+                // A client sends nothing on an event stream; what it sends
+                // (a pipelined request) is read and dropped, and end-of-file
+                // means it has gone.
+                match sock.try_read(&mut scratch) {
+                    Ok(0) => break Err(io::ErrorKind::UnexpectedEof.into()),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => break Err(e),
+                }
+            }
+        }
+    };
+    drop(stream);
+    outcome
+}
+
+/// `{len:x}\r\n`, without allocating.
+fn chunk_size_line(len: usize) -> ChunkSize {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 18];
+    let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
+    for (i, slot) in buf[..digits].iter_mut().enumerate() {
+        *slot = HEX[(len >> (4 * (digits - 1 - i))) & 0xf];
+    }
+    buf[digits..digits + 2].copy_from_slice(b"\r\n");
+    ChunkSize {
+        buf,
+        len: digits + 2,
+    }
+}
+
+struct ChunkSize {
+    buf: [u8; 18],
+    len: usize,
+}
+
+impl ChunkSize {
+    fn as_bytes(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Most parts one [`write_all`] takes: chunk size, event, CRLF.
+const MAX_PARTS: usize = 3;
+
+/// Writes all of `parts` (at most [`MAX_PARTS`]) in as few `writev`s as the
+/// socket takes: a write that would block waits for the socket, at most
+/// `stall_after` without any progress, after which the stall flag is set and
+/// the write fails.
+async fn write_all(
+    sock: &TcpStream,
+    parts: &[&[u8]],
+    stall_after: Duration,
+    stall: &StallFlag,
+) -> io::Result<()> {
+    debug_assert!(parts.len() <= MAX_PARTS);
+    let parts = &parts[..parts.len().min(MAX_PARTS)];
+    let (mut part, mut offset) = (0, 0);
+    while part < parts.len() {
+        let mut slices = [IoSlice::new(&[]); MAX_PARTS];
+        for (i, p) in parts[part..].iter().enumerate() {
+            slices[i] = IoSlice::new(if i == 0 { &p[offset..] } else { p });
+        }
+        match sock.try_write_vectored(&slices[..parts.len() - part]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(mut n) => {
+                while part < parts.len() && n >= parts[part].len() - offset {
+                    n -= parts[part].len() - offset;
+                    part += 1;
+                    offset = 0;
+                }
+                offset += n;
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if tokio::time::timeout(stall_after, sock.writable())
+                    .await
+                    .is_err()
+                {
+                    stall.set();
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `HTTP/1.1 {status}\r\n`, the headers, a `date`, and the blank line.
+fn encode_head(parts: &warp::http::response::Parts) -> Bytes {
+    let mut head = BytesMut::with_capacity(512);
+    head.put_slice(b"HTTP/1.1 ");
+    head.put_slice(parts.status.as_str().as_bytes());
+    head.put_u8(b' ');
+    head.put_slice(
+        parts
+            .status
+            .canonical_reason()
+            .unwrap_or("Unknown")
+            .as_bytes(),
+    );
+    head.put_slice(b"\r\n");
+    for (name, value) in &parts.headers {
+        head.put_slice(name.as_str().as_bytes());
+        head.put_slice(b": ");
+        head.put_slice(value.as_bytes());
+        head.put_slice(b"\r\n");
+    }
+    if !parts.headers.contains_key(header::DATE) {
+        head.put_slice(b"date: ");
+        head.put_slice(httpdate::fmt_http_date(std::time::SystemTime::now()).as_bytes());
+        head.put_slice(b"\r\n");
+    }
+    head.put_slice(b"\r\n");
+    head.freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_sizes_are_hex() {
+        assert_eq!(chunk_size_line(0xbe).as_bytes(), b"be\r\n");
+        assert_eq!(chunk_size_line(1).as_bytes(), b"1\r\n");
+        assert_eq!(chunk_size_line(0).as_bytes(), b"0\r\n");
+        assert_eq!(chunk_size_line(0x1000).as_bytes(), b"1000\r\n");
+    }
+
+    #[test]
+    fn the_head_names_status_headers_and_date() {
+        let mut res = Response::new(Bytes::new().into());
+        *res.status_mut() = StatusCode::FORBIDDEN;
+        res.headers_mut()
+            .insert("x-a", HeaderValue::from_static("b"));
+        let (parts, _) = res.into_parts();
+        let head = String::from_utf8(encode_head(&parts).to_vec()).unwrap();
+        assert!(head.starts_with("HTTP/1.1 403 Forbidden\r\nx-a: b\r\ndate: "));
+        assert!(head.ends_with("GMT\r\n\r\n"));
+    }
+}
