@@ -21,7 +21,7 @@ const FIRST_READ: usize = 1024;
 /// What the accept loop read before deciding who answers.
 pub enum FirstRequest {
     /// A request for the direct path, and the bytes that followed its head.
-    Stream(Request<()>, BytesMut),
+    Stream(Box<Request<()>>, BytesMut),
     /// For hyper: everything read so far, to be replayed.
     Other(BytesMut),
     /// The client closed (or failed) before sending a head.
@@ -58,7 +58,7 @@ enum Parsed {
     Partial,
     NotForUs,
     /// The request and the length of its head.
-    Stream(Request<()>, usize),
+    Stream(Box<Request<()>>, usize),
 }
 
 fn parse(buf: &[u8]) -> Parsed {
@@ -95,7 +95,7 @@ fn parse(buf: &[u8]) -> Parsed {
         builder = builder.header(name, value);
     }
     match builder.body(()) {
-        Ok(req) => Parsed::Stream(req, len),
+        Ok(req) => Parsed::Stream(Box::new(req), len),
         Err(_) => Parsed::NotForUs,
     }
 }

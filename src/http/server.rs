@@ -145,7 +145,7 @@ where
             Err(_) | Ok(FirstRequest::Gone) => return,
             Ok(FirstRequest::Other(read)) => read,
             Ok(FirstRequest::Stream(req, rest)) => {
-                match self.direct(&stream.stream, req, peer).await {
+                match self.direct(&stream.stream, *req, peer).await {
                     direct::Ended::KeepAlive if !self.shutdown.is_cancelled() => rest,
                     _ => return,
                 }
