@@ -162,7 +162,8 @@ where
         let conn = self
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), service);
-        if let Err(e) = watcher.watch(conn.into_owned()).await {
+        // Boxed for the same reason: only connections hyper serves pay for it.
+        if let Err(e) = Box::pin(watcher.watch(conn.into_owned())).await {
             tracing::debug!(error = %e, "connection ended with an error");
         }
     }
@@ -186,7 +187,9 @@ where
             peer,
             inner: TowerToHyperService::new(warp::service(self.routes.clone())),
         };
-        let res = match hyper::service::Service::call(&service, req).await {
+        // Boxed: the route future is large, and a task is as big as the
+        // largest thing it ever awaits; the stream that follows lives for hours.
+        let res = match Box::pin(hyper::service::Service::call(&service, req)).await {
             Ok(res) => res,
             Err(never) => match never {},
         };

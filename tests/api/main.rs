@@ -43,5 +43,6 @@ mod selftest;
 mod sse;
 mod stalled;
 mod storm;
+mod stream_connection;
 mod tail;
 mod ws;
