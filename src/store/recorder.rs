@@ -20,6 +20,12 @@
 //! Redis reconnect it SCANs the live state keys ([`SCAN_BATCH`] at a time)
 //! and reads them, so what was written while nobody recorded is not missed.
 //!
+//! On shutdown it keeps hearing its pub/sub stream until it has been quiet for
+//! [`DRAIN_QUIET`] and lets the reads in flight finish, within [`DRAIN_BOUND`]
+//! in all, before it returns: a state a watcher already saw may still be on
+//! its way over the recorder's own connection, and `App::run` flushes the
+//! write-behind only once the recorder has returned.
+//!
 //! The hub never writes: the instances that do not record only read Postgres.
 
 use std::collections::HashMap;
@@ -29,7 +35,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use sqlx::Connection as _;
 use sqlx::postgres::PgConnection;
-use tokio::sync::Semaphore;
+use tokio::sync::{Notify, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -63,6 +69,11 @@ const READ_RETRY_START: Duration = Duration::from_millis(100);
 const READ_RETRY_MAX: Duration = Duration::from_secs(2);
 /// Keys asked for per SCAN step; each step's keys are read before the next.
 pub const SCAN_BATCH: usize = 500;
+/// On shutdown: the longest the recorder goes on hearing its stream and
+/// finishing its reads before the write-behind's final flush.
+pub const DRAIN_BOUND: Duration = Duration::from_millis(500);
+/// On shutdown: the stream counts as drained once quiet this long.
+pub const DRAIN_QUIET: Duration = Duration::from_millis(100);
 
 pub struct Recorder {
     write_behind: WriteBehind,
@@ -243,7 +254,10 @@ impl Recorder {
         let mut stream = pubsub.on_message();
         loop {
             tokio::select! {
-                _ = shutdown.cancelled() => return Err(Ended::Shutdown),
+                _ = shutdown.cancelled() => {
+                    self.drain(&mut stream).await;
+                    return Err(Ended::Shutdown);
+                }
                 _ = check.tick() => {
                     if let Err(e) = alive(lock).await {
                         return Err(Ended::LockLost(e));
@@ -254,6 +268,40 @@ impl Recorder {
                     None => return Ok("connection closed".into()),
                 },
             }
+        }
+    }
+
+    /// At shutdown: hears what is still coming on `stream` until it has been
+    /// quiet for [`DRAIN_QUIET`], then waits for the reads in flight, all
+    /// within [`DRAIN_BOUND`], so the states announced before the drain began
+    /// are queued for the final flush.
+    async fn drain(
+        self: &Arc<Self>,
+        stream: &mut (impl futures::Stream<Item = redis::Msg> + Unpin),
+    ) {
+        let until = tokio::time::Instant::now() + DRAIN_BOUND;
+        let mut heard = 0usize;
+        loop {
+            let quiet_at = (tokio::time::Instant::now() + DRAIN_QUIET).min(until);
+            match tokio::time::timeout_at(quiet_at, stream.next()).await {
+                Ok(Some(msg)) => {
+                    heard += 1;
+                    self.dispatch(&msg);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let settled = tokio::time::timeout_at(until, self.reads.idle())
+            .await
+            .is_ok();
+        if settled {
+            debug!(heard, "recorder drained");
+        } else {
+            warn!(
+                heard,
+                bound = ?DRAIN_BOUND,
+                "recorder: state reads still in flight at the shutdown bound; their states may not be written"
+            );
         }
     }
 
@@ -402,6 +450,8 @@ impl Recorder {
 struct Reads {
     in_flight: Mutex<HashMap<JobId, bool>>,
     permits: Semaphore,
+    /// Told whenever the last read in flight ends.
+    idle: Notify,
 }
 
 impl Default for Reads {
@@ -409,6 +459,7 @@ impl Default for Reads {
         Reads {
             in_flight: Mutex::new(HashMap::new()),
             permits: Semaphore::new(READ_CONCURRENCY),
+            idle: Notify::new(),
         }
     }
 }
@@ -440,8 +491,25 @@ impl Reads {
             }
             _ => {
                 in_flight.remove(job);
+                if in_flight.is_empty() {
+                    self.idle.notify_waiters();
+                }
                 false
             }
+        }
+    }
+
+    /// Returns once no read is in flight.
+    async fn idle(&self) {
+        loop {
+            let notified = self.idle.notified();
+            tokio::pin!(notified);
+            // Registered before the check: an end between the two still wakes it.
+            notified.as_mut().enable();
+            if crate::sync::lock(&self.in_flight).is_empty() {
+                return;
+            }
+            notified.await;
         }
     }
 }
@@ -506,5 +574,28 @@ mod tests {
         assert!(reads.finished(&job), "and makes it read once more");
         assert!(!reads.finished(&job), "then it is done");
         assert!(reads.start(&job), "a later request reads again");
+    }
+
+    #[tokio::test]
+    async fn idle_waits_for_the_last_read_in_flight() {
+        let reads = Arc::new(Reads::default());
+        tokio::time::timeout(Duration::from_secs(1), reads.idle())
+            .await
+            .expect("idle at once with no read in flight");
+        let (a, b) = (JobId::parse("a").unwrap(), JobId::parse("b").unwrap());
+        assert!(reads.start(&a));
+        assert!(reads.start(&b));
+        let waiter = tokio::spawn({
+            let reads = reads.clone();
+            async move { reads.idle().await }
+        });
+        assert!(!reads.finished(&a));
+        tokio::task::yield_now().await;
+        assert!(!waiter.is_finished(), "b is still in flight");
+        assert!(!reads.finished(&b));
+        tokio::time::timeout(Duration::from_secs(1), waiter)
+            .await
+            .expect("idle once the last read ended")
+            .expect("join");
     }
 }
