@@ -245,6 +245,9 @@ impl App {
                     .and_then(|p| p.into_iter().next()),
                 RedisTarget::Cluster(_) => None,
             };
+            if settings.recorder == RecorderMode::Off {
+                info!("JOBCAST_RECORDER=off: this instance never records states into Postgres");
+            }
             if settings.recorder == RecorderMode::Auto && recorder_redis.is_none() {
                 warn!(
                     "the recorder does not run on a Redis Cluster (or without a primary): states are not written behind by this instance"

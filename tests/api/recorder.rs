@@ -243,3 +243,50 @@ async fn a_killed_recorder_is_replaced_and_the_final_state_lands() {
     );
     wait_row(&pool, job, 3, true).await;
 }
+
+#[tokio::test]
+async fn an_instance_with_the_recorder_off_writes_nothing() {
+    // Arrange: one instance that may record, one that may not, one database.
+    let redis = RedisServer::start().await;
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    let off = ChildApp::spawn(
+        &redis.url(),
+        &[
+            ("DATABASE_URL", db.url().to_owned()),
+            ("JOBCAST_RECORDER", "off".to_owned()),
+        ],
+    )
+    .await;
+    let mut auto = ChildApp::spawn(&redis.url(), &[("DATABASE_URL", db.url().to_owned())]).await;
+    assert_eq!(recorder_of(&[&off, &auto], TAKEOVER_WAIT).await, 1);
+    redis
+        .set("progress:job:while-auto-runs", &doc(1, "completed"))
+        .await;
+    wait_row(&pool, "while-auto-runs", 1, true).await;
+
+    // Act: the instance that records is gone; a job nobody watches ends.
+    auto.child.kill().await.expect("kill -9 the recorder");
+    let job = "only-off-runs";
+    redis
+        .set(&format!("progress:job:{job}"), &doc(1, "completed"))
+        .await;
+
+    // Assert: past the time an `auto` instance takes the free lock over and
+    // records the live key, the `off` one has neither taken it nor written.
+    let until = tokio::time::Instant::now() + TAKEOVER_WAIT;
+    while tokio::time::Instant::now() < until {
+        assert_eq!(off.metric("jobcast_recorder", "").await, 0.0);
+        assert_eq!(
+            row(&pool, job).await,
+            None,
+            "the `off` instance wrote {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // An `auto` instance on the same database records it (the key was there
+    // to be recorded all along).
+    let again = ChildApp::spawn(&redis.url(), &[("DATABASE_URL", db.url().to_owned())]).await;
+    assert_eq!(recorder_of(&[&off, &again], TAKEOVER_WAIT).await, 1);
+    wait_row(&pool, job, 1, true).await;
+}
