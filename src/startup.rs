@@ -234,34 +234,15 @@ impl App {
         let mut write_behind = None;
         let mut recorder_task = None;
         if let Some(store) = store {
-            // The recorder's pattern subscription hears one server: the one
-            // REDIS_URL names, or the primary the sentinels name at start.
-            let recorder_redis = match &target {
-                RedisTarget::Single(info) => Some(info.clone()),
-                RedisTarget::Sentinel(_) => commands
-                    .primaries()
-                    .await
-                    .ok()
-                    .and_then(|p| p.into_iter().next()),
-                RedisTarget::Cluster(_) => None,
-            };
             if settings.recorder == RecorderMode::Off {
                 info!("JOBCAST_RECORDER=off: this instance never records states into Postgres");
             }
-            if settings.recorder == RecorderMode::Auto && recorder_redis.is_none() {
-                warn!(
-                    "the recorder does not run on a Redis Cluster (or without a primary): states are not written behind by this instance"
-                );
-            }
-            if settings.recorder == RecorderMode::Auto
-                && let Some(recorder_redis) = recorder_redis
-            {
+            if settings.recorder == RecorderMode::Auto {
                 let wb = WriteBehind::new(store.clone());
                 let recorder = Recorder::new(
                     store.clone(),
                     wb.clone(),
                     reader.clone(),
-                    recorder_redis,
                     settings.redis_db(),
                     &settings.key_prefix,
                     rules.clone(),
