@@ -4,7 +4,8 @@
 //! Every watcher still reaches `done`, never sees a state twice or go back,
 //! and the gateway holds one subscription per watched job where the job lives.
 //! On the cluster, with Postgres, the recorder writes behind the jobs nobody
-//! watches, on every primary, through a primary's death.
+//! watches, on every primary, through a primary's death, and behind
+//! Sentinel follows the failover.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -574,4 +575,42 @@ async fn cluster_recorder_writes_unwatched_jobs_on_every_primary_through_a_prima
         3,
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_recorder_follows_the_failover_to_the_new_primary() {
+    // Arrange: an unwatched job recorded from the first primary.
+    let setup = SentinelSetup::start("").await;
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    let (sentinels, db_url) = (setup.sentinels_setting(), db.url().to_owned());
+    let _gateway = Gateway::start(|s| {
+        s.redis_sentinels = sentinels.split(',').map(str::to_owned).collect();
+        s.redis_sentinel_master = Some(MASTER_NAME.to_owned());
+        s.database_url = Some(jobcast::config::Secret::new(db_url));
+    })
+    .await;
+    let job = "sentinel-recorded";
+    let key = format!("{PREFIX}{job}");
+    let write = |seq: u64, terminal: bool| {
+        let (setup, key) = (&setup, key.clone());
+        async move {
+            let mut primary = setup.primary().await;
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(doc(seq, terminal))
+                .query_async::<()>(&mut primary)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    until_written("seq 1", || write(1, false)).await;
+    wait_row(&pool, job, 1, false).await;
+
+    // Act: the sentinels fail over; the job ends on the new primary.
+    setup.failover().await;
+    until_written("the terminal state", || write(2, true)).await;
+
+    // Assert: the recorder heard it there (or read it on moving there).
+    wait_row(&pool, job, 2, true).await;
 }
