@@ -293,8 +293,9 @@ impl Recorder {
                     }
                 }
                 msg = stream.next() => match msg {
-                    Some(Some(msg)) => self.dispatch(&msg),
-                    Some(None) | None => return Ok("a primary's connection closed".into()),
+                    Some(Ok(msg)) => self.dispatch(&msg),
+                    Some(Err(node)) => return Ok(format!("the connection to {node} closed")),
+                    None => return Ok("no connection left".into()),
                 },
             }
         }
@@ -331,12 +332,12 @@ impl Recorder {
         loop {
             let quiet_at = (tokio::time::Instant::now() + DRAIN_QUIET).min(until);
             match tokio::time::timeout_at(quiet_at, stream.next()).await {
-                Ok(Some(Some(msg))) => {
+                Ok(Some(Ok(msg))) => {
                     heard += 1;
                     self.dispatch(&msg);
                 }
                 // One primary's connection ended; the others may still speak.
-                Ok(Some(None)) => {}
+                Ok(Some(Err(_))) => {}
                 Ok(None) | Err(_) => break,
             }
         }
@@ -497,12 +498,12 @@ impl Recorder {
     }
 }
 
-/// What a session hears: a message, or `None` once a primary's connection
-/// has ended (which ends the session).
-type Heard = Option<redis::Msg>;
+/// What a session hears: a message, or the address of a primary whose
+/// connection has ended (which ends the session).
+type Heard = Result<redis::Msg, String>;
 
 /// A pub/sub connection to the primary `info`, pattern-subscribed to
-/// `patterns`; its messages, then one `None` when it ends.
+/// `patterns`; its messages, then its address when it ends.
 async fn subscribe(
     info: &ConnectionInfo,
     patterns: &[String],
@@ -518,10 +519,11 @@ async fn subscribe(
         Ok(Err(e)) => return Err(format!("PSUBSCRIBE refused: {e}")),
         Err(_) => return Err("no answer to PSUBSCRIBE".into()),
     }
+    let node = info.addr.to_string();
     Ok(pubsub
         .into_on_message()
-        .map(Some)
-        .chain(futures::stream::once(async { None }))
+        .map(Ok)
+        .chain(futures::stream::once(async move { Err(node) }))
         .boxed())
 }
 
