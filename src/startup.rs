@@ -46,6 +46,9 @@ pub struct App {
     max_sockets: usize,
     /// Drained after the server stopped, so the last states reach Postgres.
     write_behind: Option<WriteBehind>,
+    /// The recorder's task: on shutdown it drains its stream and reads, and
+    /// the write-behind's flush waits for it to return.
+    recorder: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl App {
@@ -229,38 +232,23 @@ impl App {
         // 1 only while this instance holds the recorder lock.
         metrics::gauge!("jobcast_recorder").set(0.0);
         let mut write_behind = None;
+        let mut recorder_task = None;
         if let Some(store) = store {
-            // The recorder's pattern subscription hears one server: the one
-            // REDIS_URL names, or the primary the sentinels name at start.
-            let recorder_redis = match &target {
-                RedisTarget::Single(info) => Some(info.clone()),
-                RedisTarget::Sentinel(_) => commands
-                    .primaries()
-                    .await
-                    .ok()
-                    .and_then(|p| p.into_iter().next()),
-                RedisTarget::Cluster(_) => None,
-            };
-            if settings.recorder == RecorderMode::Auto && recorder_redis.is_none() {
-                warn!(
-                    "the recorder does not run on a Redis Cluster (or without a primary): states are not written behind by this instance"
-                );
+            if settings.recorder == RecorderMode::Off {
+                info!("JOBCAST_RECORDER=off: this instance never records states into Postgres");
             }
-            if settings.recorder == RecorderMode::Auto
-                && let Some(recorder_redis) = recorder_redis
-            {
+            if settings.recorder == RecorderMode::Auto {
                 let wb = WriteBehind::new(store.clone());
                 let recorder = Recorder::new(
                     store.clone(),
                     wb.clone(),
                     reader.clone(),
-                    recorder_redis,
                     settings.redis_db(),
                     &settings.key_prefix,
                     rules.clone(),
                 )?;
                 tasks.push(tokio::spawn(wb.clone().run(shutdown.clone())));
-                tasks.push(tokio::spawn(recorder.run(shutdown.clone())));
+                recorder_task = Some(tokio::spawn(recorder.run(shutdown.clone())));
                 write_behind = Some(wb);
             }
             let pg = PgListener::new(
@@ -309,6 +297,7 @@ impl App {
             tasks,
             max_sockets,
             write_behind,
+            recorder: recorder_task,
         })
     }
 
@@ -330,11 +319,13 @@ impl App {
     }
 
     /// Serves until the shutdown token is cancelled, then drains within
-    /// `JOBCAST_SHUTDOWN_SECS`. The write-behind flush starts the moment the
-    /// drain does, alongside it, not after it: a client that never finishes its
+    /// `JOBCAST_SHUTDOWN_SECS`. The write-behind flush starts as soon as the
+    /// recorder has drained (it hears the states already on their way and
+    /// finishes its reads, within [`recorder::DRAIN_BOUND`](crate::store::recorder::DRAIN_BOUND)),
+    /// alongside the HTTP drain, not after it: a client that never finishes its
     /// request head or stops reading can hold the HTTP drain past the deadline
     /// (where `main` exits), and must not cost the last states their write.
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let shutdown = self.state.shutdown.clone();
         let deadline = Duration::from_secs(self.state.settings.shutdown_secs);
         let routes = crate::http::routes(self.state.clone());
@@ -357,10 +348,24 @@ impl App {
                 _ = drain_bound => warn!("connections still open at the drain deadline; leaving them"),
             }
         };
+        let recorder = self.recorder.take();
         let flush = async {
             shutdown.cancelled().await;
+            let share = deadline.mul_f64(DRAIN_SHARE);
+            let started = tokio::time::Instant::now();
+            if let Some(recorder) = recorder {
+                // Recorder drained, then the write-behind flushed.
+                let abort = recorder.abort_handle();
+                if tokio::time::timeout(RECORDER_WAIT.min(share / 2), recorder)
+                    .await
+                    .is_err()
+                {
+                    warn!("the recorder did not stop in time; flushing what it queued");
+                    abort.abort();
+                }
+            }
             if let Some(wb) = &self.write_behind {
-                wb.flush(deadline.mul_f64(DRAIN_SHARE)).await;
+                wb.flush(share.saturating_sub(started.elapsed())).await;
             }
         };
         tokio::join!(http, flush);
@@ -379,6 +384,10 @@ impl App {
 /// that arrived meanwhile. Together below 1, so both end before `main` exits.
 const DRAIN_SHARE: f64 = 0.7;
 const FINAL_FLUSH_SHARE: f64 = 0.25;
+/// Bound on waiting for the recorder to return at shutdown: its drain
+/// ([`DRAIN_BOUND`](crate::store::recorder::DRAIN_BOUND)) plus the release of
+/// its lock session.
+const RECORDER_WAIT: Duration = Duration::from_secs(2);
 
 fn random_hex(bytes: usize) -> String {
     (0..bytes)

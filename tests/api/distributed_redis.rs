@@ -3,6 +3,9 @@
 //! Sentinel deployment (primary, replica, 3 sentinels) failed over mid-stream.
 //! Every watcher still reaches `done`, never sees a state twice or go back,
 //! and the gateway holds one subscription per watched job where the job lives.
+//! On the cluster, with Postgres, the recorder writes behind the jobs nobody
+//! watches, on every primary, through a primary's death, and behind
+//! Sentinel follows the failover.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,8 +19,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::{SECRET, claims, sign};
 use crate::clients::Sse;
+use crate::recorder::{assert_final_state_from_postgres, wait_row};
 use crate::support::redis_sentinel::MASTER_NAME;
-use crate::support::{RedisCluster, SentinelSetup, wait_until};
+use crate::support::{RedisCluster, SentinelSetup, TestDb, wait_until};
 
 const PREFIX: &str = "progress:job:";
 /// Bound on any one event of a watcher (heartbeats come every second).
@@ -513,4 +517,100 @@ async fn sentinel_failover_mid_stream_every_watcher_reaches_done() {
     );
     until_written("the terminal round", || write_round(7, true)).await;
     watchers.assert_all_done(&jobs, 7).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_recorder_writes_unwatched_jobs_on_every_primary_through_a_primary_kill() {
+    // Arrange: jobs nobody watches, spread over every primary; notifications
+    // off on every node (jobcast turns them on).
+    let mut cluster = RedisCluster::start("").await;
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    let (url, db_url) = (cluster.url(), db.url().to_owned());
+    let gateway = Gateway::start(|s| {
+        s.redis_url = url;
+        s.database_url = Some(jobcast::config::Secret::new(db_url));
+    })
+    .await;
+    let jobs: Vec<String> = (0..30).map(|i| format!("recorded-{i}")).collect();
+    let shards = cluster.shards().await;
+    for shard in &shards {
+        assert!(
+            jobs.iter().any(|j| {
+                let slot = key_slot(format!("{PREFIX}{j}").as_bytes());
+                shard.ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+            }),
+            "the jobs spread over every primary: {shards:?}"
+        );
+    }
+    // Even jobs by a plain SET, odd ones by SET + SPUBLISH: both are heard
+    // through the key's keyspace event on its slot's primary.
+    let setter = cluster.connection().await;
+    let publisher = Publisher::connect(&cluster.url()).expect("publisher for the cluster");
+    write_cluster_round(&setter, &publisher, &jobs, 1, false).await;
+    for job in &jobs {
+        wait_row(&pool, job, 1, false).await;
+    }
+
+    // Act: the primary of job 0's slot dies; the next states are written
+    // while its replica takes over (each write retried until it lands).
+    let victim = cluster
+        .primary_of_slot(key_slot(format!("{PREFIX}{}", jobs[0]).as_bytes()))
+        .await;
+    cluster.kill(victim);
+    write_cluster_round(&setter, &publisher, &jobs, 2, false).await;
+    write_cluster_round(&setter, &publisher, &jobs, 3, true).await;
+
+    // Assert: every job's final state is in its row, and served from there
+    // once the whole cluster is gone.
+    for job in &jobs {
+        wait_row(&pool, job, 3, true).await;
+    }
+    for port in cluster.live_ports() {
+        cluster.kill(port);
+    }
+    assert_final_state_from_postgres(
+        &gateway.url(&format!("/jobs/{}", jobs[0])),
+        &sign(&claims("alice")),
+        3,
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_recorder_follows_the_failover_to_the_new_primary() {
+    // Arrange: an unwatched job recorded from the first primary.
+    let setup = SentinelSetup::start("").await;
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    let (sentinels, db_url) = (setup.sentinels_setting(), db.url().to_owned());
+    let _gateway = Gateway::start(|s| {
+        s.redis_sentinels = sentinels.split(',').map(str::to_owned).collect();
+        s.redis_sentinel_master = Some(MASTER_NAME.to_owned());
+        s.database_url = Some(jobcast::config::Secret::new(db_url));
+    })
+    .await;
+    let job = "sentinel-recorded";
+    let key = format!("{PREFIX}{job}");
+    let write = |seq: u64, terminal: bool| {
+        let (setup, key) = (&setup, key.clone());
+        async move {
+            let mut primary = setup.primary().await;
+            redis::cmd("SET")
+                .arg(&key)
+                .arg(doc(seq, terminal))
+                .query_async::<()>(&mut primary)
+                .await
+                .map_err(|e| e.to_string())
+        }
+    };
+    until_written("seq 1", || write(1, false)).await;
+    wait_row(&pool, job, 1, false).await;
+
+    // Act: the sentinels fail over; the job ends on the new primary.
+    setup.failover().await;
+    until_written("the terminal state", || write(2, true)).await;
+
+    // Assert: the recorder heard it there (or read it on moving there).
+    wait_row(&pool, job, 2, true).await;
 }

@@ -19,7 +19,7 @@ const ROW_WAIT: Duration = Duration::from_secs(10);
 const TAKEOVER_WAIT: Duration = Duration::from_secs(7);
 
 /// The row's `(seq, completed)`, if the row exists.
-async fn row(pool: &PgPool, job: &str) -> Option<(Option<i64>, bool)> {
+pub(crate) async fn row(pool: &PgPool, job: &str) -> Option<(Option<i64>, bool)> {
     sqlx::query_as::<_, (Option<i64>, bool)>(
         "SELECT seq, completed_at IS NOT NULL FROM jobcast.jobs WHERE id = $1",
     )
@@ -30,7 +30,7 @@ async fn row(pool: &PgPool, job: &str) -> Option<(Option<i64>, bool)> {
     .flatten()
 }
 
-async fn wait_row(pool: &PgPool, job: &str, seq: i64, completed: bool) {
+pub(crate) async fn wait_row(pool: &PgPool, job: &str, seq: i64, completed: bool) {
     wait_until(
         ROW_WAIT,
         &format!("{job}'s row holds seq {seq}"),
@@ -86,18 +86,26 @@ async fn a_job_nobody_watches_is_served_from_postgres_after_redis_is_lost() {
     wait_row(&pool, job, 4, true).await;
     app.redis.kill();
 
+    assert_final_state_from_postgres(&app.url(&format!("/jobs/{job}")), &app.token("alice"), 4)
+        .await;
+    app.stop().await;
+}
+
+/// Asserts that `GET url` (a `/jobs/{id}`) answers, from Postgres, the
+/// completed state `seq`.
+pub(crate) async fn assert_final_state_from_postgres(url: &str, token: &str, seq: i64) {
     let res = reqwest::Client::new()
-        .get(app.url(&format!("/jobs/{job}")))
-        .bearer_auth(app.token("alice"))
+        .get(url)
+        .bearer_auth(token)
+        .timeout(Duration::from_secs(20))
         .send()
         .await
         .expect("GET /jobs/{id}");
     assert_eq!(res.status(), 200);
     assert_eq!(res.headers()["x-jobcast-source"], "postgres");
     let body: serde_json::Value = res.json().await.expect("JSON");
-    assert_eq!(body["seq"], 4, "the final state: {body}");
+    assert_eq!(body["seq"], seq, "the final state: {body}");
     assert_eq!(body["status"], "completed");
-    app.stop().await;
 }
 
 /// Every INSERT or UPDATE of a `jobs` row, logged with the document's `step`
@@ -242,4 +250,51 @@ async fn a_killed_recorder_is_replaced_and_the_final_state_lands() {
         "another instance took over within 5 s, not {takeover:?}"
     );
     wait_row(&pool, job, 3, true).await;
+}
+
+#[tokio::test]
+async fn an_instance_with_the_recorder_off_writes_nothing() {
+    // Arrange: one instance that may record, one that may not, one database.
+    let redis = RedisServer::start().await;
+    let db = TestDb::create().await;
+    let pool = db.pool().await;
+    let off = ChildApp::spawn(
+        &redis.url(),
+        &[
+            ("DATABASE_URL", db.url().to_owned()),
+            ("JOBCAST_RECORDER", "off".to_owned()),
+        ],
+    )
+    .await;
+    let mut auto = ChildApp::spawn(&redis.url(), &[("DATABASE_URL", db.url().to_owned())]).await;
+    assert_eq!(recorder_of(&[&off, &auto], TAKEOVER_WAIT).await, 1);
+    redis
+        .set("progress:job:while-auto-runs", &doc(1, "completed"))
+        .await;
+    wait_row(&pool, "while-auto-runs", 1, true).await;
+
+    // Act: the instance that records is gone; a job nobody watches ends.
+    auto.child.kill().await.expect("kill -9 the recorder");
+    let job = "only-off-runs";
+    redis
+        .set(&format!("progress:job:{job}"), &doc(1, "completed"))
+        .await;
+
+    // Assert: past the time an `auto` instance takes the free lock over and
+    // records the live key, the `off` one has neither taken it nor written.
+    let until = tokio::time::Instant::now() + TAKEOVER_WAIT;
+    while tokio::time::Instant::now() < until {
+        assert_eq!(off.metric("jobcast_recorder", "").await, 0.0);
+        assert_eq!(
+            row(&pool, job).await,
+            None,
+            "the `off` instance wrote {job}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // An `auto` instance on the same database records it (the key was there
+    // to be recorded all along).
+    let again = ChildApp::spawn(&redis.url(), &[("DATABASE_URL", db.url().to_owned())]).await;
+    assert_eq!(recorder_of(&[&off, &again], TAKEOVER_WAIT).await, 1);
+    wait_row(&pool, job, 1, true).await;
 }
