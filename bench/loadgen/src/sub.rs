@@ -1,6 +1,7 @@
 //! Subscribers: SSE over raw TCP (HTTP/1.1, chunked or not) and WebSocket
 //! (tokio-tungstenite), each stamping every state it receives with the wall clock.
-//! A shard is the set of subscribers one process holds.
+//! A shard is the set of subscribers one process holds; each subscriber has a
+//! job and one of the subscriber URLs.
 
 use crate::account::{Counts, account};
 use crate::wire::{Dechunker, SseParser, UrlTemplate, parse_head, scan_u64};
@@ -25,7 +26,8 @@ pub enum Transport {
 }
 
 pub struct SubConfig {
-    pub url: UrlTemplate,
+    /// Subscriber URLs (several gateway instances); each subscriber is given one.
+    pub urls: Vec<UrlTemplate>,
     pub transport: Transport,
     pub headers: Vec<(String, String)>,
     pub connect_timeout: Duration,
@@ -42,6 +44,13 @@ struct SubState {
     closed: Option<String>,
     stale: u64,
     without_seq: u64,
+}
+
+/// Which job a subscriber watches and through which of the subscriber URLs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assignment {
+    pub job: usize,
+    pub url: usize,
 }
 
 pub struct Subscriber {
@@ -76,15 +85,16 @@ pub struct Shard {
     subs: Vec<Arc<Subscriber>>,
 }
 
-/// How the connection phase went.
+/// How the connection phase went; `per_url[u]`: subscribers connected through URL `u`.
 pub fn connect_summary(
-    connected: u64,
+    per_url: &[u64],
     kinds: &BTreeMap<String, u64>,
     first: &Option<String>,
     secs: f64,
 ) -> Value {
     json!({
-        "connected": connected,
+        "connected": per_url.iter().sum::<u64>(),
+        "connected_per_url": per_url,
         "connect_errors": kinds.values().sum::<u64>(),
         "connect_error_kinds": kinds,
         "first_connect_error": first,
@@ -111,18 +121,18 @@ fn error_kind(e: &str) -> String {
 }
 
 impl Shard {
-    /// Opens one subscriber per entry of `sub_jobs` (the job index of each), paced
+    /// Opens one subscriber per entry of `assigned` (its job and URL), paced
     /// at `rate` per second, and waits until every attempt has finished.
     pub async fn connect(
         cfg: Arc<SubConfig>,
         jobs: Arc<Vec<String>>,
-        sub_jobs: Vec<usize>,
+        assigned: Vec<Assignment>,
         rate: f64,
     ) -> (Self, Value) {
         let t0 = Instant::now();
-        let (tx, mut rx) = mpsc::unbounded_channel::<Result<(), String>>();
-        let mut subs = Vec::with_capacity(sub_jobs.len());
-        for (i, &job) in sub_jobs.iter().enumerate() {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Result<(), String>)>();
+        let mut subs = Vec::with_capacity(assigned.len());
+        for (i, &Assignment { job, url }) in assigned.iter().enumerate() {
             let due = t0 + Duration::from_secs_f64(i as f64 / rate.max(1.0));
             tokio::time::sleep_until(due.into()).await;
             let sub = Arc::new(Subscriber {
@@ -131,22 +141,28 @@ impl Shard {
             });
             subs.push(sub.clone());
             let (cfg, jobs, tx) = (cfg.clone(), jobs.clone(), tx.clone());
-            tokio::spawn(async move { run_subscriber(cfg, &jobs[job], sub, tx).await });
+            tokio::spawn(async move { run_subscriber(cfg, url, &jobs[job], sub, tx).await });
         }
         drop(tx);
-        let (mut ok, mut kinds, mut first) = (0u64, BTreeMap::<String, u64>::new(), None);
+        let (mut per_url, mut kinds, mut first) = (
+            vec![0u64; cfg.urls.len()],
+            BTreeMap::<String, u64>::new(),
+            None,
+        );
         // Every subscriber answers once (its task keeps the sender while it reads).
         for _ in 0..subs.len() {
-            let Some(r) = rx.recv().await else { break };
+            let Some((url, r)) = rx.recv().await else {
+                break;
+            };
             match r {
-                Ok(()) => ok += 1,
+                Ok(()) => per_url[url] += 1,
                 Err(e) => {
                     *kinds.entry(error_kind(&e)).or_default() += 1;
                     first.get_or_insert(e);
                 }
             }
         }
-        let summary = connect_summary(ok, &kinds, &first, t0.elapsed().as_secs_f64());
+        let summary = connect_summary(&per_url, &kinds, &first, t0.elapsed().as_secs_f64());
         (Self { subs }, summary)
     }
 
@@ -214,22 +230,23 @@ pub fn new_histogram() -> Histogram<u64> {
 
 async fn run_subscriber(
     cfg: Arc<SubConfig>,
+    url: usize,
     job: &str,
     sub: Arc<Subscriber>,
-    ready: mpsc::UnboundedSender<Result<(), String>>,
+    ready: mpsc::UnboundedSender<(usize, Result<(), String>)>,
 ) {
-    let opened = tokio::time::timeout(cfg.connect_timeout, open(&cfg, job)).await;
+    let opened = tokio::time::timeout(cfg.connect_timeout, open(&cfg, &cfg.urls[url], job)).await;
     let conn = match opened {
         Err(_) => Err("timeout".to_string()),
         Ok(r) => r,
     };
     match conn {
         Err(e) => {
-            let _ = ready.send(Err(e));
+            let _ = ready.send((url, Err(e)));
         }
         Ok(conn) => {
             sub.state.lock().unwrap().connected = true;
-            let _ = ready.send(Ok(()));
+            let _ = ready.send((url, Ok(())));
             let why = match conn {
                 Conn::Sse {
                     stream,
@@ -252,16 +269,16 @@ enum Conn {
     Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
 }
 
-async fn open(cfg: &SubConfig, job: &str) -> Result<Conn, String> {
-    let stream = TcpStream::connect(cfg.url.addr)
+async fn open(cfg: &SubConfig, target: &UrlTemplate, job: &str) -> Result<Conn, String> {
+    let stream = TcpStream::connect(target.addr)
         .await
         .map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let path = cfg.url.path_for(job);
+    let path = target.path_for(job);
     match cfg.transport {
-        Transport::Sse => open_sse(stream, cfg, &path).await,
+        Transport::Sse => open_sse(stream, cfg, &target.authority, &path).await,
         Transport::Ws => {
-            let url = format!("ws://{}{}", cfg.url.authority, path);
+            let url = format!("ws://{}{}", target.authority, path);
             let mut req = url.into_client_request().map_err(|e| e.to_string())?;
             for (k, v) in &cfg.headers {
                 let name: tokio_tungstenite::tungstenite::http::HeaderName =
@@ -289,10 +306,14 @@ async fn open(cfg: &SubConfig, job: &str) -> Result<Conn, String> {
     }
 }
 
-async fn open_sse(mut stream: TcpStream, cfg: &SubConfig, path: &str) -> Result<Conn, String> {
+async fn open_sse(
+    mut stream: TcpStream,
+    cfg: &SubConfig,
+    authority: &str,
+    path: &str,
+) -> Result<Conn, String> {
     let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n",
-        cfg.url.authority
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n"
     );
     for (k, v) in &cfg.headers {
         req.push_str(&format!("{k}: {v}\r\n"));
