@@ -27,6 +27,7 @@
 #   JOBCAST_BIN=<path>    use this binary, build nothing for jobcast
 #   BENCH_SCENARIOS="a b" run only these scenarios (a b c d e f g; default a b c d e:
 #                         f, 100,000 connections over 6 instances, and g are asked for)
+#   BENCH_F_CONNECTIONS=N connections of scenario f (default 100000; quick 3000)
 #
 # Every load is bounded: loadgen and floor have their own watchdogs and each call
 # is also wrapped in `timeout`. Everything targets 127.0.0.1 only.
@@ -312,6 +313,7 @@ else
     # per destination port (the ephemeral range has 28,232).
     F_SUBS=100000 F_JOBS=1000 F_PROCS=6
 fi
+F_SUBS="${BENCH_F_CONNECTIONS:-$F_SUBS}"
 # Capacity scenarios: jobcast instances on this machine, sharing the one Redis.
 F_INST=6 G_INST=2
 declare -A INSTANCES=([f]=$F_INST [g]=$G_INST)
@@ -601,13 +603,17 @@ capacity_report() {
     echo "directly (no proxy). RSS/conn: the instances' summed RSS growth (idle − before connecting) ÷ connections."
     echo
     if [[ " ${SCEN[*]} " == *" f "* ]]; then
-        echo "| scenario | instances | client processes | connected (of) | per instance | connect errors | disconnects | RSS/conn bytes | PSS/conn bytes | idle RSS per instance MiB |"
-        echo "|---|---|---|---|---|---|---|---|---|---|"
+        echo "Connect ms: from the start of an attempt to the response head, p50 / p99 / max of the connections that opened."
+        echo "Errors at s: when the first and the last failed attempt started, seconds into the connect phase."
+        echo
+        echo "| scenario | instances | client processes | connected (of) | per instance | connect errors (at s) | disconnects | connect ms | RSS/conn bytes | PSS/conn bytes | idle RSS per instance MiB |"
+        echo "|---|---|---|---|---|---|---|---|---|---|---|"
         jq -r 'select(.scenario == "f" and .gateway == "jobcast")
             | if .error then "| f | \(.title) | error: \(.error | gsub("[|\n]"; " ")) ||||||||"
               else "| f | \(.urls) | \(.procs) | \(.connected) (\(.subscribers)) | \(.connected_per_url | map(tostring) | join(" / "))"
-                + " | \(.connect_errors)\(if .connect_errors > 0 then " " + (.connect_error_kinds | tostring) else "" end)"
-                + " | \(.disconnects) | \(.rss_per_conn_bytes) | \(.pss_per_conn_bytes)"
+                + " | \(.connect_errors)\(if .connect_errors > 0 then " " + (.connect_error_kinds | tostring) + " (\(.connect_error_secs | map(tostring) | join("–")))" else "" end)"
+                + " | \(.disconnects) | \(.connect_ms // {} | [.p50, .p99, .max] | map(tostring) | join(" / "))"
+                + " | \(.rss_per_conn_bytes) | \(.pss_per_conn_bytes)"
                 + " | \(.rss_kib_per_pid.idle | [.[] | . / 1024 | floor | tostring] | join(" / ")) |" end' "$JSONL"
         echo
     fi

@@ -4,7 +4,7 @@
 
 use crate::account::Counts;
 use crate::publish::{PubConfig, PublishKind, Publisher};
-use crate::sub::{Assignment, Shard, SubConfig, Transport, connect_summary, new_histogram};
+use crate::sub::{Assignment, ConnectSummary, Shard, SubConfig, Transport, new_histogram};
 use crate::sys::{self, round1};
 use crate::wire::{UrlTemplate, check_redis_url, parse_header};
 use serde_json::{Value, json};
@@ -314,7 +314,7 @@ pub async fn run_shard(a: Args, spec: &str) -> Result<(), String> {
         Shard::connect(cfg, a.job_ids(), shard_subscribers(&a, i, n), rate).await;
     let mut out = tokio::io::stdout();
     let say = |v: Value| format!("{v}\n");
-    out.write_all(say(summary).as_bytes())
+    out.write_all(say(summary.to_json(true)).as_bytes())
         .await
         .map_err(|e| e.to_string())?;
     out.flush().await.map_err(|e| e.to_string())?;
@@ -375,27 +375,11 @@ async fn spawn_children(
         });
     }
     // All children connect at once, each at its share of the rate.
-    let mut per_url = vec![0u64; a.url_templates.len()];
-    let (mut kinds, mut first, mut secs) = (BTreeMap::new(), None, 0.0f64);
+    let mut sum = ConnectSummary::new(a.url_templates.len());
     for c in cs.iter_mut() {
-        let s = c.line().await?;
-        for (sum, n) in per_url
-            .iter_mut()
-            .zip(s["connected_per_url"].as_array().into_iter().flatten())
-        {
-            *sum += n.as_u64().unwrap_or(0);
-        }
-        if let Some(m) = s["connect_error_kinds"].as_object() {
-            for (k, v) in m {
-                *kinds.entry(k.clone()).or_insert(0) += v.as_u64().unwrap_or(0);
-            }
-        }
-        if first.is_none() {
-            first = s["first_connect_error"].as_str().map(str::to_string);
-        }
-        secs = secs.max(s["connect_secs"].as_f64().unwrap_or(0.0));
+        sum.merge_json(&c.line().await?);
     }
-    Ok((cs, connect_summary(&per_url, &kinds, &first, secs)))
+    Ok((cs, sum.to_json(false)))
 }
 
 // ------------------------------------------------------------------ the run
@@ -501,7 +485,7 @@ pub async fn run(a: Args) -> Result<i32, String> {
             a.connect_rate,
         )
         .await;
-        (Shards::Local(s), summary)
+        (Shards::Local(s), summary.to_json(false))
     } else {
         let (cs, summary) = spawn_children(&a, procs, run_start_ns).await?;
         (Shards::Children(cs), summary)

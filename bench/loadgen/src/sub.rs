@@ -85,21 +85,109 @@ pub struct Shard {
     subs: Vec<Arc<Subscriber>>,
 }
 
-/// How the connection phase went; `per_url[u]`: subscribers connected through URL `u`.
-pub fn connect_summary(
-    per_url: &[u64],
-    kinds: &BTreeMap<String, u64>,
-    first: &Option<String>,
-    secs: f64,
-) -> Value {
-    json!({
-        "connected": per_url.iter().sum::<u64>(),
-        "connected_per_url": per_url,
-        "connect_errors": kinds.values().sum::<u64>(),
-        "connect_error_kinds": kinds,
-        "first_connect_error": first,
-        "connect_secs": crate::sys::round1(secs),
-    })
+/// How the connection phase went.
+#[derive(Debug)]
+pub struct ConnectSummary {
+    /// Subscribers connected through each URL.
+    pub per_url: Vec<u64>,
+    pub kinds: BTreeMap<String, u64>,
+    pub first: Option<String>,
+    /// Until every attempt had finished.
+    pub secs: f64,
+    /// Seconds after the start of the first and of the last failed attempt.
+    pub error_secs: Option<(f64, f64)>,
+    /// Most a connection was opened behind its schedule (the harness lagging).
+    pub max_lag_secs: f64,
+    /// Time from the start of an attempt to the response head (or upgrade), µs.
+    pub connect_us: Histogram<u64>,
+}
+
+impl ConnectSummary {
+    pub fn new(urls: usize) -> Self {
+        Self {
+            per_url: vec![0; urls],
+            kinds: BTreeMap::new(),
+            first: None,
+            secs: 0.0,
+            error_secs: None,
+            max_lag_secs: 0.0,
+            connect_us: new_histogram(),
+        }
+    }
+
+    /// Adds the summary of another subscriber process (as `to_json` wrote it).
+    pub fn merge_json(&mut self, v: &Value) {
+        let arr = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+        for (sum, n) in self.per_url.iter_mut().zip(arr("connected_per_url")) {
+            *sum += n.as_u64().unwrap_or(0);
+        }
+        if let Some(m) = v["connect_error_kinds"].as_object() {
+            for (k, n) in m {
+                *self.kinds.entry(k.clone()).or_insert(0) += n.as_u64().unwrap_or(0);
+            }
+        }
+        if self.first.is_none() {
+            self.first = v["first_connect_error"].as_str().map(str::to_string);
+        }
+        self.secs = self.secs.max(v["connect_secs"].as_f64().unwrap_or(0.0));
+        self.max_lag_secs = self
+            .max_lag_secs
+            .max(v["connect_max_lag_secs"].as_f64().unwrap_or(0.0));
+        if let [a, b] = &arr("connect_error_secs")[..]
+            && let (Some(a), Some(b)) = (a.as_f64(), b.as_f64())
+        {
+            self.error_at(a);
+            self.error_at(b);
+        }
+        for pair in arr("connect_hist") {
+            let (x, n) = (pair[0].as_u64().unwrap_or(1), pair[1].as_u64().unwrap_or(0));
+            let _ = self.connect_us.record_n(x.max(1), n);
+        }
+    }
+
+    fn error_at(&mut self, secs: f64) {
+        self.error_secs = Some(match self.error_secs {
+            None => (secs, secs),
+            Some((a, b)) => (a.min(secs), b.max(secs)),
+        });
+    }
+
+    /// The summary as it goes into the run's JSON (and from a subscriber process
+    /// to the parent: `connect_hist` then carries the histogram).
+    pub fn to_json(&self, with_hist: bool) -> Value {
+        let h = &self.connect_us;
+        let ms = |q: f64| crate::sys::round1(h.value_at_quantile(q) as f64 / 1000.0);
+        let mut v = json!({
+            "connected": self.per_url.iter().sum::<u64>(),
+            "connected_per_url": self.per_url,
+            "connect_errors": self.kinds.values().sum::<u64>(),
+            "connect_error_kinds": self.kinds,
+            "first_connect_error": self.first,
+            "connect_error_secs": self.error_secs.map(|(a, b)| [crate::sys::round1(a), crate::sys::round1(b)]),
+            "connect_secs": crate::sys::round1(self.secs),
+            "connect_max_lag_secs": crate::sys::round1(self.max_lag_secs),
+            "connect_ms": (!h.is_empty()).then(|| json!({
+                "p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999),
+                "max": crate::sys::round1(h.max() as f64 / 1000.0),
+            })),
+        });
+        if with_hist {
+            v["connect_hist"] = json!(
+                h.iter_recorded()
+                    .map(|x| [x.value_iterated_to(), x.count_at_value()])
+                    .collect::<Vec<_>>()
+            );
+        }
+        v
+    }
+}
+
+/// One connection attempt's outcome: its URL, when it started and ended, and how.
+struct Attempt {
+    url: usize,
+    started: Instant,
+    ended: Instant,
+    result: Result<(), String>,
 }
 
 /// A short, countable name for a connect error.
@@ -109,6 +197,8 @@ fn error_kind(e: &str) -> String {
         format!("http_{}", code.split(' ').next().unwrap_or(""))
     } else if l.contains("refused") {
         "refused".into()
+    } else if l.contains("timeout in tcp connect") {
+        "timeout_tcp_connect".into()
     } else if l.contains("timeout") || l.contains("timed out") {
         "timeout".into()
     } else if l.contains("too many open files") {
@@ -128,13 +218,17 @@ impl Shard {
         jobs: Arc<Vec<String>>,
         assigned: Vec<Assignment>,
         rate: f64,
-    ) -> (Self, Value) {
+    ) -> (Self, ConnectSummary) {
         let t0 = Instant::now();
-        let (tx, mut rx) = mpsc::unbounded_channel::<(usize, Result<(), String>)>();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Attempt>();
         let mut subs = Vec::with_capacity(assigned.len());
+        let mut sum = ConnectSummary::new(cfg.urls.len());
         for (i, &Assignment { job, url }) in assigned.iter().enumerate() {
             let due = t0 + Duration::from_secs_f64(i as f64 / rate.max(1.0));
             tokio::time::sleep_until(due.into()).await;
+            sum.max_lag_secs = sum
+                .max_lag_secs
+                .max(Instant::now().saturating_duration_since(due).as_secs_f64());
             let sub = Arc::new(Subscriber {
                 job,
                 state: Mutex::default(),
@@ -144,26 +238,26 @@ impl Shard {
             tokio::spawn(async move { run_subscriber(cfg, url, &jobs[job], sub, tx).await });
         }
         drop(tx);
-        let (mut per_url, mut kinds, mut first) = (
-            vec![0u64; cfg.urls.len()],
-            BTreeMap::<String, u64>::new(),
-            None,
-        );
         // Every subscriber answers once (its task keeps the sender while it reads).
         for _ in 0..subs.len() {
-            let Some((url, r)) = rx.recv().await else {
+            let Some(a) = rx.recv().await else {
                 break;
             };
-            match r {
-                Ok(()) => per_url[url] += 1,
+            match a.result {
+                Ok(()) => {
+                    sum.per_url[a.url] += 1;
+                    let us = a.ended.duration_since(a.started).as_micros() as u64;
+                    sum.connect_us.saturating_record(us.max(1));
+                }
                 Err(e) => {
-                    *kinds.entry(error_kind(&e)).or_default() += 1;
-                    first.get_or_insert(e);
+                    *sum.kinds.entry(error_kind(&e)).or_default() += 1;
+                    sum.first.get_or_insert(e);
+                    sum.error_at(a.started.duration_since(t0).as_secs_f64());
                 }
             }
         }
-        let summary = connect_summary(&per_url, &kinds, &first, t0.elapsed().as_secs_f64());
-        (Self { subs }, summary)
+        sum.secs = t0.elapsed().as_secs_f64();
+        (Self { subs }, sum)
     }
 
     /// Accounts the phase whose messages had global indexes `lo..hi` (seq = index + 1,
@@ -233,20 +327,23 @@ async fn run_subscriber(
     url: usize,
     job: &str,
     sub: Arc<Subscriber>,
-    ready: mpsc::UnboundedSender<(usize, Result<(), String>)>,
+    ready: mpsc::UnboundedSender<Attempt>,
 ) {
-    let opened = tokio::time::timeout(cfg.connect_timeout, open(&cfg, &cfg.urls[url], job)).await;
-    let conn = match opened {
-        Err(_) => Err("timeout".to_string()),
-        Ok(r) => r,
+    let started = Instant::now();
+    let conn = open(&cfg, &cfg.urls[url], job, started + cfg.connect_timeout).await;
+    let attempt = |result| Attempt {
+        url,
+        started,
+        ended: Instant::now(),
+        result,
     };
     match conn {
         Err(e) => {
-            let _ = ready.send((url, Err(e)));
+            let _ = ready.send(attempt(Err(e)));
         }
         Ok(conn) => {
             sub.state.lock().unwrap().connected = true;
-            let _ = ready.send((url, Ok(())));
+            let _ = ready.send(attempt(Ok(())));
             let why = match conn {
                 Conn::Sse {
                     stream,
@@ -269,10 +366,29 @@ enum Conn {
     Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
 }
 
-async fn open(cfg: &SubConfig, target: &UrlTemplate, job: &str) -> Result<Conn, String> {
-    let stream = TcpStream::connect(target.addr)
+/// Connects and reads the response head (or upgrades) by `deadline`; a timeout
+/// says which of the two it was waiting for.
+async fn open(
+    cfg: &SubConfig,
+    target: &UrlTemplate,
+    job: &str,
+    deadline: Instant,
+) -> Result<Conn, String> {
+    let stream = tokio::time::timeout_at(deadline.into(), TcpStream::connect(target.addr))
         .await
+        .map_err(|_| "timeout in TCP connect".to_string())?
         .map_err(|e| e.to_string())?;
+    tokio::time::timeout_at(deadline.into(), open_stream(cfg, target, job, stream))
+        .await
+        .map_err(|_| "timeout waiting for the response head".to_string())?
+}
+
+async fn open_stream(
+    cfg: &SubConfig,
+    target: &UrlTemplate,
+    job: &str,
+    stream: TcpStream,
+) -> Result<Conn, String> {
     let _ = stream.set_nodelay(true);
     let path = target.path_for(job);
     match cfg.transport {

@@ -145,6 +145,8 @@ async fn subscribers_spread_over_several_urls() {
     assert_eq!(l["urls"], 2);
     assert_eq!(l["connected"], 6);
     assert_eq!(l["connected_per_url"], serde_json::json!([3, 3]));
+    assert_eq!(l["connect_errors"], 0);
+    assert!(l["connect_ms"]["max"].as_f64().unwrap() > 0.0);
     // 20 messages to the one job, 6 watchers: the 3 on the first gateway get
     // all of them, the 3 on the second none (no later state either: lost).
     assert_eq!(l["expected_deliveries"], 120);
