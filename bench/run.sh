@@ -309,8 +309,11 @@ else
     A_SUBS=2000 B_JOBS=1000 B_SUBS=5000 B_RATE=500 D_SUBS=10000 D_JOBS=1000 E_SUBS=500
     DUR=10 E_RATES=200,400,800,1600,3200 E_DUR=6 A_RATE=50
     # 100,000 client sockets: 6 loadgen processes of 16,667 (open files 20,000
-    # each), 16,667 per instance (each allows 20,000 − 256), 16,667 local ports
-    # per destination port (the ephemeral range has 28,232).
+    # each), 16,667 per instance (each allows 20,000 − 256). The ephemeral range
+    # (32768-60999) has 28,232 ports per (source, destination) pair, but connect()
+    # first scans the ports of one parity (14,116): past that many to one
+    # destination it scans them all for every new socket, and connecting slows
+    # to seconds. Four source addresses (127.0.0.1-4) keep ~4,200 per pair.
     F_SUBS=100000 F_JOBS=1000 F_PROCS=6
 fi
 F_SUBS="${BENCH_F_CONNECTIONS:-$F_SUBS}"
@@ -339,7 +342,7 @@ scenario_args() {
     # on a publisher below 95 % of its rate.
     e) echo "--transport sse --jobs 1 --subscribers $E_SUBS --rate $E_RATES --duration $E_DUR --drain-ms 1500 --stop-p99-ms 100 --connect-rate 1000 --job-prefix ceiling-" ;;
     # Capacity (jobcast only): subscriber i connects to instance i % instances.
-    f) echo "--transport sse --jobs $F_JOBS --subscribers $F_SUBS --procs $F_PROCS --connect-rate 1000 --settle-ms 5000 --job-prefix capacity-" ;;
+    f) echo "--transport sse --jobs $F_JOBS --subscribers $F_SUBS --procs $F_PROCS --source-addrs 4 --connect-rate 1000 --settle-ms 5000 --job-prefix capacity-" ;;
     # As (a), the subscribers split half and half over the two instances.
     g) echo "--transport sse --jobs 1 --subscribers $A_SUBS --rate $A_RATE --duration $DUR --connect-rate 1000 --job-prefix fanout-sse-2-" ;;
     esac

@@ -9,6 +9,7 @@ use crate::sys::{self, round1};
 use crate::wire::{UrlTemplate, check_redis_url, parse_header};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +37,12 @@ pub struct Args {
     /// Per connection: TCP connect and response head (or WebSocket upgrade).
     #[arg(long, default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
+    /// Bind the client sockets to 127.0.0.1 … 127.0.0.N in turn. Each (source,
+    /// destination) pair has its own ephemeral ports: past about half the port
+    /// range (~14,000 with 32768-60999) to one destination from one source,
+    /// every connect() scans the range and connecting slows to a crawl.
+    #[arg(long, default_value_t = 1)]
+    pub source_addrs: u8,
     /// Extra subscriber header 'Name: value' (repeatable).
     #[arg(long = "header")]
     pub headers: Vec<String>,
@@ -156,6 +163,13 @@ impl Args {
                 .iter()
                 .map(|u| UrlTemplate::parse(u))
                 .collect::<Result<_, _>>()?,
+            sources: match self.source_addrs {
+                0 => return Err("--source-addrs must be at least 1".into()),
+                1 => Vec::new(),
+                n => (1..=n)
+                    .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+                    .collect(),
+            },
             transport: self.transport,
             headers: self
                 .headers
@@ -223,14 +237,17 @@ pub fn watchdog(limit: Duration, who: &'static str) {
 // ------------------------------------------------------------------ shards
 
 /// Subscriber `i` of `n` in total belongs to shard `i % shards`, watches job
-/// `i % jobs` and connects through URL `i % urls`.
+/// `i % jobs`, connects through URL `i % urls` and, of that URL's
+/// subscribers, takes the source addresses in turn.
 fn shard_subscribers(a: &Args, shard: usize, shards: usize) -> Vec<Assignment> {
     let urls = a.url_templates.len().max(1);
+    let sources = usize::from(a.source_addrs.max(1));
     (0..a.subscribers)
         .filter(|i| i % shards == shard)
         .map(|i| Assignment {
             job: i % a.jobs,
             url: i % urls,
+            source: (i / urls) % sources,
         })
         .collect()
 }
@@ -516,6 +533,7 @@ pub async fn run(a: Args) -> Result<i32, String> {
             "label": a.label, "transport": format!("{:?}", a.transport).to_lowercase(),
             "jobs": a.jobs, "subscribers": a.subscribers, "procs": procs,
             "urls": a.url_templates.len(),
+            "source_addrs": a.source_addrs,
             "rss_total_kib": {"before": before.rss, "idle": idle.rss},
             "rss_kib_per_pid": {"before": before.rss_per_pid, "idle": idle.rss_per_pid},
             "pss_total_kib": {"before": before.pss, "idle": idle.pss},

@@ -9,10 +9,12 @@ use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -28,6 +30,9 @@ pub enum Transport {
 pub struct SubConfig {
     /// Subscriber URLs (several gateway instances); each subscriber is given one.
     pub urls: Vec<UrlTemplate>,
+    /// Loopback source addresses the client sockets are bound to, each subscriber
+    /// given one; empty: the kernel picks (127.0.0.1).
+    pub sources: Vec<IpAddr>,
     pub transport: Transport,
     pub headers: Vec<(String, String)>,
     pub connect_timeout: Duration,
@@ -46,11 +51,13 @@ struct SubState {
     without_seq: u64,
 }
 
-/// Which job a subscriber watches and through which of the subscriber URLs.
+/// Which job a subscriber watches, through which of the subscriber URLs, from
+/// which of the source addresses (ignored when there are none).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Assignment {
     pub job: usize,
     pub url: usize,
+    pub source: usize,
 }
 
 pub struct Subscriber {
@@ -223,7 +230,7 @@ impl Shard {
         let (tx, mut rx) = mpsc::unbounded_channel::<Attempt>();
         let mut subs = Vec::with_capacity(assigned.len());
         let mut sum = ConnectSummary::new(cfg.urls.len());
-        for (i, &Assignment { job, url }) in assigned.iter().enumerate() {
+        for (i, &Assignment { job, url, source }) in assigned.iter().enumerate() {
             let due = t0 + Duration::from_secs_f64(i as f64 / rate.max(1.0));
             tokio::time::sleep_until(due.into()).await;
             sum.max_lag_secs = sum
@@ -235,7 +242,10 @@ impl Shard {
             });
             subs.push(sub.clone());
             let (cfg, jobs, tx) = (cfg.clone(), jobs.clone(), tx.clone());
-            tokio::spawn(async move { run_subscriber(cfg, url, &jobs[job], sub, tx).await });
+            let source = cfg.sources.get(source).copied();
+            tokio::spawn(
+                async move { run_subscriber(cfg, url, source, &jobs[job], sub, tx).await },
+            );
         }
         drop(tx);
         // Every subscriber answers once (its task keeps the sender while it reads).
@@ -325,12 +335,14 @@ pub fn new_histogram() -> Histogram<u64> {
 async fn run_subscriber(
     cfg: Arc<SubConfig>,
     url: usize,
+    source: Option<IpAddr>,
     job: &str,
     sub: Arc<Subscriber>,
     ready: mpsc::UnboundedSender<Attempt>,
 ) {
     let started = Instant::now();
-    let conn = open(&cfg, &cfg.urls[url], job, started + cfg.connect_timeout).await;
+    let deadline = started + cfg.connect_timeout;
+    let conn = open(&cfg, &cfg.urls[url], source, job, deadline).await;
     let attempt = |result| Attempt {
         url,
         started,
@@ -371,16 +383,46 @@ enum Conn {
 async fn open(
     cfg: &SubConfig,
     target: &UrlTemplate,
+    source: Option<IpAddr>,
     job: &str,
     deadline: Instant,
 ) -> Result<Conn, String> {
-    let stream = tokio::time::timeout_at(deadline.into(), TcpStream::connect(target.addr))
+    let stream = tokio::time::timeout_at(deadline.into(), connect_from(source, target.addr))
         .await
         .map_err(|_| "timeout in TCP connect".to_string())?
         .map_err(|e| e.to_string())?;
     tokio::time::timeout_at(deadline.into(), open_stream(cfg, target, job, stream))
         .await
         .map_err(|_| "timeout waiting for the response head".to_string())?
+}
+
+/// TCP connect, from `source` if given. The source is bound with
+/// IP_BIND_ADDRESS_NO_PORT, so the kernel still picks the port at connect()
+/// time, per (source, destination) pair, instead of one unique port per bind.
+async fn connect_from(source: Option<IpAddr>, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect(to).await;
+    };
+    let sock = match ip {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket this function owns, with a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    sock.bind(SocketAddr::new(ip, 0))?;
+    sock.connect(to).await
 }
 
 async fn open_stream(
