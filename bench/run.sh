@@ -13,7 +13,9 @@
 #   3. starts its OWN redis-server, nginx + Nchan (bench/nchan.conf.template) and
 #      `jobcast serve`, each on a free loopback port, and stops all three on exit;
 #   4. runs every scenario against jobcast and then against Nchan with the same
-#      loadgen flags, and the floor with the same connections and rates, and writes
+#      loadgen flags, and the floor with the same connections and rates (the
+#      capacity scenarios f and g run several jobcast instances sharing that
+#      Redis, jobcast only), and writes
 #        bench/results/<stamp>[-quick].jsonl   loadgen's and floor's JSON lines (+ scenario, gateway)
 #        bench/results/<stamp>[-quick].md      the table: jobcast / Nchan / floor and the ratios
 #      Logs of the servers and loadgen's human summaries: bench/target-run/<stamp>/.
@@ -23,7 +25,9 @@
 #                         instead of the work tree — for a figure that names a commit
 #                         while the work tree is being edited
 #   JOBCAST_BIN=<path>    use this binary, build nothing for jobcast
-#   BENCH_SCENARIOS="a b" run only these scenarios (a b c d e)
+#   BENCH_SCENARIOS="a b" run only these scenarios (a b c d e f g; default a b c d e:
+#                         f, 100,000 connections over 6 instances, and g are asked for)
+#   BENCH_F_CONNECTIONS=N connections of scenario f (default 100000; quick 3000)
 #
 # Every load is bounded: loadgen and floor have their own watchdogs and each call
 # is also wrapped in `timeout`. Everything targets 127.0.0.1 only.
@@ -257,17 +261,42 @@ start_nchan() {
 }
 
 JWT_SECRET_BENCH="bench-secret-$(od -An -N24 -tx1 /dev/urandom | tr -d " \n")"  # 32+ bytes, as the gateway requires
-start_jobcast() {
-    free_port JOBCAST_PORT
+# The running jobcast instances (one, or several for f and g), all on the same
+# Redis and secret, each on its own port; instance i logs to jobcast/jobcast[-i].log.
+JOBCAST_PIDS=()
+JOBCAST_PORTS=()
+start_jobcasts() { # N
+    local n="$1" i port pid logf
     mkdir -p "$WORK/jobcast"
-    (cd "$ROOT" && exec env -u DATABASE_URL \
-        JWT_SECRET="$JWT_SECRET_BENCH" REDIS_URL="$REDIS_URL" JOBCAST_LISTEN="127.0.0.1:$JOBCAST_PORT" \
-        JOBCAST_MAX_CONNECTIONS_PER_USER=0 JOBCAST_SHUTDOWN_SECS=2 RUST_LOG=warn \
-        "$JOBCAST_BIN" serve) >>"$WORK/jobcast/jobcast.log" 2>&1 &
-    JOBCAST_PID=$!
-    PIDS+=("$JOBCAST_PID:jobcast")
-    wait_until 30 "jobcast on :$JOBCAST_PORT" curl -fsS -m 2 "http://127.0.0.1:$JOBCAST_PORT/healthz"
-    log "jobcast pid $JOBCAST_PID on 127.0.0.1:$JOBCAST_PORT"
+    for ((i = 0; i < n; i++)); do
+        free_port port
+        logf="$WORK/jobcast/jobcast.log"
+        ((n == 1)) || logf="$WORK/jobcast/jobcast-$i.log"
+        (cd "$ROOT" && exec env -u DATABASE_URL \
+            JWT_SECRET="$JWT_SECRET_BENCH" REDIS_URL="$REDIS_URL" JOBCAST_LISTEN="127.0.0.1:$port" \
+            JOBCAST_MAX_CONNECTIONS_PER_USER=0 JOBCAST_SHUTDOWN_SECS=2 RUST_LOG=warn \
+            "$JOBCAST_BIN" serve) >>"$logf" 2>&1 &
+        pid=$!
+        PIDS+=("$pid:jobcast-$i")
+        JOBCAST_PIDS+=("$pid")
+        JOBCAST_PORTS+=("$port")
+        wait_until 30 "jobcast on :$port" curl -fsS -m 2 "http://127.0.0.1:$port/healthz"
+        log "jobcast pid $pid on 127.0.0.1:$port"
+    done
+}
+stop_jobcasts() {
+    local pid
+    for pid in "${JOBCAST_PIDS[@]}"; do
+        stop_server "$pid"
+    done
+    JOBCAST_PIDS=()
+    JOBCAST_PORTS=()
+}
+jobcasts_alive() {
+    local pid
+    for pid in "${JOBCAST_PIDS[@]}"; do
+        alive "$pid" || return 1
+    done
 }
 
 # ------------------------------------------------------------------ scenarios
@@ -275,16 +304,30 @@ start_jobcast() {
 if [[ "$MODE" == quick ]]; then
     A_SUBS=200 B_JOBS=100 B_SUBS=500 B_RATE=200 D_SUBS=1000 D_JOBS=100 E_SUBS=100
     DUR=3 E_RATES=200,800 E_DUR=3 A_RATE=50
+    F_SUBS=3000 F_JOBS=100 F_PROCS=2
 else
     A_SUBS=2000 B_JOBS=1000 B_SUBS=5000 B_RATE=500 D_SUBS=10000 D_JOBS=1000 E_SUBS=500
     DUR=10 E_RATES=200,400,800,1600,3200 E_DUR=6 A_RATE=50
+    # 100,000 client sockets: 6 loadgen processes of 16,667 (open files 20,000
+    # each), 16,667 per instance (each allows 20,000 − 256). The ephemeral range
+    # (32768-60999) has 28,232 ports per (source, destination) pair, but connect()
+    # first scans the ports of one parity (14,116): past that many to one
+    # destination it scans them all for every new socket, and connecting slows
+    # to seconds. Four source addresses (127.0.0.1-4) keep ~4,200 per pair.
+    F_SUBS=100000 F_JOBS=1000 F_PROCS=6
 fi
+F_SUBS="${BENCH_F_CONNECTIONS:-$F_SUBS}"
+# Capacity scenarios: jobcast instances on this machine, sharing the one Redis.
+F_INST=6 G_INST=2
+declare -A INSTANCES=([f]=$F_INST [g]=$G_INST)
 declare -A TITLE=(
     [a]="fan-out SSE: 1 job × $A_SUBS, $A_RATE msg/s × ${DUR}s"
     [b]="many jobs SSE: $B_JOBS jobs × $((B_SUBS / B_JOBS)), $B_RATE msg/s × ${DUR}s"
     [c]="fan-out WebSocket: 1 job × $A_SUBS, $A_RATE msg/s × ${DUR}s"
     [d]="idle SSE: $D_SUBS connections over $D_JOBS jobs"
     [e]="ceiling SSE: 1 job × $E_SUBS, steps $E_RATES msg/s × ${E_DUR}s"
+    [f]="idle SSE on $F_INST jobcast instances: $F_SUBS connections over $F_JOBS jobs"
+    [g]="fan-out SSE on $G_INST jobcast instances: 1 job × $A_SUBS, $A_RATE msg/s × ${DUR}s"
 )
 # Same loadgen flags for both gateways; only URLs, the publisher kind/target,
 # the auth header + seed (jobcast) and the pid to sample differ.
@@ -298,6 +341,10 @@ scenario_args() {
     # lost, so the step test may stop on real loss (> 1 %) as well as on p99 or
     # on a publisher below 95 % of its rate.
     e) echo "--transport sse --jobs 1 --subscribers $E_SUBS --rate $E_RATES --duration $E_DUR --drain-ms 1500 --stop-p99-ms 100 --connect-rate 1000 --job-prefix ceiling-" ;;
+    # Capacity (jobcast only): subscriber i connects to instance i % instances.
+    f) echo "--transport sse --jobs $F_JOBS --subscribers $F_SUBS --procs $F_PROCS --source-addrs 4 --connect-rate 1000 --settle-ms 5000 --job-prefix capacity-" ;;
+    # As (a), the subscribers split half and half over the two instances.
+    g) echo "--transport sse --jobs 1 --subscribers $A_SUBS --rate $A_RATE --duration $DUR --connect-rate 1000 --job-prefix fanout-sse-2-" ;;
     esac
 }
 
@@ -309,16 +356,21 @@ run_one() { # scenario gateway
     local transport=sse
     [[ " ${args[*]} " == *" --transport ws "* ]] && transport=ws
     local publish=1
-    [[ "$s" == d ]] && publish=0
+    [[ "$s" == d || "$s" == f ]] && publish=0
     if [[ "$gw" == jobcast ]]; then
-        alive "$JOBCAST_PID" || {
-            log "jobcast is not running any more (see $WORK/jobcast/jobcast.log); restarting it"
-            start_jobcast
+        jobcasts_alive || {
+            log "a jobcast instance is not running any more (see $WORK/jobcast/); restarting them"
+            local n=${#JOBCAST_PIDS[@]}
+            stop_jobcasts
+            start_jobcasts "$n"
         }
-        local url="http://127.0.0.1:$JOBCAST_PORT/jobs/{job}/events"
-        [[ "$transport" == ws ]] && url="ws://127.0.0.1:$JOBCAST_PORT/jobs/{job}/ws"
-        gwargs=(--url-template "$url" --header "Authorization: Bearer $TOKEN"
-            --redis "$REDIS_URL" --seed-doc "$SEED_DOC" --server-pid "$JOBCAST_PID")
+        gwargs=(--header "Authorization: Bearer $TOKEN" --redis "$REDIS_URL" --seed-doc "$SEED_DOC")
+        local i url
+        for i in "${!JOBCAST_PIDS[@]}"; do
+            url="http://127.0.0.1:${JOBCAST_PORTS[$i]}/jobs/{job}/events"
+            [[ "$transport" == ws ]] && url="ws://127.0.0.1:${JOBCAST_PORTS[$i]}/jobs/{job}/ws"
+            gwargs+=(--url-template "$url" --server-pid "${JOBCAST_PIDS[$i]}")
+        done
         if ((publish)); then
             gwargs+=(--publish redis-publish --channel-template 'progress:job:{job}')
         else
@@ -353,15 +405,26 @@ run_one() { # scenario gateway
         jq -c --arg s "$s" --arg g "$gw" --arg t "${TITLE[$s]}" --arg stamp "$STAMP" \
             '{run:$stamp, scenario:$s, gateway:$g, title:$t} + .' <<<"$line" >>"$JSONL"
     done <"$out"
-    if [[ "$gw" == jobcast ]] && alive "$JOBCAST_PID"; then
-        # jobcast's own counters for this scenario (fresh process): stale drops,
-        # deliveries per transport, closes by reason.
-        curl -fsS -m 5 "http://127.0.0.1:$JOBCAST_PORT/metrics" 2>/dev/null |
-            grep -E '^jobcast_(events_delivered|documents_dropped|updates_total|connections_(opened|closed|refused))' \
-                >"$WORK/$s-jobcast.metrics" || true
+    if [[ "$gw" == jobcast ]]; then
+        # jobcast's own counters for this scenario (fresh processes): stale drops,
+        # deliveries per transport, closes by reason; one file per instance.
+        local i m
+        for i in "${!JOBCAST_PIDS[@]}"; do
+            m="$WORK/$s-jobcast.metrics"
+            ((${#JOBCAST_PIDS[@]} == 1)) || m="$WORK/$s-jobcast-$i.metrics"
+            if alive "${JOBCAST_PIDS[$i]}"; then
+                curl -fsS -m 5 "http://127.0.0.1:${JOBCAST_PORTS[$i]}/metrics" 2>/dev/null |
+                    grep -E '^jobcast_(events_delivered|documents_dropped|updates_total|connections_(opened|closed|refused))' \
+                        >"$m" || true
+            else
+                log "WARNING: jobcast instance $i died during scenario $s (logs: $WORK/jobcast/)"
+            fi
+        done
     fi
-    alive "$JOBCAST_PID" || log "WARNING: jobcast died during scenario $s (log: $WORK/jobcast/jobcast.log)"
-    alive "$NCHAN_PID" || log "WARNING: nginx died during scenario $s (log: $WORK/nginx/error.log)"
+    # Nchan is stopped during the jobcast-only scenarios.
+    if [[ -z "${INSTANCES[$s]:-}" ]] && ! alive "$NCHAN_PID"; then
+        log "WARNING: nginx died during scenario $s (log: $WORK/nginx/error.log)"
+    fi
     sleep 2 # let closed connections drain before the next run
 }
 
@@ -437,10 +500,11 @@ write_report() {
         echo "Skipped: states a subscriber never saw but saw a later one of the same job (conflation). Lost: never saw it nor anything later."
         echo "Terminal missed: subscribers that never got their job's last state of the phase (the terminal state in a run's last phase)."
         echo "RSS/conn is (idle RSS − RSS before connecting) / connections."
+        echo "Rows f and g are jobcast only, several instances on this machine (see the capacity section): one figure per cell."
         echo
         echo "| scenario | rate msg/s | CPU µs/delivery jobcast / Nchan / floor | ÷ Nchan | jobcast ÷ floor | Nchan ÷ floor | delivered (of expected) | skipped | lost (terminal missed) | p50 ms | p99 ms | idle RSS/conn bytes |"
         echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
-        awk -F'\t' -v titles="$(for k in a b c d e; do printf '%s=%s\x1f' "$k" "${TITLE[$k]}"; done)" '
+        awk -F'\t' -v titles="$(for k in a b c d e f g; do printf '%s=%s\x1f' "$k" "${TITLE[$k]}"; done)" '
             function r(a, b,    x) {
                 if (a == "" || b == "") return "—"
                 if (b + 0 == 0) return (a + 0 == 0) ? "—" : "∞"
@@ -448,8 +512,9 @@ write_report() {
                 return (x >= 10) ? sprintf("%.0f×", x) : sprintf("%.2f×", x)
             }
             function f(v, d) { return (v == "") ? "—" : sprintf("%." d "f", v) }
-            function pair(a, b, d) { return f(a, d) " / " f(b, d) }
-            function cell(a, b, d) { return pair(a, b, d) " (" r(a, b) ")" }
+            # Rows of f and g (jobcast only, several instances) show the jobcast figure alone.
+            function pair(a, b, d) { return only ? f(a, d) : f(a, d) " / " f(b, d) }
+            function cell(a, b, d) { return only ? f(a, d) : pair(a, b, d) " (" r(a, b) ")" }
             BEGIN {
                 n = split(titles, t, "\x1f")
                 for (i = 1; i <= n; i++) { if (t[i] == "") continue; k = substr(t[i], 1, 1); T[k] = substr(t[i], 3) }
@@ -462,24 +527,29 @@ write_report() {
             END {
                 for (j = 1; j <= m; j++) {
                     key = order[j]; split(key, kk, SUBSEP); s = kk[1]
+                    only = (s == "f" || s == "g")
                     jc = "jobcast"; nx = "nchan"; fl = "floor"
                     rate = V[jc, key, 4]; if (rate == "") rate = V[nx, key, 4]
                     label = s " " T[s]
                     if (s == "e") label = (kk[2] == "0") ? s " " T[s] ", step 1" : s " step " (kk[2] + 1)
                     err = V[jc, key, 22] V[nx, key, 22]
                     if (err != "") { printf "| %s | %s | error: %s ||||||||||\n", label, rate, err; continue }
-                    if (s == "d") {
-                        printf "| %s | — | — | — | — | — | connected %s / %s of %s | — | disconnects %s | — | — | %s |\n", label,
-                            f(V[jc, key, 17], 0), f(V[nx, key, 17], 0), V[jc, key, 18],
+                    if (s == "d" || s == "f") {
+                        printf "| %s | — | — | — | — | — | connected %s of %s | — | disconnects %s | — | — | %s |\n", label,
+                            pair(V[jc, key, 17], V[nx, key, 17], 0), V[jc, key, 18],
                             pair(V[jc, key, 19], V[nx, key, 19], 0), cell(V[jc, key, 14], V[nx, key, 14], 0)
                         continue
                     }
                     cj = V[jc, key, 24]; cn = V[nx, key, 24]; cf = V[fl, key, 24]
                     deliv = pair(V[jc, key, 7], V[nx, key, 7], 0) " (" pair(V[jc, key, 8], V[nx, key, 8], 0) ")"
-                    skip = f(V[jc, key, 9], 0) " (" f(V[jc, key, 10], 2) "%) / " f(V[nx, key, 9], 0) " (" f(V[nx, key, 10], 2) "%)"
-                    lost = f(V[jc, key, 11], 0) " (" f(V[jc, key, 13], 0) ") / " f(V[nx, key, 11], 0) " (" f(V[nx, key, 13], 0) ")"
-                    printf "| %s | %s | %s / %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", label, rate,
-                        pair(cj, cn, 1), f(cf, 2), r(cj, cn), r(cj, cf), r(cn, cf),
+                    skip = f(V[jc, key, 9], 0) " (" f(V[jc, key, 10], 2) "%)"
+                    lost = f(V[jc, key, 11], 0) " (" f(V[jc, key, 13], 0) ")"
+                    if (!only) {
+                        skip = skip " / " f(V[nx, key, 9], 0) " (" f(V[nx, key, 10], 2) "%)"
+                        lost = lost " / " f(V[nx, key, 11], 0) " (" f(V[nx, key, 13], 0) ")"
+                    }
+                    printf "| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", label, rate,
+                        only ? f(cj, 1) : pair(cj, cn, 1) " / " f(cf, 2), r(cj, cn), r(cj, cf), r(cn, cf),
                         deliv, skip, lost,
                         cell(V[jc, key, 5], V[nx, key, 5], 2), cell(V[jc, key, 6], V[nx, key, 6], 2),
                         cell(V[jc, key, 14], V[nx, key, 14], 0)
@@ -492,6 +562,9 @@ write_report() {
         echo "|---|---|---|---|---|---|---|---|---|---|"
         awk -F'\t' '{ printf "| %s | %s | %s | %s/%s | %s | %s | %s | %s | %s | %s |\n", $1, $2, $3, $17, $18, $19, $20, $23, $16, $15, $21 }' <<<"$rows"
         echo
+        if [[ " ${SCEN[*]} " == *" f "* || " ${SCEN[*]} " == *" g "* ]]; then
+            capacity_report
+        fi
         if [[ " ${SCEN[*]} " == *" e "* ]]; then
             echo "## Throughput ceiling (scenario e)"
             echo
@@ -523,6 +596,55 @@ write_report() {
     } >"$MD"
 }
 
+# The capacity section: f (idle connections over several instances) and g
+# (fan-out over two instances) beside a (the same fan-out on one instance).
+capacity_report() {
+    echo "## Capacity: several jobcast instances (scenarios f, g)"
+    echo
+    echo "jobcast only (Nchan stopped): each instance is its own \`jobcast serve\` on its own loopback port,"
+    echo "all on the run's one Redis, same settings as above; subscriber *i* connects to instance *i* mod *n*"
+    echo "directly (no proxy). RSS/conn: the instances' summed RSS growth (idle − before connecting) ÷ connections."
+    echo
+    if [[ " ${SCEN[*]} " == *" f "* ]]; then
+        echo "Connect ms: from the start of an attempt to the response head, p50 / p99 / max of the connections that opened."
+        echo "Errors at s: when the first and the last failed attempt started, seconds into the connect phase."
+        echo
+        echo "| scenario | instances | client processes | connected (of) | per instance | connect errors (at s) | disconnects | connect ms | RSS/conn bytes | PSS/conn bytes | idle RSS per instance MiB |"
+        echo "|---|---|---|---|---|---|---|---|---|---|---|"
+        jq -r 'select(.scenario == "f" and .gateway == "jobcast")
+            | if .error then "| f | \(.title) | error: \(.error | gsub("[|\n]"; " ")) ||||||||"
+              else "| f | \(.urls) | \(.procs) | \(.connected) (\(.subscribers)) | \(.connected_per_url | map(tostring) | join(" / "))"
+                + " | \(.connect_errors)\(if .connect_errors > 0 then " " + (.connect_error_kinds | tostring) + " (\(.connect_error_secs | map(tostring) | join("–")))" else "" end)"
+                + " | \(.disconnects) | \(.connect_ms // {} | [.p50, .p99, .max] | map(tostring) | join(" / "))"
+                + " | \(.rss_per_conn_bytes) | \(.pss_per_conn_bytes)"
+                + " | \(.rss_kib_per_pid.idle | [.[] | . / 1024 | floor | tostring] | join(" / ")) |" end' "$JSONL"
+        echo
+    fi
+    if [[ " ${SCEN[*]} " == *" g "* ]]; then
+        echo "Fan-out, the same loadgen flags on one instance (a) and on two (g, subscribers half and half),"
+        echo "Redis PUBLISH reaching both. CPU per delivery is summed over the instances. On one machine the"
+        echo "instances share the same cores, so (g) ÷ (a) is the cost of running the second instance"
+        echo "(a second feed, Redis subscription and runtime per delivery), not a speed-up."
+        echo
+        echo "| scenario | instances | connected per instance | CPU µs/delivery | (g) ÷ (a) | server CPU % of a core | deliveries/s | delivered (of expected) | skipped | lost (terminal missed) | p50 ms | p99 ms |"
+        echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
+        jq -rs '
+            def ms: if . == null then "—" else (. / 10 | round / 100 | tostring) end;
+            [ .[] | select(.gateway == "jobcast" and (.scenario == "a" or .scenario == "g")) ] as $rows
+            | ([ $rows[] | select(.scenario == "a") | .server_cpu_us_per_delivery ] | first) as $a
+            | $rows[]
+            | if .error then "| \(.scenario) | error: \(.error | gsub("[|\n]"; " ")) ||||||||||"
+              else "| \(.scenario) | \(.urls // 1) | \(.connected_per_url // [.connected] | map(tostring) | join(" / "))"
+                + " | \(.server_cpu_us_per_delivery // "—")"
+                + " | \(if .scenario == "g" and $a != null and .server_cpu_us_per_delivery != null
+                        then (.server_cpu_us_per_delivery / $a * 100 | round / 100 | tostring) + "×" else "—" end)"
+                + " | \(.cpu_pct.publish.server_total) | \(.deliveries_per_sec)"
+                + " | \(.delivered) (\(.expected_deliveries)) | \(.skipped) (\(.skipped_pct) %)"
+                + " | \(.lost) (\(.final_missed)) | \(.latency_us.p50 | ms) | \(.latency_us.p99 | ms) |" end' "$JSONL"
+        echo
+    fi
+}
+
 # ------------------------------------------------------------------ main
 
 mkdir -p "$WORK" "$RESULTS_DIR"
@@ -535,20 +657,26 @@ LOAD_START="$(cut -d' ' -f1-3 /proc/loadavg)"
 log "load average before starting servers: $LOAD_START"
 
 start_redis
-start_nchan
-start_jobcast
 TOKEN="$(cd "$ROOT" && JWT_SECRET="$JWT_SECRET_BENCH" "$JOBCAST_BIN" token --sub bench --job '*' --ttl 7200)"
 [[ -n "$TOKEN" ]] || die "jobcast token printed nothing"
 
 : >"$JSONL"
+NCHAN_PID=""
 for s in "${SCEN[@]}"; do
-    [[ -n "${TITLE[$s]:-}" ]] || die "unknown scenario $s (a b c d e)"
+    [[ -n "${TITLE[$s]:-}" ]] || die "unknown scenario $s (a b c d e f g)"
     # Fresh gateway processes for every scenario: RSS per connection is then
     # measured from a cold start for both, not on whatever the previous scenario left.
-    stop_server "$JOBCAST_PID"
-    stop_server "$NCHAN_PID"
+    stop_jobcasts
+    [[ -z "$NCHAN_PID" ]] || stop_server "$NCHAN_PID"
+    NCHAN_PID=""
+    if [[ -n "${INSTANCES[$s]:-}" ]]; then
+        # Capacity: several jobcast instances on this machine, nothing else serving.
+        start_jobcasts "${INSTANCES[$s]}"
+        run_one "$s" jobcast
+        continue
+    fi
     start_nchan
-    start_jobcast
+    start_jobcasts 1
     run_one "$s" jobcast
     run_one "$s" nchan
     run_floor "$s"

@@ -4,11 +4,12 @@
 
 use crate::account::Counts;
 use crate::publish::{PubConfig, PublishKind, Publisher};
-use crate::sub::{Shard, SubConfig, Transport, connect_summary, new_histogram};
+use crate::sub::{Assignment, ConnectSummary, Shard, SubConfig, Transport, new_histogram};
 use crate::sys::{self, round1};
 use crate::wire::{UrlTemplate, check_redis_url, parse_header};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +19,9 @@ use tokio::process::{Child, ChildStdin, ChildStdout};
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// Subscriber URL, `{job}` replaced by the job id; http:// or ws://, loopback only.
-    #[arg(long)]
-    pub url_template: String,
+    /// Repeatable (several gateway instances): subscriber i connects through URL i % n.
+    #[arg(long = "url-template", value_name = "URL_TEMPLATE", required = true)]
+    pub url_templates: Vec<String>,
     #[arg(long, value_enum, default_value_t = Transport::Sse)]
     pub transport: Transport,
     /// Number of jobs; subscriber i watches job i % jobs.
@@ -35,6 +37,12 @@ pub struct Args {
     /// Per connection: TCP connect and response head (or WebSocket upgrade).
     #[arg(long, default_value_t = 10_000)]
     pub connect_timeout_ms: u64,
+    /// Bind the client sockets to 127.0.0.1 … 127.0.0.N in turn. Each (source,
+    /// destination) pair has its own ephemeral ports: past about half the port
+    /// range (~14,000 with 32768-60999) to one destination from one source,
+    /// every connect() scans the range and connecting slows to a crawl.
+    #[arg(long, default_value_t = 1)]
+    pub source_addrs: u8,
     /// Extra subscriber header 'Name: value' (repeatable).
     #[arg(long = "header")]
     pub headers: Vec<String>,
@@ -150,7 +158,18 @@ impl Args {
 
     fn sub_config(&self, run_start_ns: u64) -> Result<SubConfig, String> {
         Ok(SubConfig {
-            url: UrlTemplate::parse(&self.url_template)?,
+            urls: self
+                .url_templates
+                .iter()
+                .map(|u| UrlTemplate::parse(u))
+                .collect::<Result<_, _>>()?,
+            sources: match self.source_addrs {
+                0 => return Err("--source-addrs must be at least 1".into()),
+                1 => Vec::new(),
+                n => (1..=n)
+                    .map(|i| IpAddr::V4(Ipv4Addr::new(127, 0, 0, i)))
+                    .collect(),
+            },
             transport: self.transport,
             headers: self
                 .headers
@@ -217,11 +236,19 @@ pub fn watchdog(limit: Duration, who: &'static str) {
 
 // ------------------------------------------------------------------ shards
 
-/// Subscriber `i` of `n` in total belongs to shard `i % shards`.
-fn shard_jobs(a: &Args, shard: usize, shards: usize) -> Vec<usize> {
+/// Subscriber `i` of `n` in total belongs to shard `i % shards`, watches job
+/// `i % jobs`, connects through URL `i % urls` and, of that URL's
+/// subscribers, takes the source addresses in turn.
+fn shard_subscribers(a: &Args, shard: usize, shards: usize) -> Vec<Assignment> {
+    let urls = a.url_templates.len().max(1);
+    let sources = usize::from(a.source_addrs.max(1));
     (0..a.subscribers)
         .filter(|i| i % shards == shard)
-        .map(|i| i % a.jobs)
+        .map(|i| Assignment {
+            job: i % a.jobs,
+            url: i % urls,
+            source: (i / urls) % sources,
+        })
         .collect()
 }
 
@@ -300,10 +327,11 @@ pub async fn run_shard(a: Args, spec: &str) -> Result<(), String> {
         .ok_or("--shard i/n")?;
     let cfg = Arc::new(a.sub_config(a.run_start_ns.unwrap_or(0))?);
     let rate = a.connect_rate / n as f64;
-    let (shard, summary) = Shard::connect(cfg, a.job_ids(), shard_jobs(&a, i, n), rate).await;
+    let (shard, summary) =
+        Shard::connect(cfg, a.job_ids(), shard_subscribers(&a, i, n), rate).await;
     let mut out = tokio::io::stdout();
     let say = |v: Value| format!("{v}\n");
-    out.write_all(say(summary).as_bytes())
+    out.write_all(say(summary.to_json(true)).as_bytes())
         .await
         .map_err(|e| e.to_string())?;
     out.flush().await.map_err(|e| e.to_string())?;
@@ -364,21 +392,11 @@ async fn spawn_children(
         });
     }
     // All children connect at once, each at its share of the rate.
-    let (mut ok, mut kinds, mut first, mut secs) = (0, BTreeMap::new(), None, 0.0f64);
+    let mut sum = ConnectSummary::new(a.url_templates.len());
     for c in cs.iter_mut() {
-        let s = c.line().await?;
-        ok += s["connected"].as_u64().unwrap_or(0);
-        if let Some(m) = s["connect_error_kinds"].as_object() {
-            for (k, v) in m {
-                *kinds.entry(k.clone()).or_insert(0) += v.as_u64().unwrap_or(0);
-            }
-        }
-        if first.is_none() {
-            first = s["first_connect_error"].as_str().map(str::to_string);
-        }
-        secs = secs.max(s["connect_secs"].as_f64().unwrap_or(0.0));
+        sum.merge_json(&c.line().await?);
     }
-    Ok((cs, connect_summary(ok, &kinds, &first, secs)))
+    Ok((cs, sum.to_json(false)))
 }
 
 // ------------------------------------------------------------------ the run
@@ -386,11 +404,22 @@ async fn spawn_children(
 struct Memory {
     rss: u64,
     pss: u64,
+    /// RSS (KiB) of each sampled pid, for several instances side by side.
+    rss_per_pid: BTreeMap<String, u64>,
 }
 
 fn sample_memory(a: &Args) -> Memory {
-    let (rss, pss) = sys::memory(&sys::watched_pids(&a.server_pids, a.include_children));
-    Memory { rss, pss }
+    let pids = sys::watched_pids(&a.server_pids, a.include_children);
+    let (rss, pss) = sys::memory(&pids);
+    let rss_per_pid = pids
+        .iter()
+        .map(|&p| (p.to_string(), sys::rss_kib(p).unwrap_or(0)))
+        .collect();
+    Memory {
+        rss,
+        pss,
+        rss_per_pid,
+    }
 }
 
 fn per_conn(before: &Memory, idle: &Memory, connected: u64) -> (Option<u64>, Option<u64>) {
@@ -443,8 +472,11 @@ pub async fn run(a: Args) -> Result<i32, String> {
         ));
     }
     eprintln!(
-        "loadgen: {} subscribers over {} jobs in {procs} process(es) (open-file limit {nofile}), {:?}",
-        a.subscribers, a.jobs, a.transport
+        "loadgen: {} subscribers over {} jobs and {} URL(s) in {procs} process(es) (open-file limit {nofile}), {:?}",
+        a.subscribers,
+        a.jobs,
+        a.url_templates.len(),
+        a.transport
     );
 
     if let Some(doc) = &a.seed_doc {
@@ -463,9 +495,14 @@ pub async fn run(a: Args) -> Result<i32, String> {
         &[std::process::id()],
     );
     let (mut shards, connect) = if procs == 1 {
-        let (s, summary) =
-            Shard::connect(sub_cfg, jobs.clone(), shard_jobs(&a, 0, 1), a.connect_rate).await;
-        (Shards::Local(s), summary)
+        let (s, summary) = Shard::connect(
+            sub_cfg,
+            jobs.clone(),
+            shard_subscribers(&a, 0, 1),
+            a.connect_rate,
+        )
+        .await;
+        (Shards::Local(s), summary.to_json(false))
     } else {
         let (cs, summary) = spawn_children(&a, procs, run_start_ns).await?;
         (Shards::Children(cs), summary)
@@ -495,7 +532,10 @@ pub async fn run(a: Args) -> Result<i32, String> {
         let mut v = json!({
             "label": a.label, "transport": format!("{:?}", a.transport).to_lowercase(),
             "jobs": a.jobs, "subscribers": a.subscribers, "procs": procs,
+            "urls": a.url_templates.len(),
+            "source_addrs": a.source_addrs,
             "rss_total_kib": {"before": before.rss, "idle": idle.rss},
+            "rss_kib_per_pid": {"before": before.rss_per_pid, "idle": idle.rss_per_pid},
             "pss_total_kib": {"before": before.pss, "idle": idle.pss},
             "rss_per_conn_bytes": rss_pc, "pss_per_conn_bytes": pss_pc,
         });

@@ -1,6 +1,7 @@
 //! Subscribers: SSE over raw TCP (HTTP/1.1, chunked or not) and WebSocket
 //! (tokio-tungstenite), each stamping every state it receives with the wall clock.
-//! A shard is the set of subscribers one process holds.
+//! A shard is the set of subscribers one process holds; each subscriber has a
+//! job and one of the subscriber URLs.
 
 use crate::account::{Counts, account};
 use crate::wire::{Dechunker, SseParser, UrlTemplate, parse_head, scan_u64};
@@ -8,10 +9,12 @@ use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -25,7 +28,11 @@ pub enum Transport {
 }
 
 pub struct SubConfig {
-    pub url: UrlTemplate,
+    /// Subscriber URLs (several gateway instances); each subscriber is given one.
+    pub urls: Vec<UrlTemplate>,
+    /// Loopback source addresses the client sockets are bound to, each subscriber
+    /// given one; empty: the kernel picks (127.0.0.1).
+    pub sources: Vec<IpAddr>,
     pub transport: Transport,
     pub headers: Vec<(String, String)>,
     pub connect_timeout: Duration,
@@ -42,6 +49,15 @@ struct SubState {
     closed: Option<String>,
     stale: u64,
     without_seq: u64,
+}
+
+/// Which job a subscriber watches, through which of the subscriber URLs, from
+/// which of the source addresses (ignored when there are none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Assignment {
+    pub job: usize,
+    pub url: usize,
+    pub source: usize,
 }
 
 pub struct Subscriber {
@@ -77,19 +93,108 @@ pub struct Shard {
 }
 
 /// How the connection phase went.
-pub fn connect_summary(
-    connected: u64,
-    kinds: &BTreeMap<String, u64>,
-    first: &Option<String>,
-    secs: f64,
-) -> Value {
-    json!({
-        "connected": connected,
-        "connect_errors": kinds.values().sum::<u64>(),
-        "connect_error_kinds": kinds,
-        "first_connect_error": first,
-        "connect_secs": crate::sys::round1(secs),
-    })
+#[derive(Debug)]
+pub struct ConnectSummary {
+    /// Subscribers connected through each URL.
+    pub per_url: Vec<u64>,
+    pub kinds: BTreeMap<String, u64>,
+    pub first: Option<String>,
+    /// Until every attempt had finished.
+    pub secs: f64,
+    /// Seconds after the start of the first and of the last failed attempt.
+    pub error_secs: Option<(f64, f64)>,
+    /// Most a connection was opened behind its schedule (the harness lagging).
+    pub max_lag_secs: f64,
+    /// Time from the start of an attempt to the response head (or upgrade), µs.
+    pub connect_us: Histogram<u64>,
+}
+
+impl ConnectSummary {
+    pub fn new(urls: usize) -> Self {
+        Self {
+            per_url: vec![0; urls],
+            kinds: BTreeMap::new(),
+            first: None,
+            secs: 0.0,
+            error_secs: None,
+            max_lag_secs: 0.0,
+            connect_us: new_histogram(),
+        }
+    }
+
+    /// Adds the summary of another subscriber process (as `to_json` wrote it).
+    pub fn merge_json(&mut self, v: &Value) {
+        let arr = |k: &str| v[k].as_array().cloned().unwrap_or_default();
+        for (sum, n) in self.per_url.iter_mut().zip(arr("connected_per_url")) {
+            *sum += n.as_u64().unwrap_or(0);
+        }
+        if let Some(m) = v["connect_error_kinds"].as_object() {
+            for (k, n) in m {
+                *self.kinds.entry(k.clone()).or_insert(0) += n.as_u64().unwrap_or(0);
+            }
+        }
+        if self.first.is_none() {
+            self.first = v["first_connect_error"].as_str().map(str::to_string);
+        }
+        self.secs = self.secs.max(v["connect_secs"].as_f64().unwrap_or(0.0));
+        self.max_lag_secs = self
+            .max_lag_secs
+            .max(v["connect_max_lag_secs"].as_f64().unwrap_or(0.0));
+        if let [a, b] = &arr("connect_error_secs")[..]
+            && let (Some(a), Some(b)) = (a.as_f64(), b.as_f64())
+        {
+            self.error_at(a);
+            self.error_at(b);
+        }
+        for pair in arr("connect_hist") {
+            let (x, n) = (pair[0].as_u64().unwrap_or(1), pair[1].as_u64().unwrap_or(0));
+            let _ = self.connect_us.record_n(x.max(1), n);
+        }
+    }
+
+    fn error_at(&mut self, secs: f64) {
+        self.error_secs = Some(match self.error_secs {
+            None => (secs, secs),
+            Some((a, b)) => (a.min(secs), b.max(secs)),
+        });
+    }
+
+    /// The summary as it goes into the run's JSON (and from a subscriber process
+    /// to the parent: `connect_hist` then carries the histogram).
+    pub fn to_json(&self, with_hist: bool) -> Value {
+        let h = &self.connect_us;
+        let ms = |q: f64| crate::sys::round1(h.value_at_quantile(q) as f64 / 1000.0);
+        let mut v = json!({
+            "connected": self.per_url.iter().sum::<u64>(),
+            "connected_per_url": self.per_url,
+            "connect_errors": self.kinds.values().sum::<u64>(),
+            "connect_error_kinds": self.kinds,
+            "first_connect_error": self.first,
+            "connect_error_secs": self.error_secs.map(|(a, b)| [crate::sys::round1(a), crate::sys::round1(b)]),
+            "connect_secs": crate::sys::round1(self.secs),
+            "connect_max_lag_secs": crate::sys::round1(self.max_lag_secs),
+            "connect_ms": (!h.is_empty()).then(|| json!({
+                "p50": ms(0.5), "p99": ms(0.99), "p999": ms(0.999),
+                "max": crate::sys::round1(h.max() as f64 / 1000.0),
+            })),
+        });
+        if with_hist {
+            v["connect_hist"] = json!(
+                h.iter_recorded()
+                    .map(|x| [x.value_iterated_to(), x.count_at_value()])
+                    .collect::<Vec<_>>()
+            );
+        }
+        v
+    }
+}
+
+/// One connection attempt's outcome: its URL, when it started and ended, and how.
+struct Attempt {
+    url: usize,
+    started: Instant,
+    ended: Instant,
+    result: Result<(), String>,
 }
 
 /// A short, countable name for a connect error.
@@ -99,6 +204,8 @@ fn error_kind(e: &str) -> String {
         format!("http_{}", code.split(' ').next().unwrap_or(""))
     } else if l.contains("refused") {
         "refused".into()
+    } else if l.contains("timeout in tcp connect") {
+        "timeout_tcp_connect".into()
     } else if l.contains("timeout") || l.contains("timed out") {
         "timeout".into()
     } else if l.contains("too many open files") {
@@ -111,43 +218,56 @@ fn error_kind(e: &str) -> String {
 }
 
 impl Shard {
-    /// Opens one subscriber per entry of `sub_jobs` (the job index of each), paced
+    /// Opens one subscriber per entry of `assigned` (its job and URL), paced
     /// at `rate` per second, and waits until every attempt has finished.
     pub async fn connect(
         cfg: Arc<SubConfig>,
         jobs: Arc<Vec<String>>,
-        sub_jobs: Vec<usize>,
+        assigned: Vec<Assignment>,
         rate: f64,
-    ) -> (Self, Value) {
+    ) -> (Self, ConnectSummary) {
         let t0 = Instant::now();
-        let (tx, mut rx) = mpsc::unbounded_channel::<Result<(), String>>();
-        let mut subs = Vec::with_capacity(sub_jobs.len());
-        for (i, &job) in sub_jobs.iter().enumerate() {
+        let (tx, mut rx) = mpsc::unbounded_channel::<Attempt>();
+        let mut subs = Vec::with_capacity(assigned.len());
+        let mut sum = ConnectSummary::new(cfg.urls.len());
+        for (i, &Assignment { job, url, source }) in assigned.iter().enumerate() {
             let due = t0 + Duration::from_secs_f64(i as f64 / rate.max(1.0));
             tokio::time::sleep_until(due.into()).await;
+            sum.max_lag_secs = sum
+                .max_lag_secs
+                .max(Instant::now().saturating_duration_since(due).as_secs_f64());
             let sub = Arc::new(Subscriber {
                 job,
                 state: Mutex::default(),
             });
             subs.push(sub.clone());
             let (cfg, jobs, tx) = (cfg.clone(), jobs.clone(), tx.clone());
-            tokio::spawn(async move { run_subscriber(cfg, &jobs[job], sub, tx).await });
+            let source = cfg.sources.get(source).copied();
+            tokio::spawn(
+                async move { run_subscriber(cfg, url, source, &jobs[job], sub, tx).await },
+            );
         }
         drop(tx);
-        let (mut ok, mut kinds, mut first) = (0u64, BTreeMap::<String, u64>::new(), None);
         // Every subscriber answers once (its task keeps the sender while it reads).
         for _ in 0..subs.len() {
-            let Some(r) = rx.recv().await else { break };
-            match r {
-                Ok(()) => ok += 1,
+            let Some(a) = rx.recv().await else {
+                break;
+            };
+            match a.result {
+                Ok(()) => {
+                    sum.per_url[a.url] += 1;
+                    let us = a.ended.duration_since(a.started).as_micros() as u64;
+                    sum.connect_us.saturating_record(us.max(1));
+                }
                 Err(e) => {
-                    *kinds.entry(error_kind(&e)).or_default() += 1;
-                    first.get_or_insert(e);
+                    *sum.kinds.entry(error_kind(&e)).or_default() += 1;
+                    sum.first.get_or_insert(e);
+                    sum.error_at(a.started.duration_since(t0).as_secs_f64());
                 }
             }
         }
-        let summary = connect_summary(ok, &kinds, &first, t0.elapsed().as_secs_f64());
-        (Self { subs }, summary)
+        sum.secs = t0.elapsed().as_secs_f64();
+        (Self { subs }, sum)
     }
 
     /// Accounts the phase whose messages had global indexes `lo..hi` (seq = index + 1,
@@ -214,22 +334,28 @@ pub fn new_histogram() -> Histogram<u64> {
 
 async fn run_subscriber(
     cfg: Arc<SubConfig>,
+    url: usize,
+    source: Option<IpAddr>,
     job: &str,
     sub: Arc<Subscriber>,
-    ready: mpsc::UnboundedSender<Result<(), String>>,
+    ready: mpsc::UnboundedSender<Attempt>,
 ) {
-    let opened = tokio::time::timeout(cfg.connect_timeout, open(&cfg, job)).await;
-    let conn = match opened {
-        Err(_) => Err("timeout".to_string()),
-        Ok(r) => r,
+    let started = Instant::now();
+    let deadline = started + cfg.connect_timeout;
+    let conn = open(&cfg, &cfg.urls[url], source, job, deadline).await;
+    let attempt = |result| Attempt {
+        url,
+        started,
+        ended: Instant::now(),
+        result,
     };
     match conn {
         Err(e) => {
-            let _ = ready.send(Err(e));
+            let _ = ready.send(attempt(Err(e)));
         }
         Ok(conn) => {
             sub.state.lock().unwrap().connected = true;
-            let _ = ready.send(Ok(()));
+            let _ = ready.send(attempt(Ok(())));
             let why = match conn {
                 Conn::Sse {
                     stream,
@@ -252,16 +378,65 @@ enum Conn {
     Ws(Box<tokio_tungstenite::WebSocketStream<TcpStream>>),
 }
 
-async fn open(cfg: &SubConfig, job: &str) -> Result<Conn, String> {
-    let stream = TcpStream::connect(cfg.url.addr)
+/// Connects and reads the response head (or upgrades) by `deadline`; a timeout
+/// says which of the two it was waiting for.
+async fn open(
+    cfg: &SubConfig,
+    target: &UrlTemplate,
+    source: Option<IpAddr>,
+    job: &str,
+    deadline: Instant,
+) -> Result<Conn, String> {
+    let stream = tokio::time::timeout_at(deadline.into(), connect_from(source, target.addr))
         .await
+        .map_err(|_| "timeout in TCP connect".to_string())?
         .map_err(|e| e.to_string())?;
+    tokio::time::timeout_at(deadline.into(), open_stream(cfg, target, job, stream))
+        .await
+        .map_err(|_| "timeout waiting for the response head".to_string())?
+}
+
+/// TCP connect, from `source` if given. The source is bound with
+/// IP_BIND_ADDRESS_NO_PORT, so the kernel still picks the port at connect()
+/// time, per (source, destination) pair, instead of one unique port per bind.
+async fn connect_from(source: Option<IpAddr>, to: SocketAddr) -> std::io::Result<TcpStream> {
+    let Some(ip) = source else {
+        return TcpStream::connect(to).await;
+    };
+    let sock = match ip {
+        IpAddr::V4(_) => TcpSocket::new_v4()?,
+        IpAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    let on: libc::c_int = 1;
+    // SAFETY: setsockopt on a socket this function owns, with a c_int option value.
+    let rc = unsafe {
+        libc::setsockopt(
+            sock.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&on as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    sock.bind(SocketAddr::new(ip, 0))?;
+    sock.connect(to).await
+}
+
+async fn open_stream(
+    cfg: &SubConfig,
+    target: &UrlTemplate,
+    job: &str,
+    stream: TcpStream,
+) -> Result<Conn, String> {
     let _ = stream.set_nodelay(true);
-    let path = cfg.url.path_for(job);
+    let path = target.path_for(job);
     match cfg.transport {
-        Transport::Sse => open_sse(stream, cfg, &path).await,
+        Transport::Sse => open_sse(stream, cfg, &target.authority, &path).await,
         Transport::Ws => {
-            let url = format!("ws://{}{}", cfg.url.authority, path);
+            let url = format!("ws://{}{}", target.authority, path);
             let mut req = url.into_client_request().map_err(|e| e.to_string())?;
             for (k, v) in &cfg.headers {
                 let name: tokio_tungstenite::tungstenite::http::HeaderName =
@@ -289,10 +464,14 @@ async fn open(cfg: &SubConfig, job: &str) -> Result<Conn, String> {
     }
 }
 
-async fn open_sse(mut stream: TcpStream, cfg: &SubConfig, path: &str) -> Result<Conn, String> {
+async fn open_sse(
+    mut stream: TcpStream,
+    cfg: &SubConfig,
+    authority: &str,
+    path: &str,
+) -> Result<Conn, String> {
     let mut req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n",
-        cfg.url.authority
+        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nAccept: text/event-stream\r\nCache-Control: no-cache\r\n"
     );
     for (k, v) in &cfg.headers {
         req.push_str(&format!("{k}: {v}\r\n"));

@@ -1,23 +1,29 @@
 //! Runs the `loadgen` binary end to end against the in-process echo gateway:
 //! one process and two subscriber processes, a clean stream and one that drops
-//! every odd state, checking the counts it prints.
+//! every odd state, subscribers spread over two gateways, checking the counts
+//! it prints.
 
 use serde_json::Value;
+use std::net::SocketAddr;
 use std::process::Command;
 
-fn loadgen(addr: std::net::SocketAddr, extra: &[&str]) -> Vec<Value> {
+fn loadgen(addr: SocketAddr, extra: &[&str]) -> Vec<Value> {
+    loadgen_over(&[addr], addr, extra)
+}
+
+/// Subscribers over every gateway of `subs` (one `--url-template` each),
+/// messages POSTed to `publish` only.
+fn loadgen_over(subs: &[SocketAddr], publish: SocketAddr, extra: &[&str]) -> Vec<Value> {
     let scheme = if extra.contains(&"ws") { "ws" } else { "http" };
-    let sub = format!("{scheme}://{addr}/sub/{{job}}");
-    let publ = format!("http://{addr}/pub/{{job}}");
+    let publ = format!("http://{publish}/pub/{{job}}");
     let out = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args([
-            "--url-template",
-            &sub,
-            "--publish",
-            "http-post",
-            "--publish-url-template",
-            &publ,
-        ])
+        .args(subs.iter().flat_map(|a| {
+            [
+                "--url-template".into(),
+                format!("{scheme}://{a}/sub/{{job}}"),
+            ]
+        }))
+        .args(["--publish", "http-post", "--publish-url-template", &publ])
         .args([
             "--rate",
             "40",
@@ -116,4 +122,35 @@ async fn websocket_envelopes() {
         (Some(80), Some(80))
     );
     assert_eq!(l["lost"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_spread_over_several_urls() {
+    // Two separate gateways; messages reach only the first one, so only the
+    // subscribers that connected there can receive them.
+    let first = jobcast_loadgen::echo::spawn().await.unwrap();
+    let second = jobcast_loadgen::echo::spawn().await.unwrap();
+    let args = [
+        "--subscribers",
+        "6",
+        "--procs",
+        "2",
+        "--job-prefix",
+        "spread-",
+    ];
+    let lines = tokio::task::spawn_blocking(move || loadgen_over(&[first, second], first, &args))
+        .await
+        .unwrap();
+    let l = &lines[0];
+    assert_eq!(l["urls"], 2);
+    assert_eq!(l["connected"], 6);
+    assert_eq!(l["connected_per_url"], serde_json::json!([3, 3]));
+    assert_eq!(l["connect_errors"], 0);
+    assert!(l["connect_ms"]["max"].as_f64().unwrap() > 0.0);
+    // 20 messages to the one job, 6 watchers: the 3 on the first gateway get
+    // all of them, the 3 on the second none (no later state either: lost).
+    assert_eq!(l["expected_deliveries"], 120);
+    assert_eq!(l["delivered"], 60);
+    assert_eq!(l["lost"], 60);
+    assert_eq!(l["final_missed"], 3);
 }
