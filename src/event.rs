@@ -88,6 +88,9 @@ pub struct ManyForms {
 pub struct Wire {
     pub sse: OnceLock<Frames>,
     pub ws: OnceLock<Frames>,
+    /// The SSE `progress` event framed as one HTTP/1.1 chunk: what a feed
+    /// writes to each of its direct sockets, one `write()` each.
+    pub sse_chunk: OnceLock<Bytes>,
 }
 
 /// An update as one transport sends it: the `progress` event, and the `done`

@@ -70,10 +70,26 @@ const READ_IDLE: u8 = 0;
 const READ_RUNNING: u8 = 1;
 const READ_RUNNING_DIRTY: u8 = 2;
 
+/// A client connection the feed writes its states to itself, while the
+/// connection's own task sleeps (`stream::sse` on the direct path): one loop
+/// of writes per state instead of one task wake-up per watcher.
+pub trait FeedSink: Send + Sync {
+    /// Writes `update` to the client now. `false` when the feed must stop
+    /// writing to this sink (the socket is full or broken); the sink has then
+    /// been woken to carry on by itself.
+    fn write(&self, update: &Arc<Update>) -> bool;
+    /// The feed has something a sink does not write (a terminal state, a stall
+    /// mark): the sink is no longer attached and must carry on by itself.
+    fn release(&self);
+}
+
 pub struct Feed {
     pub job: JobId,
     state: watch::Sender<FeedState>,
     gate: Mutex<Gate>,
+    /// Attached sinks; written under the gate, so every sink sees the states
+    /// in the order the gate accepted them.
+    sinks: Mutex<Vec<Arc<dyn FeedSink>>>,
     /// Read coalescing: events that arrive while a read is in flight cost one more
     /// read in total, not one each.
     read: AtomicU8,
@@ -86,6 +102,7 @@ impl Feed {
             job,
             state,
             gate: Mutex::new(Gate::default()),
+            sinks: Mutex::new(Vec::new()),
             read: AtomicU8::new(READ_IDLE),
         }
     }
@@ -129,7 +146,43 @@ impl Feed {
                 metrics::gauge!("jobcast_stalled_jobs").decrement(1.0);
             }
         });
+        self.write_sinks(&update);
         Offer::Accepted(update)
+    }
+
+    /// Hands `update` to the attached sinks (under the gate): written where
+    /// they can take it, released where it is terminal.
+    fn write_sinks(&self, update: &Arc<Update>) {
+        let mut sinks = crate::sync::lock(&self.sinks);
+        if sinks.is_empty() {
+            return;
+        }
+        if update.is_done() {
+            sinks.drain(..).for_each(|s| s.release());
+        } else {
+            sinks.retain(|s| s.write(update));
+        }
+    }
+
+    /// Attaches `sink` if the client has the newest state (`last`), which is
+    /// not terminal, and the job is not marked stalled: from now on the feed
+    /// writes the job's states to it until it detaches or is released.
+    pub fn attach(&self, sink: &Arc<dyn FeedSink>, last: &Arc<Update>) -> bool {
+        let _gate = crate::sync::lock(&self.gate);
+        {
+            let state = self.state.borrow();
+            let newest = state.latest.as_ref().is_some_and(|l| Arc::ptr_eq(l, last));
+            if !newest || last.is_done() || state.stalled.is_some() {
+                return false;
+            }
+        }
+        crate::sync::lock(&self.sinks).push(sink.clone());
+        true
+    }
+
+    /// Detaches `sink`; once this returns, the feed is not writing to it.
+    pub fn detach(&self, sink: &Arc<dyn FeedSink>) {
+        crate::sync::lock(&self.sinks).retain(|s| !Arc::ptr_eq(s, sink));
     }
 
     /// Fixes the owner from the job's Postgres row, which outranks a document
@@ -181,6 +234,11 @@ impl Feed {
             metrics::gauge!("jobcast_stalled_jobs").increment(1.0);
             true
         });
+        if self.state.borrow().stalled.is_some() {
+            crate::sync::lock(&self.sinks)
+                .drain(..)
+                .for_each(|s| s.release());
+        }
     }
 
     /// Asks for a read of the state key. Returns true when the caller must start

@@ -11,6 +11,12 @@
 //! accept loop put one, the body goes into the slot and the response carries
 //! only the head; elsewhere (a stream requested on a kept-alive connection
 //! that hyper serves) [`StreamConn::respond`] makes it hyper's streaming body.
+//! A single-job stream whose client has the newest state attaches its
+//! socket to the job's feed, which then writes each new state (pre-framed
+//! as one chunk) to every attached socket in one loop, without waking the
+//! connections' tasks ([`DirectSocket::try_send`]); a socket that cannot take
+//! a whole chunk keeps the rest for its task, which detaches and carries on
+//! by itself, conflating while the socket is full.
 //! When a stream ends by itself (`done`), the connection goes back to hyper for
 //! the client's next request; a response without a stream (an error, `204`)
 //! is written here and the connection then goes to hyper as well.
@@ -27,19 +33,92 @@ use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use sync_wrapper::SyncStream;
 use tokio::net::TcpStream;
+use tokio::sync::Notify;
 use warp::Filter;
 use warp::http::{HeaderValue, StatusCode, header};
 use warp::reply::{Reply, Response};
 
 use crate::http::stall::StallFlag;
 
-/// Where a stream handler leaves its body for the direct path.
-#[derive(Clone, Default)]
-pub struct DirectSlot(Arc<Mutex<Option<BoxStream<'static, Bytes>>>>);
+/// A connection on the direct path: its socket, and what a feed left
+/// unwritten when the socket was full.
+pub struct DirectSocket {
+    sock: TcpStream,
+    /// The rest of a chunk a feed wrote in part; the connection's task writes
+    /// it before anything else.
+    pending: Mutex<Option<Bytes>>,
+    /// Wakes the connection's task to write `pending`.
+    parked: Notify,
+}
+
+/// How much of a chunk [`DirectSocket::try_send`] wrote.
+pub enum Sent {
+    All,
+    /// Part of it; the rest waits in `pending` for the connection's task.
+    Part,
+    /// Nothing: the socket is full, broken, or has a rest waiting.
+    Nothing,
+}
+
+impl DirectSocket {
+    pub fn new(sock: TcpStream) -> Self {
+        DirectSocket {
+            sock,
+            pending: Mutex::new(None),
+            parked: Notify::new(),
+        }
+    }
+
+    /// Writes `chunk` without waiting (one `write()`), from any thread.
+    pub fn try_send(&self, chunk: &Bytes) -> Sent {
+        let mut pending = crate::sync::lock(&self.pending);
+        if pending.is_some() {
+            return Sent::Nothing;
+        }
+        match self.sock.try_write(chunk) {
+            Ok(n) if n == chunk.len() => Sent::All,
+            Ok(n) if n > 0 => {
+                *pending = Some(chunk.slice(n..));
+                self.parked.notify_one();
+                Sent::Part
+            }
+            _ => Sent::Nothing,
+        }
+    }
+
+    /// Whether a rest of a chunk waits to be written.
+    pub fn has_pending(&self) -> bool {
+        crate::sync::lock(&self.pending).is_some()
+    }
+
+    fn take_pending(&self) -> Option<Bytes> {
+        crate::sync::lock(&self.pending).take()
+    }
+
+    /// The socket, once nothing else holds this connection.
+    pub fn into_inner(self) -> TcpStream {
+        self.sock
+    }
+}
+
+/// Where a stream handler leaves its body for the direct path, and the
+/// connection's socket for a feed to write to.
+#[derive(Clone)]
+pub struct DirectSlot {
+    body: Arc<Mutex<Option<BoxStream<'static, Bytes>>>>,
+    socket: Arc<DirectSocket>,
+}
 
 impl DirectSlot {
+    pub fn new(socket: Arc<DirectSocket>) -> Self {
+        DirectSlot {
+            body: Arc::default(),
+            socket,
+        }
+    }
+
     fn take(&self) -> Option<BoxStream<'static, Bytes>> {
-        crate::sync::lock(&self.0).take()
+        crate::sync::lock(&self.body).take()
     }
 }
 
@@ -57,6 +136,11 @@ impl StreamConn {
         self.stall.clone()
     }
 
+    /// The socket, on the direct path.
+    pub fn socket(&self) -> Option<Arc<DirectSocket>> {
+        self.direct.as_ref().map(|d| d.socket.clone())
+    }
+
     /// A `200` event-stream response with `body` and the stream headers: the
     /// head only, with the body in the direct path's slot, or a streaming
     /// body hyper writes.
@@ -66,7 +150,7 @@ impl StreamConn {
     {
         let mut res = match &self.direct {
             Some(slot) => {
-                *crate::sync::lock(&slot.0) = Some(body.boxed());
+                *crate::sync::lock(&slot.body) = Some(body.boxed());
                 Response::new(Default::default())
             }
             None => {
@@ -98,13 +182,14 @@ pub enum Ended {
 /// Writes `res` to `sock`: the head, then the stream left in `slot` (chunked),
 /// or the response's own (small) body with its length.
 pub async fn write_response(
-    sock: &TcpStream,
     res: Response,
     slot: &DirectSlot,
     close: bool,
     stall_after: Duration,
     stall: &StallFlag,
 ) -> Ended {
+    let socket = &*slot.socket;
+    let sock = &socket.sock;
     let (mut parts, body) = res.into_parts();
     if close {
         parts
@@ -152,7 +237,7 @@ pub async fn write_response(
         return Ended::Close;
     }
     drop(head);
-    match pump(sock, stream, stall_after, stall).await {
+    match pump(socket, stream, stall_after, stall).await {
         Ok(()) if !close => Ended::KeepAlive,
         _ => Ended::Close,
     }
@@ -162,16 +247,25 @@ pub async fn write_response(
 /// the client goes away or a write fails. The body is dropped before this
 /// returns, after the stall flag is set where the client stopped reading.
 async fn pump(
-    sock: &TcpStream,
+    socket: &DirectSocket,
     mut stream: BoxStream<'static, Bytes>,
     stall_after: Duration,
     stall: &StallFlag,
 ) -> io::Result<()> {
+    let sock = &socket.sock;
     let mut scratch = [0u8; 256];
     let outcome = loop {
         tokio::select! {
             biased;
+            () = socket.parked.notified() => {
+                if let Err(e) = flush_pending(socket, stall_after, stall).await {
+                    break Err(e);
+                }
+            }
             item = stream.next() => {
+                if let Err(e) = flush_pending(socket, stall_after, stall).await {
+                    break Err(e);
+                }
                 let Some(event) = item else {
                     break write_all(sock, &[b"0\r\n\r\n"], stall_after, stall).await;
                 };
@@ -201,6 +295,18 @@ async fn pump(
     };
     drop(stream);
     outcome
+}
+
+/// Writes the rest of a chunk a feed could not finish, if any.
+async fn flush_pending(
+    socket: &DirectSocket,
+    stall_after: Duration,
+    stall: &StallFlag,
+) -> io::Result<()> {
+    match socket.take_pending() {
+        Some(rest) => write_all(&socket.sock, &[&rest], stall_after, stall).await,
+        None => Ok(()),
+    }
 }
 
 /// `{len:x}\r\n`, without allocating.

@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use warp::{Filter, Reply};
 
 use crate::http::client_info::WithClientInfo;
-use crate::http::direct::{self, DirectSlot};
+use crate::http::direct::{self, DirectSlot, DirectSocket};
 use crate::http::head::{self, FirstRequest, Rewind};
 use crate::http::stall::{StallFlag, StallGuard};
 use crate::http::upgrade::WithUpgradeSlot;
@@ -145,8 +145,17 @@ where
             Err(_) | Ok(FirstRequest::Gone) => return,
             Ok(FirstRequest::Other(read)) => read,
             Ok(FirstRequest::Stream(req, rest)) => {
-                match self.direct(&stream.stream, *req, peer).await {
-                    direct::Ended::KeepAlive if !self.shutdown.is_cancelled() => rest,
+                let Slotted { stream: tcp, _slot } = stream;
+                let socket = Arc::new(DirectSocket::new(tcp));
+                let ended = self.direct(&socket, *req, peer).await;
+                match (ended, Arc::try_unwrap(socket)) {
+                    (direct::Ended::KeepAlive, Ok(socket)) if !self.shutdown.is_cancelled() => {
+                        stream = Slotted {
+                            stream: socket.into_inner(),
+                            _slot,
+                        };
+                        rest
+                    }
                     _ => return,
                 }
             }
@@ -171,7 +180,7 @@ where
     /// Answers one event-stream request on the socket itself.
     async fn direct(
         &self,
-        sock: &TcpStream,
+        socket: &Arc<DirectSocket>,
         req: hyper::Request<()>,
         peer: SocketAddr,
     ) -> direct::Ended {
@@ -179,7 +188,7 @@ where
         let close = head::wants_close(&parts);
         let mut req =
             hyper::Request::from_parts(parts, http_body_util::Empty::<bytes::Bytes>::new());
-        let slot = DirectSlot::default();
+        let slot = DirectSlot::new(socket.clone());
         let stall = StallFlag::default();
         req.extensions_mut().insert(slot.clone());
         req.extensions_mut().insert(stall.clone());
@@ -193,7 +202,7 @@ where
             Ok(res) => res,
             Err(never) => match never {},
         };
-        direct::write_response(sock, res, &slot, close, self.stall_after, &stall).await
+        direct::write_response(res, &slot, close, self.stall_after, &stall).await
     }
 }
 

@@ -49,6 +49,17 @@ impl FeedCursor {
         (cursor, first)
     }
 
+    /// The state handed out last.
+    pub fn last(&self) -> Option<&Arc<Update>> {
+        self.last.as_ref()
+    }
+
+    /// Records a state that reached the client another way (written by the
+    /// feed itself), so it is not handed out again.
+    pub fn set_last(&mut self, update: Arc<Update>) {
+        self.last = Some(update);
+    }
+
     /// Waits for a state newer than the last one handed out, or a stall mark
     /// not handed out yet; `None` once the feed is gone. Cancel-safe (for
     /// `select!`): nothing is consumed until it is returned.

@@ -7,6 +7,7 @@
 pub mod cursor;
 pub mod poll;
 pub mod reconnect;
+pub mod sink;
 pub mod sse;
 pub mod transport;
 pub mod watcher;

@@ -6,6 +6,7 @@
 //! compression and buffering.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use serde_json::json;
@@ -19,6 +20,7 @@ use crate::http::stall::StallFlag;
 use crate::state::SharedState;
 use crate::stream::Transport;
 use crate::stream::cursor::{delivered, seen_id};
+use crate::stream::sink::SseSink;
 use crate::stream::watcher::{CloseReason, Step, Watcher};
 use crate::stream::{Opened, closed, open, reconnect};
 
@@ -48,6 +50,7 @@ pub async fn handle(
         watcher,
         preamble_sent: false,
         stall: conn.stall(),
+        sink: conn.socket().map(SseSink::new),
     };
     let body = futures::stream::unfold(writer, |mut w| async move {
         let chunk = w.next_chunk().await?;
@@ -85,10 +88,16 @@ struct SseWriter {
     preamble_sent: bool,
     /// Set by the connection when it was cut for not reading.
     stall: Option<StallFlag>,
+    /// On the direct path: where the feed writes new states itself while
+    /// the client has the newest one.
+    sink: Option<Arc<SseSink>>,
 }
 
 impl Drop for SseWriter {
     fn drop(&mut self) {
+        if let Some(sink) = &self.sink {
+            self.watcher.job.detach(sink);
+        }
         let stalled = self.stall.as_ref().is_some_and(StallFlag::is_set);
         let reason = match self.watcher.ended() {
             Some(reason) => reason,
@@ -112,7 +121,11 @@ impl SseWriter {
                 s.sse_padding,
             ));
         }
-        Some(match self.watcher.next().await? {
+        let step = match &self.sink {
+            Some(sink) => self.watcher.next_attached(sink).await?,
+            None => self.watcher.next().await?,
+        };
+        Some(match step {
             Step::Progress(update) => {
                 delivered(&update, Transport::Sse);
                 frames(&update).progress.clone()
@@ -132,6 +145,18 @@ impl SseWriter {
 /// shared by every other.
 pub fn frames(update: &Update) -> &Frames {
     update.wire.sse.get_or_init(|| encode(update))
+}
+
+/// This update's `progress` event framed as one HTTP/1.1 chunk, built once.
+pub fn progress_chunk(update: &Update) -> &Bytes {
+    update.wire.sse_chunk.get_or_init(|| {
+        let event = &frames(update).progress;
+        let mut chunk = BytesMut::with_capacity(event.len() + 12);
+        chunk.put_slice(format!("{:x}\r\n", event.len()).as_bytes());
+        chunk.put_slice(event);
+        chunk.put_slice(b"\r\n");
+        chunk.freeze()
+    })
 }
 
 /// `id: N\nevent: progress\ndata: {...}\n\n`, and for a terminal document

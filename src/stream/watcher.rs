@@ -14,9 +14,11 @@ use tokio::time::{Interval, Sleep};
 use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use crate::event::{self, Stalled, Update};
+use crate::fanout::{Feed, FeedSink};
 use crate::job::JobId;
 use crate::state::AppState;
 use crate::stream::cursor::{FeedChange, FeedCursor, is_news};
+use crate::stream::sink::SseSink;
 use crate::stream::{Opened, heartbeat_timer, revocation};
 
 /// Why a stream ended: the `reason` label of `jobcast_connections_closed_total`.
@@ -79,6 +81,7 @@ pub enum JobStep {
 /// One job as one client sees it.
 pub struct JobWatch {
     pub job: JobId,
+    feed: Arc<Feed>,
     cursor: FeedCursor,
     /// The state to send before any newer one: the one `open` authorised
     /// against (or newer), where the client does not have it.
@@ -93,6 +96,7 @@ impl JobWatch {
         let (cursor, first) = FeedCursor::start(opened);
         let mut watch = JobWatch {
             job: opened.job.clone(),
+            feed: opened.watch.feed.clone(),
             cursor,
             first: None,
             owed_done: None,
@@ -111,6 +115,26 @@ impl JobWatch {
     /// is `done`.
     pub fn end_seen(&self) -> bool {
         self.first.is_none() && self.owed_done.is_some()
+    }
+
+    /// Attaches `sink` to the feed if the client has the newest state and
+    /// nothing is due: the feed then writes new states to it itself.
+    fn attach(&mut self, sink: &Arc<SseSink>) -> bool {
+        if self.has_due() || !sink.can_attach() {
+            return false;
+        }
+        let Some(last) = self.cursor.last() else {
+            return false;
+        };
+        self.feed.attach(&(sink.clone() as Arc<dyn FeedSink>), last)
+    }
+
+    /// Detaches `sink`; the states the feed wrote count as handed out.
+    pub fn detach(&mut self, sink: &Arc<SseSink>) {
+        self.feed.detach(&(sink.clone() as Arc<dyn FeedSink>));
+        if let Some(update) = sink.take_last() {
+            self.cursor.set_last(update);
+        }
     }
 
     /// Is a step due without waiting for the feed?
@@ -270,6 +294,29 @@ impl Watcher {
         };
         self.ended = step.close_reason();
         Some(step)
+    }
+}
+
+impl Watcher {
+    /// As [`Watcher::next`], but while the client has the newest state the
+    /// feed writes new states to `sink` and this only waits for the stream's
+    /// signals or for the feed to let go; then it detaches and carries on.
+    /// Cancel-safe like `next` (a cancelled wait leaves the sink attached
+    /// until the next call or `detach`).
+    pub async fn next_attached(&mut self, sink: &Arc<SseSink>) -> Option<Step> {
+        if self.ended.is_none() && self.job.attach(sink) {
+            let signal = tokio::select! {
+                signal = self.lifecycle.next() => Some(signal),
+                () = sink.released() => None,
+            };
+            self.job.detach(sink);
+            if let Some(signal) = signal {
+                let step = Step::from(signal);
+                self.ended = step.close_reason();
+                return Some(step);
+            }
+        }
+        self.next().await
     }
 }
 
