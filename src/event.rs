@@ -91,6 +91,9 @@ pub struct Wire {
     /// The SSE `progress` event framed as one HTTP/1.1 chunk: what a feed
     /// writes to each of its direct sockets, one `write()` each.
     pub sse_chunk: OnceLock<Bytes>,
+    /// The WebSocket `progress` text frame, header included (server frames
+    /// are not masked, so one frame serves every client).
+    pub ws_frame: OnceLock<Bytes>,
 }
 
 /// An update as one transport sends it: the `progress` event, and the `done`

@@ -23,15 +23,19 @@
 
 use std::convert::Infallible;
 use std::io::{self, IoSlice};
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use futures::{Stream, StreamExt};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use sync_wrapper::SyncStream;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::Notify;
 use warp::Filter;
@@ -50,6 +54,10 @@ pub struct DirectSocket {
     /// Wakes the connection's task to write `pending`.
     parked: Notify,
 }
+
+/// Most bytes [`DirectSocket::send_or_queue`] keeps for a client that does
+/// not read; more and the connection is given up.
+pub const MAX_QUEUED: usize = 64 * 1024;
 
 /// How much of a chunk [`DirectSocket::try_send`] wrote.
 pub enum Sent {
@@ -91,8 +99,62 @@ impl DirectSocket {
         crate::sync::lock(&self.pending).is_some()
     }
 
-    fn take_pending(&self) -> Option<Bytes> {
-        crate::sync::lock(&self.pending).take()
+    /// Writes `bytes` after whatever waits, without waiting: what the socket
+    /// does not take now is kept (at most [`MAX_QUEUED`] bytes) for
+    /// [`DirectSocket::flush`]. For writers that share the socket with a feed
+    /// (a WebSocket's replies to pings).
+    pub fn send_or_queue(&self, bytes: &[u8]) -> io::Result<()> {
+        let mut pending = crate::sync::lock(&self.pending);
+        if let Some(waiting) = pending.as_mut() {
+            if waiting.len() + bytes.len() > MAX_QUEUED {
+                return Err(io::Error::other("client stopped reading"));
+            }
+            let mut joined = BytesMut::with_capacity(waiting.len() + bytes.len());
+            joined.put_slice(waiting);
+            joined.put_slice(bytes);
+            *waiting = joined.freeze();
+            return Ok(());
+        }
+        let written = match self.sock.try_write(bytes) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(e) => return Err(e),
+        };
+        if written < bytes.len() {
+            *pending = Some(Bytes::copy_from_slice(&bytes[written..]));
+            self.parked.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Writes what waits, each write under the lock (so no feed write comes
+    /// between), waiting for the socket at most `bound` at a time.
+    pub async fn flush(&self, bound: Duration) -> io::Result<()> {
+        loop {
+            {
+                let mut pending = crate::sync::lock(&self.pending);
+                let Some(rest) = pending.take() else {
+                    return Ok(());
+                };
+                match self.sock.try_write(&rest) {
+                    Ok(n) if n == rest.len() => continue,
+                    Ok(n) => *pending = Some(rest.slice(n..)),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => *pending = Some(rest),
+                    Err(e) => return Err(e),
+                }
+            }
+            if tokio::time::timeout(bound, self.sock.writable())
+                .await
+                .is_err()
+            {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+        }
+    }
+
+    /// Resolves when a write left something waiting.
+    pub async fn parked(&self) {
+        self.parked.notified().await;
     }
 
     /// The socket, once nothing else holds this connection.
@@ -101,11 +163,17 @@ impl DirectSocket {
     }
 }
 
-/// Where a stream handler leaves its body for the direct path, and the
-/// connection's socket for a feed to write to.
+/// What runs on the socket after a `101 Switching Protocols`: the socket,
+/// and the bytes the client sent after its request head.
+pub type Upgrade = Box<dyn FnOnce(Arc<DirectSocket>, BytesMut) -> BoxFuture<'static, ()> + Send>;
+
+/// Where a stream handler leaves its body (or, for a WebSocket, what runs
+/// after the `101`) for the direct path, and the connection's socket for a
+/// feed to write to.
 #[derive(Clone)]
 pub struct DirectSlot {
     body: Arc<Mutex<Option<BoxStream<'static, Bytes>>>>,
+    upgrade: Arc<Mutex<Option<Upgrade>>>,
     socket: Arc<DirectSocket>,
 }
 
@@ -113,12 +181,18 @@ impl DirectSlot {
     pub fn new(socket: Arc<DirectSocket>) -> Self {
         DirectSlot {
             body: Arc::default(),
+            upgrade: Arc::default(),
             socket,
         }
     }
 
     fn take(&self) -> Option<BoxStream<'static, Bytes>> {
         crate::sync::lock(&self.body).take()
+    }
+
+    /// Leaves what runs on the socket once the `101` is written.
+    pub fn upgrade_with(&self, upgrade: Upgrade) {
+        *crate::sync::lock(&self.upgrade) = Some(upgrade);
     }
 }
 
@@ -139,6 +213,11 @@ impl StreamConn {
     /// The socket, on the direct path.
     pub fn socket(&self) -> Option<Arc<DirectSocket>> {
         self.direct.as_ref().map(|d| d.socket.clone())
+    }
+
+    /// The direct path's slot, where the accept loop answers on the socket.
+    pub fn direct(&self) -> Option<&DirectSlot> {
+        self.direct.as_ref()
     }
 
     /// A `200` event-stream response with `body` and the stream headers: the
@@ -177,6 +256,8 @@ pub enum Ended {
     /// The connection is over (client gone, write failed or stalled, or it
     /// asked to close).
     Close,
+    /// The `101` is written: the socket belongs to this.
+    Upgraded(Upgrade),
 }
 
 /// Writes `res` to `sock`: the head, then the stream left in `slot` (chunked),
@@ -195,6 +276,16 @@ pub async fn write_response(
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    if parts.status == StatusCode::SWITCHING_PROTOCOLS {
+        let Some(upgrade) = crate::sync::lock(&slot.upgrade).take() else {
+            return Ended::Close;
+        };
+        let head = encode_head(&parts);
+        return match write_all(sock, &[&head], stall_after, stall).await {
+            Ok(()) => Ended::Upgraded(upgrade),
+            Err(_) => Ended::Close,
+        };
     }
     let stream = match slot.take() {
         Some(stream) => stream,
@@ -297,15 +388,61 @@ async fn pump(
     outcome
 }
 
-/// Writes the rest of a chunk a feed could not finish, if any.
+/// Writes the rest of a chunk a feed could not finish, if any; the stall
+/// flag is set where the client stopped reading.
 async fn flush_pending(
     socket: &DirectSocket,
     stall_after: Duration,
     stall: &StallFlag,
 ) -> io::Result<()> {
-    match socket.take_pending() {
-        Some(rest) => write_all(&socket.sock, &[&rest], stall_after, stall).await,
-        None => Ok(()),
+    let flushed = socket.flush(stall_after).await;
+    if matches!(&flushed, Err(e) if e.kind() == io::ErrorKind::TimedOut) {
+        stall.set();
+    }
+    flushed
+}
+
+/// A [`DirectSocket`] as an async byte stream, for a protocol library
+/// (WebSocket) that reads and writes it beside a feed: reads wait for the
+/// socket; writes never wait (they queue behind what waits, see
+/// [`DirectSocket::send_or_queue`]) and the owner flushes.
+pub struct DirectIo(pub Arc<DirectSocket>);
+
+impl AsyncRead for DirectIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        loop {
+            std::task::ready!(self.0.sock.poll_read_ready(cx))?;
+            match self.0.sock.try_read(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    return Poll::Ready(Ok(()));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+}
+
+impl AsyncWrite for DirectIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Poll::Ready(self.0.send_or_queue(buf).map(|()| buf.len()))
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 

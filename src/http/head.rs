@@ -1,6 +1,7 @@
 //! The first request head of a connection, read by the accept loop before
 //! hyper sees the connection: event-stream requests (a plain `GET …/events`
-//! over HTTP/1.1) are answered on the direct path ([`crate::http::direct`]);
+//! over HTTP/1.1) and single-job WebSocket upgrades (`GET /jobs/{id}/ws`)
+//! are answered on the direct path ([`crate::http::direct`]);
 //! everything else — and anything unusual — goes to hyper with the bytes
 //! already read put back in front of the socket ([`Rewind`]), so hyper parses,
 //! answers and errors exactly as it would have.
@@ -72,7 +73,17 @@ fn parse(buf: &[u8]) -> Parsed {
     let (Some("GET"), Some(path), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::NotForUs;
     };
-    if !is_stream_path(path) {
+    let websocket = is_websocket_path(path);
+    if !websocket && !is_stream_path(path) {
+        return Parsed::NotForUs;
+    }
+    // A WebSocket route comes here only as an upgrade to WebSocket.
+    let upgrade = req
+        .headers
+        .iter()
+        .find(|h| h.name.eq_ignore_ascii_case("upgrade"))
+        .map(|h| h.value.eq_ignore_ascii_case(b"websocket"));
+    if upgrade != websocket.then_some(true) {
         return Parsed::NotForUs;
     }
     let mut builder = Request::builder()
@@ -83,7 +94,7 @@ fn parse(buf: &[u8]) -> Parsed {
     };
     builder = builder.uri(uri);
     for h in req.headers.iter() {
-        if has_body_or_upgrade(h) {
+        if has_body(h) {
             return Parsed::NotForUs;
         }
         let (Ok(name), Ok(value)) = (
@@ -107,12 +118,19 @@ fn is_stream_path(path_and_query: &str) -> bool {
     path == "/events" || (path.ends_with("/events") && path.starts_with('/'))
 }
 
-/// A request with a body, an expectation or an upgrade is hyper's.
-fn has_body_or_upgrade(h: &httparse::Header<'_>) -> bool {
+/// `/jobs/{id}/ws`: the single-job WebSocket route.
+fn is_websocket_path(path_and_query: &str) -> bool {
+    let path = path_and_query.split('?').next().unwrap_or("");
+    path.strip_prefix("/jobs/")
+        .and_then(|rest| rest.strip_suffix("/ws"))
+        .is_some_and(|job| !job.is_empty() && !job.contains('/'))
+}
+
+/// A request with a body or an expectation is hyper's.
+fn has_body(h: &httparse::Header<'_>) -> bool {
     let name = h.name;
     (name.eq_ignore_ascii_case("content-length") && h.value.trim_ascii() != b"0")
         || name.eq_ignore_ascii_case("transfer-encoding")
-        || name.eq_ignore_ascii_case("upgrade")
         || name.eq_ignore_ascii_case("expect")
 }
 
@@ -236,6 +254,19 @@ mod tests {
         assert!(is_stream_path("/jobs/j/events"));
         assert!(!is_stream_path("/jobs/j/eventsx"));
         assert!(!is_stream_path("/jobs/j/ws"));
+        assert!(is_websocket_path("/jobs/j/ws?x=1"));
+        assert!(!is_websocket_path("/groups/g/ws"));
+        assert!(!is_websocket_path("/jobs/a/b/ws"));
+    }
+
+    #[test]
+    fn a_job_websocket_upgrade_is_for_the_direct_path_and_only_an_upgrade() {
+        let up = b"GET /jobs/j1/ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+        assert!(matches!(first(up), FirstRequest::Stream(..)));
+        let plain = b"GET /jobs/j1/ws HTTP/1.1\r\nHost: a\r\n\r\n";
+        assert!(matches!(first(plain), FirstRequest::Other(_)));
+        let other = b"GET /jobs/j1/ws HTTP/1.1\r\nUpgrade: h2c\r\n\r\n";
+        assert!(matches!(first(other), FirstRequest::Other(_)));
     }
 
     #[tokio::test]

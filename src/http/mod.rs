@@ -66,7 +66,8 @@ pub fn routes(
         .and(caller.clone())
         .and(last_event_id())
         .and(upgrade::handshake())
-        .then(|job, app, creds, last, ws| stream::ws::handle(app, job, creds, last, ws))
+        .and(stream_conn())
+        .then(|job, app, creds, last, ws, conn| stream::ws::handle(app, job, creds, last, ws, conn))
         .map(unwrap_infallible);
 
     let poll = warp::path!("jobs" / String / "poll")

@@ -148,6 +148,9 @@ where
                 let Slotted { stream: tcp, _slot } = stream;
                 let socket = Arc::new(DirectSocket::new(tcp));
                 let ended = self.direct(&socket, *req, peer).await;
+                if let direct::Ended::Upgraded(upgrade) = ended {
+                    return upgrade(socket, rest).await;
+                }
                 match (ended, Arc::try_unwrap(socket)) {
                     (direct::Ended::KeepAlive, Ok(socket)) if !self.shutdown.is_cancelled() => {
                         stream = Slotted {

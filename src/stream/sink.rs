@@ -1,13 +1,15 @@
-//! The feed-written side of a single-job SSE stream on the direct path: while
-//! its client has the newest state, the watcher attaches a [`SseSink`] to the
-//! job's feed and sleeps; the feed writes each new state's pre-framed chunk
-//! straight to the socket and remembers it here. When the socket is full or
+//! The feed-written side of a single-job stream (SSE or WebSocket) on the
+//! direct path: while its client has the newest state, the watcher attaches a
+//! [`DirectSink`] to the
+//! job's feed and sleeps; the feed writes each new state's pre-framed bytes
+//! (an HTTP chunk, a WebSocket frame) straight to the socket and remembers it here. When the socket is full or
 //! broken, or the feed has something only the watcher sends (the terminal
 //! state and `done`, a stall mark), the sink wakes the watcher, which detaches
 //! and carries on by itself from the last state written.
 
 use std::sync::{Arc, Mutex};
 
+use bytes::Bytes;
 use tokio::sync::Notify;
 
 use crate::event::Update;
@@ -16,17 +18,26 @@ use crate::http::direct::{DirectSocket, Sent};
 use crate::stream::Transport;
 use crate::stream::cursor::delivered;
 
-pub struct SseSink {
+pub struct DirectSink {
     socket: Arc<DirectSocket>,
+    /// The transport's pre-framed form of a state, built once per state.
+    framed: fn(&Update) -> &Bytes,
+    transport: Transport,
     /// The last state the feed wrote, until the watcher takes it over.
     last: Mutex<Option<Arc<Update>>>,
     wake: Notify,
 }
 
-impl SseSink {
-    pub fn new(socket: Arc<DirectSocket>) -> Arc<SseSink> {
-        Arc::new(SseSink {
+impl DirectSink {
+    pub fn new(
+        socket: Arc<DirectSocket>,
+        framed: fn(&Update) -> &Bytes,
+        transport: Transport,
+    ) -> Arc<DirectSink> {
+        Arc::new(DirectSink {
             socket,
+            framed,
+            transport,
             last: Mutex::new(None),
             wake: Notify::new(),
         })
@@ -49,16 +60,13 @@ impl SseSink {
 
     fn written(&self, update: &Arc<Update>) {
         *crate::sync::lock(&self.last) = Some(update.clone());
-        delivered(update, Transport::Sse);
+        delivered(update, self.transport);
     }
 }
 
-impl FeedSink for SseSink {
+impl FeedSink for DirectSink {
     fn write(&self, update: &Arc<Update>) -> bool {
-        match self
-            .socket
-            .try_send(crate::stream::sse::progress_chunk(update))
-        {
+        match self.socket.try_send((self.framed)(update)) {
             Sent::All => {
                 self.written(update);
                 true

@@ -20,7 +20,7 @@ use crate::http::stall::StallFlag;
 use crate::state::SharedState;
 use crate::stream::Transport;
 use crate::stream::cursor::{delivered, seen_id};
-use crate::stream::sink::SseSink;
+use crate::stream::sink::DirectSink;
 use crate::stream::watcher::{CloseReason, Step, Watcher};
 use crate::stream::{Opened, closed, open, reconnect};
 
@@ -50,7 +50,9 @@ pub async fn handle(
         watcher,
         preamble_sent: false,
         stall: conn.stall(),
-        sink: conn.socket().map(SseSink::new),
+        sink: conn
+            .socket()
+            .map(|socket| DirectSink::new(socket, progress_chunk, Transport::Sse)),
     };
     let body = futures::stream::unfold(writer, |mut w| async move {
         let chunk = w.next_chunk().await?;
@@ -90,7 +92,7 @@ struct SseWriter {
     stall: Option<StallFlag>,
     /// On the direct path: where the feed writes new states itself while
     /// the client has the newest one.
-    sink: Option<Arc<SseSink>>,
+    sink: Option<Arc<DirectSink>>,
 }
 
 impl Drop for SseWriter {

@@ -18,7 +18,7 @@ use crate::fanout::{Feed, FeedSink};
 use crate::job::JobId;
 use crate::state::AppState;
 use crate::stream::cursor::{FeedChange, FeedCursor, is_news};
-use crate::stream::sink::SseSink;
+use crate::stream::sink::DirectSink;
 use crate::stream::{Opened, heartbeat_timer, revocation};
 
 /// Why a stream ended: the `reason` label of `jobcast_connections_closed_total`.
@@ -119,7 +119,7 @@ impl JobWatch {
 
     /// Attaches `sink` to the feed if the client has the newest state and
     /// nothing is due: the feed then writes new states to it itself.
-    fn attach(&mut self, sink: &Arc<SseSink>) -> bool {
+    fn attach(&mut self, sink: &Arc<DirectSink>) -> bool {
         if self.has_due() || !sink.can_attach() {
             return false;
         }
@@ -130,7 +130,7 @@ impl JobWatch {
     }
 
     /// Detaches `sink`; the states the feed wrote count as handed out.
-    pub fn detach(&mut self, sink: &Arc<SseSink>) {
+    pub fn detach(&mut self, sink: &Arc<DirectSink>) {
         self.feed.detach(&(sink.clone() as Arc<dyn FeedSink>));
         if let Some(update) = sink.take_last() {
             self.cursor.set_last(update);
@@ -303,7 +303,7 @@ impl Watcher {
     /// signals or for the feed to let go; then it detaches and carries on.
     /// Cancel-safe like `next` (a cancelled wait leaves the sink attached
     /// until the next call or `detach`).
-    pub async fn next_attached(&mut self, sink: &Arc<SseSink>) -> Option<Step> {
+    pub async fn next_attached(&mut self, sink: &Arc<DirectSink>) -> Option<Step> {
         if self.ended.is_none() && self.job.attach(sink) {
             let signal = tokio::select! {
                 signal = self.lifecycle.next() => Some(signal),

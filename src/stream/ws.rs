@@ -9,9 +9,10 @@
 //! frames that share the job's encoded bytes instead of copying them.
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
@@ -27,12 +28,15 @@ use warp::reply::{Reply, Response};
 use crate::auth::credentials::WS_PROTOCOL;
 use crate::auth::{Credentials, TokenSource};
 use crate::event::{Frames, Update};
+use crate::http::direct::{DirectIo, DirectSocket, StreamConn};
 use crate::http::error::ApiError;
+use crate::http::head::Rewind;
 use crate::http::upgrade::WsHandshake;
 use crate::job::JobId;
 use crate::state::SharedState;
 use crate::stream::Transport;
 use crate::stream::cursor::{delivered, seen_id};
+use crate::stream::sink::DirectSink;
 use crate::stream::watcher::{CloseReason, Step, Watcher};
 use crate::stream::{Opened, closed, open, reconnect};
 
@@ -43,7 +47,7 @@ pub(crate) const WS_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest message a client may send (it has nothing to say but pongs).
 const WS_MAX_CLIENT_MESSAGE: usize = 4096;
 /// Read buffer per connection: client frames are pongs and closes.
-const WS_READ_BUFFER: usize = 4096;
+const WS_READ_BUFFER: usize = 1024;
 
 pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
@@ -73,7 +77,25 @@ pub async fn handle(
     creds: Credentials,
     last_event_id: Option<String>,
     handshake: WsHandshake,
+    conn: StreamConn,
 ) -> Result<Response, Infallible> {
+    if let Some(direct) = conn.direct() {
+        // On the direct path the accept loop writes the `101` and runs the
+        // stream on the socket itself.
+        let opened = match check_origin(&app, &creds) {
+            Ok(()) => open(&app, &job, &creds, Transport::Ws).await,
+            Err(e) => Err(e),
+        };
+        let opened = match opened {
+            Ok(o) => o,
+            Err(e) => return Ok(e.into_response()),
+        };
+        let span = opened.span.clone();
+        direct.upgrade_with(Box::new(move |socket, pre| {
+            Box::pin(run_direct(app, opened, socket, pre, last_event_id).instrument(span))
+        }));
+        return Ok(switching_protocols(&handshake, &creds));
+    }
     let on_upgrade = match upgrade_slot(&app, &creds, &handshake) {
         Ok(on) => on,
         Err(e) => return Ok(e.into_response()),
@@ -103,6 +125,16 @@ pub(crate) fn upgrade_slot(
     creds: &Credentials,
     handshake: &WsHandshake,
 ) -> Result<hyper::upgrade::OnUpgrade, ApiError> {
+    check_origin(app, creds)?;
+    handshake
+        .slot
+        .as_ref()
+        .and_then(|s| s.take())
+        .ok_or_else(|| ApiError::BadRequest("this connection cannot be upgraded".into()))
+}
+
+/// Refuses a cookie-borne token from a foreign origin.
+fn check_origin(app: &SharedState, creds: &Credentials) -> Result<(), ApiError> {
     if let (Some((_, TokenSource::Cookie)), Some(origin)) = (&creds.token, &creds.origin)
         && !app.origin_allowed(origin, creds.host.as_deref())
     {
@@ -111,11 +143,7 @@ pub(crate) fn upgrade_slot(
             "origin {origin} may not use the cookie token"
         )));
     }
-    handshake
-        .slot
-        .as_ref()
-        .and_then(|s| s.take())
-        .ok_or_else(|| ApiError::BadRequest("this connection cannot be upgraded".into()))
+    Ok(())
 }
 
 /// The socket, once the `101` went out; `None` (counted) where the upgrade failed.
@@ -159,47 +187,113 @@ pub(crate) fn switching_protocols(handshake: &WsHandshake, creds: &Credentials) 
 async fn run(app: SharedState, mut opened: Opened, socket: Socket, last_event_id: Option<String>) {
     let seen = seen_id(last_event_id.as_deref());
     let watcher = Watcher::new(&app, &mut opened, seen.as_deref());
-    let reason = serve(&app, &opened.job, watcher, socket).await;
+    let reason = serve(&app, &opened.job, watcher, socket, None).await;
     closed(Transport::Ws, reason);
     tracing::debug!(reason = reason.as_str(), "websocket ended");
 }
 
-async fn serve(
+/// A WebSocket on the direct path: tungstenite reads the client's frames and
+/// writes the control frames; states go out as pre-framed shared bytes, by
+/// this task or, while the client has the newest state, by the job's feed.
+async fn run_direct(
+    app: SharedState,
+    mut opened: Opened,
+    socket: Arc<DirectSocket>,
+    pre: BytesMut,
+    last_event_id: Option<String>,
+) {
+    let seen = seen_id(last_event_id.as_deref());
+    let watcher = Watcher::new(&app, &mut opened, seen.as_deref());
+    let io = Rewind::new(pre, DirectIo(socket.clone()));
+    let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(socket_config())).await;
+    let reason = serve(&app, &opened.job, watcher, ws, Some(socket)).await;
+    closed(Transport::Ws, reason);
+    tracing::debug!(reason = reason.as_str(), "websocket ended");
+}
+
+/// The stream's loop; `direct` is the socket on the direct path, where every
+/// frame sent is flushed by this task (bounded) and states are written as
+/// shared frames.
+async fn serve<S>(
     app: &SharedState,
     job: &JobId,
     mut watcher: Watcher,
-    socket: Socket,
-) -> CloseReason {
+    socket: WebSocketStream<S>,
+    direct: Option<Arc<DirectSocket>>,
+) -> CloseReason
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let (mut tx, mut rx_client) = socket.split();
+    let sink = direct
+        .as_ref()
+        .map(|socket| DirectSink::new(socket.clone(), progress_frame, Transport::Ws));
+    let flushed = async |direct: &Option<Arc<DirectSocket>>| match direct {
+        Some(socket) => socket.flush(WS_SEND_TIMEOUT).await.is_ok(),
+        None => true,
+    };
     macro_rules! send {
         ($msg:expr) => {
-            if !send_within(&mut tx, $msg).await {
+            if !send_within(&mut tx, $msg).await || !flushed(&direct).await {
                 return CloseReason::ClientGone;
             }
         };
     }
+    macro_rules! last {
+        ($msg:expr) => {
+            let _ = tx.send($msg).await;
+            let _ = flushed(&direct).await;
+        };
+    }
     send!(Message::text(ws_connected(job)));
     let mut missed_pongs = 0u32;
-    loop {
+    let reason = loop {
+        let next = async {
+            match &sink {
+                Some(sink) => watcher.next_attached(sink).await,
+                None => watcher.next().await,
+            }
+        };
+        let parked = async {
+            match &direct {
+                Some(socket) => socket.parked().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
-            step = watcher.next() => match step {
-                None | Some(Step::FeedClosed) => return CloseReason::FeedClosed,
+            biased;
+            () = parked => {
+                if !flushed(&direct).await {
+                    break CloseReason::ClientGone;
+                }
+            }
+            step = next => match step {
+                None | Some(Step::FeedClosed) => break CloseReason::FeedClosed,
                 Some(Step::Progress(update)) => {
-                    send!(text(&frames(&update).progress));
+                    match &direct {
+                        Some(socket) => {
+                            if socket.send_or_queue(progress_frame(&update)).is_err()
+                                || !flushed(&direct).await
+                            {
+                                break CloseReason::ClientGone;
+                            }
+                        }
+                        None => send!(text(&frames(&update).progress)),
+                    }
                     delivered(&update, Transport::Ws);
                 }
                 Some(Step::Done(update)) => {
                     if let Some(done) = &frames(&update).done {
                         send!(text(done));
                     }
-                    let _ = tx.send(close(CloseCode::Normal, "done")).await;
-                    return CloseReason::Done;
+                    last!(close(CloseCode::Normal, "done"));
+                    break CloseReason::Done;
                 }
                 Some(Step::Stalled(stalled)) => send!(text(&stalled.ws)),
                 Some(Step::Heartbeat) => {
                     if missed_pongs >= MAX_MISSED_PONGS {
-                        let _ = tx.send(close(CloseCode::Away, "no pong")).await;
-                        return CloseReason::NoPong;
+                        last!(close(CloseCode::Away, "no pong"));
+                        break CloseReason::NoPong;
                     }
                     missed_pongs += 1;
                     send!(Message::Ping(Default::default()));
@@ -207,29 +301,65 @@ async fn serve(
                 Some(Step::Shutdown) => {
                     // The reason names when to come back, spread over the drain window.
                     let reason = reconnect::ws_drain_reason(reconnect::drain_retry_ms(&app.settings));
-                    let _ = tokio::time::timeout(Duration::from_millis(500),
-                        tx.send(close(CloseCode::Restart, reason))).await;
-                    return CloseReason::Shutdown;
+                    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                        last!(close(CloseCode::Restart, reason));
+                    }).await;
+                    break CloseReason::Shutdown;
                 }
                 Some(Step::Expired) => {
                     send!(Message::text(ws_error("token_expired")));
-                    let _ = tx.send(close(CloseCode::Policy, "token expired")).await;
-                    return CloseReason::TokenExpired;
+                    last!(close(CloseCode::Policy, "token expired"));
+                    break CloseReason::TokenExpired;
                 }
                 Some(Step::Revoked) => {
                     send!(Message::text(ws_error("forbidden")));
-                    let _ = tx.send(close(CloseCode::Policy, "session revoked")).await;
-                    return CloseReason::Revoked;
+                    last!(close(CloseCode::Policy, "session revoked"));
+                    break CloseReason::Revoked;
                 }
             },
             incoming = rx_client.next() => match incoming {
                 Some(Ok(Message::Pong(_))) => missed_pongs = 0,
-                Some(Ok(Message::Close(_))) => return CloseReason::ClientClosed,
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => return CloseReason::ClientGone,
+                Some(Ok(Message::Close(_))) => {
+                    // tungstenite queued the reply to the close.
+                    let _ = flushed(&direct).await;
+                    break CloseReason::ClientClosed;
+                }
+                Some(Ok(_)) => {
+                    // A ping's pong may be waiting.
+                    if !flushed(&direct).await {
+                        break CloseReason::ClientGone;
+                    }
+                }
+                Some(Err(_)) | None => break CloseReason::ClientGone,
             },
         }
+    };
+    if let Some(sink) = &sink {
+        watcher.job.detach(sink);
     }
+    reason
+}
+
+/// This update's `progress` text frame with its header, built once.
+pub fn progress_frame(update: &Update) -> &Bytes {
+    update.wire.ws_frame.get_or_init(|| {
+        let payload = &frames(update).progress;
+        let mut frame = BytesMut::with_capacity(payload.len() + 10);
+        frame.put_u8(0x81); // FIN, text
+        match payload.len() {
+            len @ 0..=125 => frame.put_u8(len as u8),
+            len @ 126..=0xffff => {
+                frame.put_u8(126);
+                frame.put_u16(len as u16);
+            }
+            len => {
+                frame.put_u8(127);
+                frame.put_u64(len as u64);
+            }
+        }
+        frame.put_slice(payload);
+        frame.freeze()
+    })
 }
 
 pub fn ws_connected(job: &JobId) -> String {
@@ -278,6 +408,20 @@ pub(crate) fn close(code: CloseCode, reason: impl Into<Utf8Bytes>) -> Message {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_progress_frame_is_an_unmasked_text_frame_of_the_shared_text() {
+        let u = Update::for_tests(r#"{"seq":42}"#);
+        let frame = progress_frame(&u);
+        let text = &frames(&u).progress;
+        assert_eq!(&frame[..2], &[0x81, text.len() as u8]);
+        assert_eq!(&frame[2..], &text[..]);
+        let long = format!(r#"{{"seq":1,"pad":"{}"}}"#, "x".repeat(300));
+        let u = Update::for_tests(&long);
+        let frame = progress_frame(&u);
+        let len = frames(&u).progress.len();
+        assert_eq!(&frame[..4], &[0x81, 126, (len >> 8) as u8, len as u8]);
+    }
 
     #[test]
     fn ws_encodes_progress_once_and_done_when_terminal() {
