@@ -47,7 +47,7 @@ pub(crate) const WS_SEND_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest message a client may send (it has nothing to say but pongs).
 const WS_MAX_CLIENT_MESSAGE: usize = 4096;
 /// Read buffer per connection: client frames are pongs and closes.
-const WS_READ_BUFFER: usize = 1024;
+const WS_READ_BUFFER: usize = 256;
 
 pub(crate) type Socket = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
