@@ -177,7 +177,11 @@ async fn slow_watcher_gets_latest_state_not_backlog() {
     let mut text = String::new();
     let mut buf = vec![0u8; 64 * 1024];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !text.contains("\"seq\":10000,") {
+    while !text
+        .split("\"seq\":10000,")
+        .nth(1)
+        .is_some_and(|rest| rest.contains("\n\n"))
+    {
         let n = tokio::time::timeout_at(deadline, conn.read(&mut buf))
             .await
             .expect("latest state in time")
@@ -190,4 +194,16 @@ async fn slow_watcher_gets_latest_state_not_backlog() {
         delivered < 5_000,
         "a stalled watcher received {delivered} of 10000 states; expected conflation"
     );
+    // Whoever wrote them (the feed while the socket took them, the watcher's
+    // task once it was full), the events are whole and in order.
+    let mut last = 0i64;
+    for event in text.split("\nevent: progress\ndata: ").skip(1) {
+        let data = event.split('\n').next().unwrap_or_default();
+        let doc: serde_json::Value = serde_json::from_str(data)
+            .unwrap_or_else(|e| panic!("a torn event ({e}): {:.80}", data));
+        let seq = doc["seq"].as_i64().expect("seq");
+        assert!(seq > last, "seq {seq} after {last}");
+        last = seq;
+    }
+    assert_eq!(last, 10_000);
 }
