@@ -9,9 +9,8 @@
 //! and a document naming another owner is dropped. The gate and the `send`
 //! happen under one lock, so two sources racing cannot reorder them.
 
-use std::sync::Arc;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use tokio::sync::watch;
@@ -71,40 +70,59 @@ const READ_RUNNING: u8 = 1;
 const READ_RUNNING_DIRTY: u8 = 2;
 
 /// A client connection the feed writes its states to itself, while the
-/// connection's own task sleeps (`stream::sse` on the direct path): one loop
-/// of writes per state instead of one task wake-up per watcher.
+/// connection's own task sleeps (`stream::sink` on the direct path): one loop
+/// of writes per state in the feed's fan-out task instead of one task
+/// wake-up per watcher.
 pub trait FeedSink: Send + Sync {
-    /// Writes `update` to the client now. `false` when the feed must stop
-    /// writing to this sink (the socket is full or broken); the sink has then
-    /// been woken to carry on by itself.
+    /// Writes `update` to the client now, unless it was detached or released
+    /// meanwhile or already has it. `false` when the feed must stop writing
+    /// to this sink (the socket is full or broken, or it was let go); the
+    /// sink has then been woken to carry on by itself.
     fn write(&self, update: &Arc<Update>) -> bool;
-    /// The feed has something a sink does not write (a terminal state, a stall
-    /// mark): the sink is no longer attached and must carry on by itself.
-    fn release(&self);
+    /// Marks the sink attached, its client having `last`.
+    fn attached(&self, last: &Arc<Update>);
+    /// Lets go of the sink: once this returns, the feed writes nothing more
+    /// to it; `wake` also wakes its task to carry on by itself (the feed has
+    /// something a sink does not write: a terminal state, a stall mark).
+    fn let_go(&self, wake: bool);
+}
+
+/// The sockets attached to a feed and its fan-out task's work.
+#[derive(Default)]
+struct Sinks {
+    list: Vec<Arc<dyn FeedSink>>,
+    /// The newest state not yet written to the sinks: the fan-out task
+    /// takes it, so states that arrive faster than it writes are conflated.
+    next: Option<Arc<Update>>,
+    /// True while a fan-out task runs (at most one per feed, so writes keep
+    /// their order).
+    writing: bool,
 }
 
 pub struct Feed {
     pub job: JobId,
     state: watch::Sender<FeedState>,
     gate: Mutex<Gate>,
-    /// Attached sinks; written under the gate, so every sink sees the states
-    /// in the order the gate accepted them.
-    sinks: Mutex<Vec<Arc<dyn FeedSink>>>,
+    /// Attached sinks and the state the fan-out task writes to them next.
+    sinks: Mutex<Sinks>,
+    /// This feed, for the fan-out task it starts.
+    me: Weak<Feed>,
     /// Read coalescing: events that arrive while a read is in flight cost one more
     /// read in total, not one each.
     read: AtomicU8,
 }
 
 impl Feed {
-    pub fn new(job: JobId) -> Self {
+    pub fn new(job: JobId) -> Arc<Self> {
         let (state, _) = watch::channel(FeedState::default());
-        Feed {
+        Arc::new_cyclic(|me| Feed {
             job,
             state,
             gate: Mutex::new(Gate::default()),
-            sinks: Mutex::new(Vec::new()),
+            sinks: Mutex::new(Sinks::default()),
+            me: me.clone(),
             read: AtomicU8::new(READ_IDLE),
-        }
+        })
     }
 
     pub fn subscribe(&self) -> watch::Receiver<FeedState> {
@@ -150,23 +168,29 @@ impl Feed {
         Offer::Accepted(update)
     }
 
-    /// Hands `update` to the attached sinks (under the gate): written where
-    /// they can take it, released where it is terminal.
+    /// Hands `update` to the attached sinks (under the gate): the fan-out
+    /// task writes it (or a newer one) to them; a terminal state lets them
+    /// all go, to send it and `done` themselves.
     fn write_sinks(&self, update: &Arc<Update>) {
         let mut sinks = crate::sync::lock(&self.sinks);
-        if sinks.is_empty() {
+        if sinks.list.is_empty() {
             return;
         }
         if update.is_done() {
-            sinks.drain(..).for_each(|s| s.release());
-        } else {
-            sinks.retain(|s| s.write(update));
+            sinks.next = None;
+            sinks.list.drain(..).for_each(|s| s.let_go(true));
+            return;
+        }
+        sinks.next = Some(update.clone());
+        if !sinks.writing {
+            sinks.writing = true;
+            tokio::spawn(fan_out(self.me.clone()));
         }
     }
 
     /// Attaches `sink` if the client has the newest state (`last`), which is
     /// not terminal, and the job is not marked stalled: from now on the feed
-    /// writes the job's states to it until it detaches or is released.
+    /// writes the job's states to it until it detaches or is let go.
     pub fn attach(&self, sink: &Arc<dyn FeedSink>, last: &Arc<Update>) -> bool {
         let _gate = crate::sync::lock(&self.gate);
         {
@@ -176,13 +200,17 @@ impl Feed {
                 return false;
             }
         }
-        crate::sync::lock(&self.sinks).push(sink.clone());
+        sink.attached(last);
+        crate::sync::lock(&self.sinks).list.push(sink.clone());
         true
     }
 
     /// Detaches `sink`; once this returns, the feed is not writing to it.
     pub fn detach(&self, sink: &Arc<dyn FeedSink>) {
-        crate::sync::lock(&self.sinks).retain(|s| !Arc::ptr_eq(s, sink));
+        sink.let_go(false);
+        crate::sync::lock(&self.sinks)
+            .list
+            .retain(|s| !Arc::ptr_eq(s, sink));
     }
 
     /// Fixes the owner from the job's Postgres row, which outranks a document
@@ -235,9 +263,9 @@ impl Feed {
             true
         });
         if self.state.borrow().stalled.is_some() {
-            crate::sync::lock(&self.sinks)
-                .drain(..)
-                .for_each(|s| s.release());
+            let mut sinks = crate::sync::lock(&self.sinks);
+            sinks.next = None;
+            sinks.list.drain(..).for_each(|s| s.let_go(true));
         }
     }
 
@@ -284,6 +312,37 @@ impl Feed {
     }
 }
 
+/// A feed's fan-out task: writes the newest unwritten state to every
+/// attached sink, one non-blocking write each, until there is none; sinks
+/// that could not take it are dropped from the list (they carry on by
+/// themselves). Runs beside the listener that offers states, so a fan-out
+/// that falls behind conflates instead of holding up the job's next states.
+async fn fan_out(feed: Weak<Feed>) {
+    loop {
+        let Some(feed) = feed.upgrade() else {
+            return;
+        };
+        let (update, targets) = {
+            let mut sinks = crate::sync::lock(&feed.sinks);
+            match sinks.next.take() {
+                Some(update) => (update, sinks.list.clone()),
+                None => {
+                    sinks.writing = false;
+                    return;
+                }
+            }
+        };
+        let stopped: Vec<_> = targets.iter().filter(|s| !s.write(&update)).collect();
+        if !stopped.is_empty() {
+            crate::sync::lock(&feed.sinks)
+                .list
+                .retain(|s| !stopped.iter().any(|t| Arc::ptr_eq(s, t)));
+        }
+        drop(feed);
+        tokio::task::yield_now().await;
+    }
+}
+
 impl Drop for Feed {
     fn drop(&mut self) {
         if self.state.borrow().stalled.is_some() {
@@ -299,7 +358,7 @@ mod tests {
     fn doc(raw: &str) -> ProgressDoc {
         ProgressDoc::for_tests(raw)
     }
-    fn feed() -> Feed {
+    fn feed() -> Arc<Feed> {
         Feed::new(JobId::parse("j").unwrap())
     }
 

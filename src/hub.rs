@@ -109,7 +109,7 @@ impl Hub {
     pub fn join(self: &Arc<Self>, job: JobId) -> Watch {
         let mut feeds = self.lock();
         let entry = feeds.entry(job.clone()).or_insert_with(|| {
-            let feed = Arc::new(Feed::new(job.clone()));
+            let feed = Feed::new(job.clone());
             if let Some(owner) = self.memory().owners.get(job.as_str()) {
                 feed.set_stored_owner(owner);
             }

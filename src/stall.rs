@@ -62,7 +62,7 @@ mod tests {
     use crate::job::{JobId, ProgressDoc};
 
     fn feed() -> Arc<Feed> {
-        Arc::new(Feed::new(JobId::parse("j").unwrap()))
+        Feed::new(JobId::parse("j").unwrap())
     }
 
     async fn stalled_within(f: &Feed, bound: Duration) -> bool {

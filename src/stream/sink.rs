@@ -23,9 +23,19 @@ pub struct DirectSink {
     /// The transport's pre-framed form of a state, built once per state.
     framed: fn(&Update) -> &Bytes,
     transport: Transport,
-    /// The last state the feed wrote, until the watcher takes it over.
-    last: Mutex<Option<Arc<Update>>>,
+    /// Held while the feed writes, so letting go waits for a write under way.
+    state: Mutex<SinkState>,
     wake: Notify,
+}
+
+#[derive(Default)]
+struct SinkState {
+    attached: bool,
+    /// The newest state the client has: the one it had when attached, then
+    /// each one the feed wrote.
+    last: Option<Arc<Update>>,
+    /// Whether the feed wrote `last` (the watcher takes it over).
+    written: bool,
 }
 
 impl DirectSink {
@@ -38,12 +48,12 @@ impl DirectSink {
             socket,
             framed,
             transport,
-            last: Mutex::new(None),
+            state: Mutex::new(SinkState::default()),
             wake: Notify::new(),
         })
     }
 
-    /// A socket with a rest of a chunk waiting cannot be written by the feed.
+    /// A socket with a rest of a frame waiting cannot be written by the feed.
     pub fn can_attach(&self) -> bool {
         !self.socket.has_pending()
     }
@@ -55,35 +65,50 @@ impl DirectSink {
 
     /// The last state the feed wrote since the last call.
     pub fn take_last(&self) -> Option<Arc<Update>> {
-        crate::sync::lock(&self.last).take()
-    }
-
-    fn written(&self, update: &Arc<Update>) {
-        *crate::sync::lock(&self.last) = Some(update.clone());
-        delivered(update, self.transport);
+        let mut state = crate::sync::lock(&self.state);
+        if !std::mem::take(&mut state.written) {
+            return None;
+        }
+        state.last.clone()
     }
 }
 
 impl FeedSink for DirectSink {
     fn write(&self, update: &Arc<Update>) -> bool {
-        match self.socket.try_send((self.framed)(update)) {
-            Sent::All => {
-                self.written(update);
-                true
-            }
-            Sent::Part => {
-                self.written(update);
-                self.wake.notify_one();
-                false
-            }
-            Sent::Nothing => {
-                self.wake.notify_one();
-                false
-            }
+        let mut state = crate::sync::lock(&self.state);
+        if !state.attached {
+            return false;
         }
+        if state.last.as_ref().is_some_and(|l| Arc::ptr_eq(l, update)) {
+            return true;
+        }
+        let sent = self.socket.try_send((self.framed)(update));
+        if matches!(sent, Sent::All | Sent::Part) {
+            state.last = Some(update.clone());
+            state.written = true;
+            delivered(update, self.transport);
+        }
+        if matches!(sent, Sent::All) {
+            return true;
+        }
+        // Full (or broken): the watcher takes over, writes the rest and
+        // conflates from there.
+        state.attached = false;
+        self.wake.notify_one();
+        false
     }
 
-    fn release(&self) {
-        self.wake.notify_one();
+    fn attached(&self, last: &Arc<Update>) {
+        let mut state = crate::sync::lock(&self.state);
+        state.attached = true;
+        state.last = Some(last.clone());
+        state.written = false;
+    }
+
+    fn let_go(&self, wake: bool) {
+        crate::sync::lock(&self.state).attached = false;
+        if wake {
+            self.wake.notify_one();
+        }
     }
 }

@@ -196,7 +196,7 @@ async fn slow_watcher_gets_latest_state_not_backlog() {
     );
     // Whoever wrote them (the feed while the socket took them, the watcher's
     // task once it was full), the events are whole and in order.
-    let mut last = 0i64;
+    let mut last = -1i64;
     for event in text.split("\nevent: progress\ndata: ").skip(1) {
         let data = event.split('\n').next().unwrap_or_default();
         let doc: serde_json::Value = serde_json::from_str(data)
