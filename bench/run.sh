@@ -25,7 +25,7 @@
 #                         instead of the work tree — for a figure that names a commit
 #                         while the work tree is being edited
 #   JOBCAST_BIN=<path>    use this binary, build nothing for jobcast
-#   BENCH_SCENARIOS="a b" run only these scenarios (a b c d e f g; default a b c d e:
+#   BENCH_SCENARIOS="a b" run only these scenarios (a b c d e f g h; default a b c d e h:
 #                         f, 100,000 connections over 6 instances, and g are asked for)
 #   BENCH_F_CONNECTIONS=N connections of scenario f (default 100000; quick 3000)
 #
@@ -306,7 +306,7 @@ if [[ "$MODE" == quick ]]; then
     DUR=3 E_RATES=200,800 E_DUR=3 A_RATE=50
     F_SUBS=3000 F_JOBS=100 F_PROCS=2
 else
-    A_SUBS=2000 B_JOBS=1000 B_SUBS=5000 B_RATE=500 D_SUBS=10000 D_JOBS=1000 E_SUBS=500
+    A_SUBS=2000 B_JOBS=1000 B_SUBS=10000 B_RATE=1000 D_SUBS=10000 D_JOBS=1000 E_SUBS=500
     DUR=10 E_RATES=200,400,800,1600,3200 E_DUR=6 A_RATE=50
     # 100,000 client sockets: 6 loadgen processes of 16,667 (open files 20,000
     # each), 16,667 per instance (each allows 20,000 − 256). The ephemeral range
@@ -323,6 +323,7 @@ declare -A INSTANCES=([f]=$F_INST [g]=$G_INST)
 declare -A TITLE=(
     [a]="fan-out SSE: 1 job × $A_SUBS, $A_RATE msg/s × ${DUR}s"
     [b]="many jobs SSE: $B_JOBS jobs × $((B_SUBS / B_JOBS)), $B_RATE msg/s × ${DUR}s"
+    [h]="many jobs SSE from keyspace SETs: $B_JOBS jobs × $((B_SUBS / B_JOBS)), $B_RATE msg/s × ${DUR}s"
     [c]="fan-out WebSocket: 1 job × $A_SUBS, $A_RATE msg/s × ${DUR}s"
     [d]="idle SSE: $D_SUBS connections over $D_JOBS jobs"
     [e]="ceiling SSE: 1 job × $E_SUBS, steps $E_RATES msg/s × ${E_DUR}s"
@@ -335,6 +336,10 @@ scenario_args() {
     case "$1" in
     a) echo "--transport sse --jobs 1 --subscribers $A_SUBS --rate $A_RATE --duration $DUR --connect-rate 1000 --job-prefix fanout-sse-" ;;
     b) echo "--transport sse --jobs $B_JOBS --subscribers $B_SUBS --rate $B_RATE --duration $DUR --connect-rate 1000 --job-prefix many-" ;;
+    # As (b), but jobcast hears the states through keyspace notifications of
+    # SETs (the worker writes its state key and publishes nothing); Nchan's
+    # publisher is its HTTP POST as in (b).
+    h) echo "--transport sse --jobs $B_JOBS --subscribers $B_SUBS --rate $B_RATE --duration $DUR --connect-rate 1000 --job-prefix many-set-" ;;
     c) echo "--transport ws --jobs 1 --subscribers $A_SUBS --rate $A_RATE --duration $DUR --connect-rate 1000 --job-prefix fanout-ws-" ;;
     d) echo "--transport sse --jobs $D_JOBS --subscribers $D_SUBS --connect-rate 1000 --settle-ms 3000 --job-prefix idle-" ;;
     # Skipped states (conflation: a slow watcher jumps to the newest) are not
@@ -371,7 +376,9 @@ run_one() { # scenario gateway
             [[ "$transport" == ws ]] && url="ws://127.0.0.1:${JOBCAST_PORTS[$i]}/jobs/{job}/ws"
             gwargs+=(--url-template "$url" --server-pid "${JOBCAST_PIDS[$i]}")
         done
-        if ((publish)); then
+        if ((publish)) && [[ "$s" == h ]]; then
+            gwargs+=(--publish redis-set --key-template 'progress:job:{job}')
+        elif ((publish)); then
             gwargs+=(--publish redis-publish --channel-template 'progress:job:{job}')
         else
             gwargs+=(--publish none)
@@ -435,7 +442,7 @@ run_floor() {
     local s="$1" conns jobs rates dur rate i=0 out err rc
     case "$s" in
     a | c) conns=$A_SUBS jobs=1 rates=$A_RATE dur=$DUR ;;
-    b) conns=$B_SUBS jobs=$B_JOBS rates=$B_RATE dur=$DUR ;;
+    b | h) conns=$B_SUBS jobs=$B_JOBS rates=$B_RATE dur=$DUR ;;
     e) conns=$E_SUBS jobs=1 rates=$E_RATES dur=$E_DUR ;;
     *) return 0 ;;
     esac
@@ -504,7 +511,7 @@ write_report() {
         echo
         echo "| scenario | rate msg/s | CPU µs/delivery jobcast / Nchan / floor | ÷ Nchan | jobcast ÷ floor | Nchan ÷ floor | delivered (of expected) | skipped | lost (terminal missed) | p50 ms | p99 ms | idle RSS/conn bytes |"
         echo "|---|---|---|---|---|---|---|---|---|---|---|---|"
-        awk -F'\t' -v titles="$(for k in a b c d e f g; do printf '%s=%s\x1f' "$k" "${TITLE[$k]}"; done)" '
+        awk -F'\t' -v titles="$(for k in a b c d e f g h; do printf '%s=%s\x1f' "$k" "${TITLE[$k]}"; done)" '
             function r(a, b,    x) {
                 if (a == "" || b == "") return "—"
                 if (b + 0 == 0) return (a + 0 == 0) ? "—" : "∞"
@@ -648,7 +655,7 @@ capacity_report() {
 # ------------------------------------------------------------------ main
 
 mkdir -p "$WORK" "$RESULTS_DIR"
-read -r -a SCEN <<<"${BENCH_SCENARIOS:-a b c d e}"
+read -r -a SCEN <<<"${BENCH_SCENARIOS:-a b c d e h}"
 log "mode $MODE, scenarios ${SCEN[*]}, results $JSONL"
 ensure_packages
 build_tools
@@ -663,7 +670,7 @@ TOKEN="$(cd "$ROOT" && JWT_SECRET="$JWT_SECRET_BENCH" "$JOBCAST_BIN" token --sub
 : >"$JSONL"
 NCHAN_PID=""
 for s in "${SCEN[@]}"; do
-    [[ -n "${TITLE[$s]:-}" ]] || die "unknown scenario $s (a b c d e f g)"
+    [[ -n "${TITLE[$s]:-}" ]] || die "unknown scenario $s (a b c d e f g h)"
     # Fresh gateway processes for every scenario: RSS per connection is then
     # measured from a cold start for both, not on whatever the previous scenario left.
     stop_jobcasts
