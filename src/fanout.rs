@@ -81,6 +81,8 @@ pub trait FeedSink: Send + Sync {
     fn write(&self, update: &Arc<Update>) -> bool;
     /// Marks the sink attached, its client having `last`.
     fn attached(&self, last: &Arc<Update>);
+    /// Whether the sink is attached (not let go since it last attached).
+    fn is_attached(&self) -> bool;
     /// Lets go of the sink: once this returns, the feed writes nothing more
     /// to it; `wake` also wakes its task to carry on by itself (the feed has
     /// something a sink does not write: a terminal state, a stall mark).
@@ -201,7 +203,10 @@ impl Feed {
             }
         }
         sink.attached(last);
-        crate::sync::lock(&self.sinks).list.push(sink.clone());
+        let mut sinks = crate::sync::lock(&self.sinks);
+        if !sinks.list.iter().any(|s| Arc::ptr_eq(s, sink)) {
+            sinks.list.push(sink.clone());
+        }
         true
     }
 
@@ -332,11 +337,13 @@ async fn fan_out(feed: Weak<Feed>) {
                 }
             }
         };
-        let stopped: Vec<_> = targets.iter().filter(|s| !s.write(&update)).collect();
-        if !stopped.is_empty() {
+        let stopped = targets.iter().filter(|s| !s.write(&update)).count();
+        if stopped > 0 {
+            // By attachment, not by identity: a sink that stopped may have
+            // attached again since, and must stay.
             crate::sync::lock(&feed.sinks)
                 .list
-                .retain(|s| !stopped.iter().any(|t| Arc::ptr_eq(s, t)));
+                .retain(|s| s.is_attached());
         }
         drop(feed);
         tokio::task::yield_now().await;

@@ -105,6 +105,10 @@ impl FeedSink for DirectSink {
         state.written = false;
     }
 
+    fn is_attached(&self) -> bool {
+        crate::sync::lock(&self.state).attached
+    }
+
     fn let_go(&self, wake: bool) {
         crate::sync::lock(&self.state).attached = false;
         if wake {
