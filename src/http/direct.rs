@@ -1,9 +1,10 @@
-//! The direct path of event streams: after warp has answered a stream request
-//! (auth, limits, headers, CORS — the same filters as every route), the
-//! response head and then each event are written straight to the socket by
-//! the connection's task, as one chunk each (`writev` of the chunk header,
-//! the shared event bytes and the CRLF), without hyper's per-connection
-//! dispatcher and its read and write buffers. A write that would block waits
+//! The direct path of event streams and single-job WebSockets: after warp has
+//! answered a stream request (auth, limits, headers, CORS — the same filters
+//! as every route), the response head and then each event are written
+//! straight to the socket by the connection's task, as one chunk each
+//! (`writev` of the chunk header, the shared event bytes and the CRLF), or
+//! after a `101` the WebSocket runs on the socket ([`DirectIo`]), without
+//! hyper's per-connection dispatcher and its read and write buffers. A write that would block waits
 //! for the socket at most the write-stall bound; meanwhile the watcher does not
 //! read its feed, so it conflates to the newest state as before.
 //!

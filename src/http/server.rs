@@ -131,7 +131,8 @@ where
     R: Reply + 'static,
 {
     /// One connection: its first request on the direct path when it asks for
-    /// an event stream, then (or else) hyper for whatever follows.
+    /// an event stream or a job's WebSocket, then (or else) hyper for
+    /// whatever follows.
     async fn serve(self: Arc<Self>, mut stream: Slotted, peer: SocketAddr, watcher: Watcher) {
         let first = tokio::select! {
             _ = self.shutdown.cancelled() => return,
@@ -180,7 +181,7 @@ where
         }
     }
 
-    /// Answers one event-stream request on the socket itself.
+    /// Answers one event-stream or WebSocket request on the socket itself.
     async fn direct(
         &self,
         socket: &Arc<DirectSocket>,

@@ -6,7 +6,10 @@
 //!
 //! The handshake is answered here (see `http::upgrade`), so the socket is ours
 //! to configure: small buffers (a watcher only ever receives pongs), and text
-//! frames that share the job's encoded bytes instead of copying them.
+//! frames that share the job's encoded bytes instead of copying them. On the
+//! direct path (a connection's first request) the accept loop writes the
+//! `101` and this runs on the socket itself: states go out as one pre-framed
+//! frame each, written by the job's feed while the client has the newest.
 
 use std::convert::Infallible;
 use std::sync::Arc;
