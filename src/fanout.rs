@@ -89,6 +89,10 @@ pub trait FeedSink: Send + Sync {
     fn let_go(&self, wake: bool);
 }
 
+/// Attached sockets a feed writes itself when a state arrives; with more,
+/// its fan-out task writes them, beside the listener.
+const INLINE_FAN_OUT: usize = 16;
+
 /// The sockets attached to a feed and its fan-out task's work.
 #[derive(Default)]
 struct Sinks {
@@ -183,8 +187,15 @@ impl Feed {
             sinks.list.drain(..).for_each(|s| s.let_go(true));
             return;
         }
-        sinks.next = Some(update.clone());
-        if !sinks.writing {
+        if sinks.writing {
+            // The running fan-out task takes it (or a newer one) next.
+            sinks.next = Some(update.clone());
+        } else if sinks.list.len() <= INLINE_FAN_OUT {
+            // A few sockets: written here, in order under the gate, without
+            // a task's hop to another thread.
+            sinks.list.retain(|s| s.write(update));
+        } else {
+            sinks.next = Some(update.clone());
             sinks.writing = true;
             tokio::spawn(fan_out(self.me.clone()));
         }
