@@ -190,7 +190,7 @@ impl RedisReader {
     }
 
     /// [`write`](Self::write) for a job in a group: also `SADD group_key job`
-    /// with the same TTL, pipelined beside (not inside) the script.
+    /// with the same TTL, right after (not inside) the script.
     pub async fn write_in_group(
         &self,
         job: &JobId,

@@ -211,6 +211,22 @@ async fn a_redis_document_naming_another_owner_is_dropped_and_counted() {
     redis
         .set("progress:job:steal", r#"{"seq":3,"owner_id":"mallory"}"#)
         .await;
+    // The SET is heard as a keyspace event and read back; a newer state
+    // arriving before that read would make it stale instead.
+    wait_until(
+        Duration::from_secs(10),
+        "both hijacks dropped as owner_changed",
+        || async {
+            child
+                .metric(
+                    "jobcast_documents_dropped_total",
+                    r#"reason="owner_changed""#,
+                )
+                .await
+                >= 2.0
+        },
+    )
+    .await;
     redis
         .publish("progress:job:steal", r#"{"seq":4,"status":"completed"}"#)
         .await;

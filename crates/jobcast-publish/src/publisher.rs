@@ -137,7 +137,7 @@ impl Publisher {
     }
 
     /// [`write`](Self::write), and with a `group`, adds the job to the group's
-    /// set with the state key's TTL, in the same round trip. The document
+    /// set with the state key's TTL, right after the state. The document
     /// should name the group too (the gateway reads `group_id`).
     pub async fn write_in_group(
         &self,

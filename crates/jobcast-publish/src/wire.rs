@@ -8,9 +8,10 @@
 //! script still runs on the one primary that owns both.
 //!
 //! A job in a group is also added to the group's set (`SADD
-//! progress:group:{group} {job}`, the state key's TTL), in the same round trip
-//! but NOT inside the script: in a Redis Cluster the set and the state key
-//! live in different slots, and a script may only touch keys of one.
+//! progress:group:{group} {job}`, the state key's TTL), right after the
+//! script and NOT with it: in a Redis Cluster the set and the state key live
+//! in different slots, and neither a script nor a cluster pipeline may touch
+//! keys of two.
 
 use redis::aio::ConnectionLike;
 
@@ -70,10 +71,11 @@ pub async fn write_state<C: ConnectionLike + Send>(
         .await
 }
 
-/// [`write_state`], and `SADD group_key job` + `EXPIRE group_key ttl_secs`
-/// (none for 0), pipelined: one round trip, the SADD separate from the script.
-/// The SADD runs after the state is written, so a reader of the set finds a
-/// state for every member. Returns the script's subscriber count.
+/// [`write_state`], then `SADD group_key job` + `EXPIRE group_key ttl_secs`
+/// (none for 0) pipelined: two round trips, because the set's slot is not
+/// the state key's (a cluster refuses a pipeline over two slots). The SADD
+/// runs after the state is written, so a reader of the set finds a state for
+/// every member. Returns the script's subscriber count.
 pub async fn write_state_in_group<C: ConnectionLike + Send>(
     script: &redis::Script,
     conn: &mut C,
@@ -83,24 +85,12 @@ pub async fn write_state_in_group<C: ConnectionLike + Send>(
     group_key: &str,
     job: &str,
 ) -> redis::RedisResult<i64> {
-    let mut invocation = script.prepare_invoke();
-    invocation.key(key).arg(json).arg(ttl_secs);
+    let receivers = write_state(script, conn, key, json, ttl_secs).await?;
     let mut pipe = redis::pipe();
-    pipe.invoke_script(&invocation);
     pipe.cmd("SADD").arg(group_key).arg(job).ignore();
     if ttl_secs > 0 {
         pipe.cmd("EXPIRE").arg(group_key).arg(ttl_secs).ignore();
     }
-    match pipe.query_async::<(i64,)>(&mut *conn).await {
-        Ok((receivers,)) => Ok(receivers),
-        // A server that has not seen the script yet (or restarted): load it
-        // and send the pipeline again. The script did not run, and SADD and
-        // EXPIRE repeat harmlessly.
-        Err(e) if e.kind() == redis::ErrorKind::NoScriptError => {
-            invocation.load_async(&mut *conn).await?;
-            let (receivers,) = pipe.query_async::<(i64,)>(&mut *conn).await?;
-            Ok(receivers)
-        }
-        Err(e) => Err(e),
-    }
+    pipe.query_async::<()>(&mut *conn).await?;
+    Ok(receivers)
 }
