@@ -174,9 +174,10 @@ impl Feed {
         Offer::Accepted(update)
     }
 
-    /// Hands `update` to the attached sinks (under the gate): the fan-out
-    /// task writes it (or a newer one) to them; a terminal state lets them
-    /// all go, to send it and `done` themselves.
+    /// Hands `update` to the attached sinks (under the gate): written here
+    /// to a few, else by the fan-out task (which may take a newer one
+    /// first); a terminal state lets them all go, to send it and `done`
+    /// themselves.
     fn write_sinks(&self, update: &Arc<Update>) {
         let mut sinks = crate::sync::lock(&self.sinks);
         if sinks.list.is_empty() {
