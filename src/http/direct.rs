@@ -144,12 +144,7 @@ impl DirectSocket {
                     Err(e) => return Err(e),
                 }
             }
-            if tokio::time::timeout(bound, self.sock.writable())
-                .await
-                .is_err()
-            {
-                return Err(io::ErrorKind::TimedOut.into());
-            }
+            writable_within(&self.sock, bound).await?;
         }
     }
 
@@ -189,6 +184,10 @@ impl DirectSlot {
 
     fn take(&self) -> Option<BoxStream<'static, Bytes>> {
         crate::sync::lock(&self.body).take()
+    }
+
+    fn take_upgrade(&self) -> Option<Upgrade> {
+        crate::sync::lock(&self.upgrade).take()
     }
 
     /// Leaves what runs on the socket once the `101` is written.
@@ -279,7 +278,7 @@ pub async fn write_response(
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if parts.status == StatusCode::SWITCHING_PROTOCOLS {
-        let Some(upgrade) = crate::sync::lock(&slot.upgrade).take() else {
+        let Some(upgrade) = slot.take_upgrade() else {
             return Ended::Close;
         };
         let head = encode_head(&parts);
@@ -448,7 +447,7 @@ impl AsyncWrite for DirectIo {
 }
 
 /// `{len:x}\r\n`, without allocating.
-fn chunk_size_line(len: usize) -> ChunkSize {
+pub fn chunk_size_line(len: usize) -> ChunkSize {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut buf = [0u8; 18];
     let digits = (usize::BITS - len.leading_zeros()).div_ceil(4).max(1) as usize;
@@ -462,13 +461,13 @@ fn chunk_size_line(len: usize) -> ChunkSize {
     }
 }
 
-struct ChunkSize {
+pub struct ChunkSize {
     buf: [u8; 18],
     len: usize,
 }
 
 impl ChunkSize {
-    fn as_bytes(&self) -> &[u8] {
+    pub fn as_bytes(&self) -> &[u8] {
         &self.buf[..self.len]
     }
 }
@@ -505,18 +504,25 @@ async fn write_all(
                 offset += n;
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if tokio::time::timeout(stall_after, sock.writable())
-                    .await
-                    .is_err()
-                {
-                    stall.set();
-                    return Err(io::ErrorKind::TimedOut.into());
+                if let Err(e) = writable_within(sock, stall_after).await {
+                    if e.kind() == io::ErrorKind::TimedOut {
+                        stall.set();
+                    }
+                    return Err(e);
                 }
             }
             Err(e) => return Err(e),
         }
     }
     Ok(())
+}
+
+/// Waits until `sock` takes writes again, at most `bound` (then `TimedOut`).
+async fn writable_within(sock: &TcpStream, bound: Duration) -> io::Result<()> {
+    match tokio::time::timeout(bound, sock.writable()).await {
+        Ok(ready) => ready,
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// `HTTP/1.1 {status}\r\n`, the headers, a `date`, and the blank line.

@@ -109,6 +109,7 @@ pub fn is_news(update: &Update, client_has: Option<&str>) -> bool {
 /// Counts a state written to a client, and how long it took since it arrived.
 /// The metric handles are looked up once per process, not per delivery.
 pub fn delivered(update: &Update, transport: Transport) {
+    // In declaration order: `transport as usize` indexes the handles.
     const ALL: [Transport; 4] = [
         Transport::Sse,
         Transport::Ws,
@@ -124,7 +125,8 @@ pub fn delivered(update: &Update, transport: Transport) {
             )
         })
     });
-    let (counter, latency) = &handles[ALL.iter().position(|t| *t == transport).unwrap_or(0)];
+    debug_assert!(ALL[transport as usize] == transport);
+    let (counter, latency) = &handles[transport as usize];
     counter.increment(1);
     latency.record(update.received.elapsed().as_secs_f64());
 }

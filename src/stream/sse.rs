@@ -15,7 +15,7 @@ use warp::reply::{Reply, Response};
 
 use crate::auth::Credentials;
 use crate::event::{Frames, Update};
-use crate::http::direct::StreamConn;
+use crate::http::direct::{StreamConn, chunk_size_line};
 use crate::http::stall::StallFlag;
 use crate::state::SharedState;
 use crate::stream::Transport;
@@ -153,8 +153,9 @@ pub fn frames(update: &Update) -> &Frames {
 pub fn progress_chunk(update: &Update) -> &Bytes {
     update.wire.sse_chunk.get_or_init(|| {
         let event = &frames(update).progress;
-        let mut chunk = BytesMut::with_capacity(event.len() + 12);
-        chunk.put_slice(format!("{:x}\r\n", event.len()).as_bytes());
+        let size = chunk_size_line(event.len());
+        let mut chunk = BytesMut::with_capacity(size.as_bytes().len() + event.len() + 2);
+        chunk.put_slice(size.as_bytes());
         chunk.put_slice(event);
         chunk.put_slice(b"\r\n");
         chunk.freeze()

@@ -15,13 +15,14 @@ use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use futures::{SinkExt, StreamExt};
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::frame::Frame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::{CloseCode, Data, OpCode};
 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 use tracing::Instrument;
@@ -343,25 +344,19 @@ where
     reason
 }
 
-/// This update's `progress` text frame with its header, built once.
+/// This update's `progress` text frame with its header (tungstenite's
+/// encoding, unmasked as a server's), built once.
 pub fn progress_frame(update: &Update) -> &Bytes {
     update.wire.ws_frame.get_or_init(|| {
-        let payload = &frames(update).progress;
-        let mut frame = BytesMut::with_capacity(payload.len() + 10);
-        frame.put_u8(0x81); // FIN, text
-        match payload.len() {
-            len @ 0..=125 => frame.put_u8(len as u8),
-            len @ 126..=0xffff => {
-                frame.put_u8(126);
-                frame.put_u16(len as u16);
-            }
-            len => {
-                frame.put_u8(127);
-                frame.put_u64(len as u64);
-            }
-        }
-        frame.put_slice(payload);
-        frame.freeze()
+        let frame = Frame::message(
+            frames(update).progress.clone(),
+            OpCode::Data(Data::Text),
+            true,
+        );
+        let mut out = Vec::with_capacity(frame.len());
+        // Writing into a Vec cannot fail.
+        frame.format(&mut out).expect("a frame formats into memory");
+        Bytes::from(out)
     })
 }
 
