@@ -185,8 +185,13 @@ impl App {
                     &settings.key_prefix,
                     redis_up.clone(),
                     keyspace.clone(),
+                    groups.clone(),
                 );
-                tasks.push(tokio::spawn(listener.run(upstream_cmds, shutdown.clone())));
+                tasks.push(tokio::spawn(listener.run(
+                    upstream_cmds,
+                    group_cmds,
+                    shutdown.clone(),
+                )));
             }
             RedisTarget::Single(_) | RedisTarget::Sentinel(_) => {
                 let endpoint = match (&sentinel, commands.probe_client().await) {

@@ -173,6 +173,23 @@ impl Groups {
         });
     }
 
+    /// Reads a group's members again, off the caller's path.
+    pub fn reload(self: &Arc<Self>, group: GroupName) {
+        let groups = self.clone();
+        tokio::spawn(async move { groups.load(&group).await });
+    }
+
+    /// A keyspace event of the set of `group` (the channel's end): reads the
+    /// members again if the group is still watched.
+    pub fn heard_set_event(self: &Arc<Self>, group: &str) {
+        metrics::counter!("jobcast_redis_events_total", "source" => "group").increment(1);
+        if self.is_watched(group)
+            && let Ok(group) = GroupName::parse(group)
+        {
+            self.reload(group);
+        }
+    }
+
     /// Reads the group's members from the set and, with Postgres, the rows;
     /// adds what it finds. Failures leave the members as they are (the next
     /// keyspace event or NOTIFY brings them).

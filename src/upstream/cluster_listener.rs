@@ -12,6 +12,11 @@
 //! primary, then read, so an update written during a failover or a resharding
 //! is never lost and no stream is dropped. The keyspace flags are re-checked on
 //! every node when the primaries change.
+//!
+//! Groups with group streams follow the same rules: the keyspace channel of
+//! the group's set, `__keyspace@0__:GROUP_PREFIX{group}`, is subscribed on the
+//! primary that owns the set's slot, moved with it, and its events (and every
+//! move) ask the group registry to read the set's members again.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -27,6 +32,8 @@ use tracing::{debug, info, warn};
 use crate::event::Source;
 use crate::fanout::Feed;
 use crate::job::JobId;
+use crate::multi::groups::{GroupCmd, Groups};
+use crate::multi::list::GroupName;
 use crate::upstream::UpstreamCmd;
 use crate::upstream::backoff::Backoff;
 use crate::upstream::cluster_topology::{self, Topology, key_slot};
@@ -52,9 +59,19 @@ struct Node {
     generation: u64,
 }
 
-/// A watched job: its feed and where it is subscribed (`None`: nowhere yet).
+/// What one subscription follows: a watched job (its state key's keyspace
+/// channel and its shard channel), or a watched group (its set's keyspace
+/// channel).
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Sub {
+    Job(JobId),
+    Group(GroupName),
+}
+
+/// A watched job or group: where it is subscribed (`None`: nowhere yet), and
+/// for a job its feed.
 struct Watched {
-    feed: Arc<Feed>,
+    feed: Option<Arc<Feed>>,
     node: Option<String>,
 }
 
@@ -63,6 +80,9 @@ pub struct ClusterListener {
     seeds: Vec<ConnectionInfo>,
     prefix: String,
     keyspace_prefix: String,
+    groups: Arc<Groups>,
+    /// `__keyspace@0__:GROUP_PREFIX`.
+    group_keyspace_prefix: String,
     keyspace: Arc<KeyspaceMonitor>,
     up: Arc<AtomicBool>,
 }
@@ -71,7 +91,7 @@ pub struct ClusterListener {
 struct State {
     topology: Option<Topology>,
     nodes: HashMap<String, Node>,
-    jobs: HashMap<JobId, Watched>,
+    subs: HashMap<Sub, Watched>,
     next_generation: u64,
     /// The topology must be re-read soon (something moved or broke).
     dirty: bool,
@@ -86,6 +106,7 @@ impl ClusterListener {
         prefix: &str,
         up: Arc<AtomicBool>,
         keyspace: Arc<KeyspaceMonitor>,
+        groups: Arc<Groups>,
     ) -> Self {
         ClusterListener {
             loader,
@@ -93,13 +114,47 @@ impl ClusterListener {
             prefix: prefix.to_owned(),
             // A cluster has only db 0.
             keyspace_prefix: format!("__keyspace@0__:{prefix}"),
+            group_keyspace_prefix: format!("__keyspace@0__:{}", groups.prefix()),
+            groups,
             keyspace,
             up,
         }
     }
 
-    fn key(&self, job: &JobId) -> String {
-        format!("{}{}", self.prefix, job.as_str())
+    /// The key whose slot decides where `sub` is subscribed.
+    fn key(&self, sub: &Sub) -> String {
+        match sub {
+            Sub::Job(job) => format!("{}{}", self.prefix, job.as_str()),
+            Sub::Group(group) => self.groups.key(group),
+        }
+    }
+
+    /// `(command, channel)` pairs that subscribe `sub`: the keyspace channel
+    /// (`SUBSCRIBE`), and for a job its shard channel (`SSUBSCRIBE`).
+    fn channels(&self, sub: &Sub) -> Vec<(&'static str, String)> {
+        match sub {
+            Sub::Job(job) => vec![
+                (
+                    "SUBSCRIBE",
+                    format!("{}{}", self.keyspace_prefix, job.as_str()),
+                ),
+                ("SSUBSCRIBE", self.key(sub)),
+            ],
+            Sub::Group(group) => vec![(
+                "SUBSCRIBE",
+                format!("{}{}", self.group_keyspace_prefix, group.as_str()),
+            )],
+        }
+    }
+
+    /// Reads what may have been missed while `sub` was not subscribed where
+    /// it lives: the job's state, or the group's members (off the loop).
+    fn catch_up(&self, sub: &Sub, watched: &Watched) {
+        match (sub, &watched.feed) {
+            (Sub::Job(_), Some(feed)) => self.loader.request_read(feed),
+            (Sub::Group(group), _) => self.groups.reload(group.clone()),
+            (Sub::Job(_), None) => {}
+        }
     }
 
     fn set_up(&self, up: bool) {
@@ -115,13 +170,14 @@ impl ClusterListener {
     pub async fn run(
         self,
         mut cmds: mpsc::UnboundedReceiver<UpstreamCmd>,
+        mut group_cmds: mpsc::UnboundedReceiver<GroupCmd>,
         shutdown: CancellationToken,
     ) {
         let (push_tx, mut pushes) = mpsc::unbounded_channel::<Push>();
         let mut state = State {
             topology: None,
             nodes: HashMap::new(),
-            jobs: HashMap::new(),
+            subs: HashMap::new(),
             next_generation: 0,
             dirty: true,
             repair: Backoff::new(REPAIR_START, REPAIR_MAX),
@@ -152,26 +208,54 @@ impl ClusterListener {
                 }
                 cmd = cmds.recv() => match cmd {
                     Some(UpstreamCmd::Subscribe(feed)) => {
-                        let job = feed.job.clone();
-                        state.jobs.insert(job.clone(), Watched { feed: feed.clone(), node: None });
-                        self.place(&mut state, &job).await;
-                        // Subscribed (or not): the first read runs after it either way.
-                        self.loader.request_read(&feed);
+                        let sub = Sub::Job(feed.job.clone());
+                        self.watch(&mut state, sub, Some(feed)).await;
                     }
                     Some(UpstreamCmd::Unsubscribe(job)) => {
                         if self.loader.is_watched(&job) {
                             continue; // re-joined meanwhile; its Subscribe follows
                         }
-                        if let Some(Watched { node: Some(addr), .. }) = state.jobs.remove(&job) {
-                            self.unsubscribe(&mut state, &addr, &job).await;
-                        }
+                        self.unwatch(&mut state, &Sub::Job(job)).await;
                     }
                     None => return,
+                },
+                Some(cmd) = group_cmds.recv() => match cmd {
+                    GroupCmd::Subscribe(group) => {
+                        self.watch(&mut state, Sub::Group(group), None).await;
+                    }
+                    GroupCmd::Unsubscribe(group) => {
+                        if self.groups.is_watched(group.as_str()) {
+                            continue; // re-joined meanwhile
+                        }
+                        self.unwatch(&mut state, &Sub::Group(group)).await;
+                    }
                 },
                 Some((addr, generation, push)) = pushes.recv() => {
                     self.on_push(&mut state, addr, generation, push);
                 }
             }
+        }
+    }
+
+    /// Starts following `sub`: subscribes it where it lives, then reads it
+    /// (subscribed or not, the first read runs after the attempt, so nothing
+    /// written between is lost; a placed one was read by `place`).
+    async fn watch(&self, state: &mut State, sub: Sub, feed: Option<Arc<Feed>>) {
+        state.subs.insert(sub.clone(), Watched { feed, node: None });
+        self.place(state, &sub).await;
+        if let Some(watched) = state.subs.get(&sub)
+            && watched.node.is_none()
+        {
+            self.catch_up(&sub, watched);
+        }
+    }
+
+    async fn unwatch(&self, state: &mut State, sub: &Sub) {
+        if let Some(Watched {
+            node: Some(addr), ..
+        }) = state.subs.remove(sub)
+        {
+            self.unsubscribe(state, &addr, sub).await;
         }
     }
 
@@ -211,34 +295,34 @@ impl ClusterListener {
             // A promoted replica may lack the flags a CONFIG SET gave its primary.
             self.keyspace.check().await;
         }
-        let jobs: Vec<JobId> = state.jobs.keys().cloned().collect();
+        let subs: Vec<Sub> = state.subs.keys().cloned().collect();
         let mut unreachable = HashSet::new();
-        for job in jobs {
-            self.place_avoiding(state, &job, &mut unreachable).await;
+        for sub in subs {
+            self.place_avoiding(state, &sub, &mut unreachable).await;
         }
-        state.dirty = state.jobs.values().any(|w| w.node.is_none()) || !unreachable.is_empty();
+        state.dirty = state.subs.values().any(|w| w.node.is_none()) || !unreachable.is_empty();
         self.set_up(!state.dirty);
     }
 
-    async fn place(&self, state: &mut State, job: &JobId) {
+    async fn place(&self, state: &mut State, sub: &Sub) {
         let mut unreachable = HashSet::new();
-        self.place_avoiding(state, job, &mut unreachable).await;
-        if state.jobs.get(job).is_some_and(|w| w.node.is_none()) {
+        self.place_avoiding(state, sub, &mut unreachable).await;
+        if state.subs.get(sub).is_some_and(|w| w.node.is_none()) {
             state.dirty = true;
             self.set_up(false);
         }
     }
 
-    /// Subscribes `job` on its slot's primary if it is not there yet; moves it
+    /// Subscribes `sub` on its slot's primary if it is not there yet; moves it
     /// (and re-reads it) where its slot changed owner. `unreachable` remembers
     /// nodes that failed during this pass, so a dead primary costs one attempt.
     async fn place_avoiding(
         &self,
         state: &mut State,
-        job: &JobId,
+        sub: &Sub,
         unreachable: &mut HashSet<String>,
     ) {
-        let key = self.key(job);
+        let key = self.key(sub);
         let Some(owner) = state
             .topology
             .as_ref()
@@ -247,43 +331,43 @@ impl ClusterListener {
         else {
             return;
         };
-        let Some(watched) = state.jobs.get(job) else {
+        let Some(previous) = state.subs.get(sub).map(|w| w.node.clone()) else {
             return;
         };
-        if watched.node.as_deref() == Some(owner.as_str()) {
+        if previous.as_deref() == Some(owner.as_str()) {
             return;
         }
-        let (feed, previous) = (watched.feed.clone(), watched.node.clone());
         if let Some(old) = &previous {
-            self.unsubscribe(state, old, job).await;
+            self.unsubscribe(state, old, sub).await;
         }
         let placed = if unreachable.contains(&owner) {
             false
         } else {
-            match self.subscribe(state, &owner, job).await {
+            match self.subscribe(state, &owner, sub).await {
                 Ok(()) => true,
                 Err(e) => {
-                    debug!(job = %job, node = %owner, error = %e, "could not subscribe on the slot's primary");
+                    debug!(key = %key, node = %owner, error = %e, "could not subscribe on the slot's primary");
                     unreachable.insert(owner.clone());
                     false
                 }
             }
         };
-        if let Some(w) = state.jobs.get_mut(job) {
-            w.node = placed.then_some(owner);
-        }
+        let Some(watched) = state.subs.get_mut(sub) else {
+            return;
+        };
+        watched.node = placed.then_some(owner);
         if placed && previous.is_some() {
             metrics::counter!("jobcast_redis_subscriptions_moved_total").increment(1);
         }
         if placed {
-            // Whatever was written while the job was not subscribed here.
-            self.loader.request_read(&feed);
+            // Whatever was written while it was not subscribed here.
+            self.catch_up(sub, watched);
         }
     }
 
-    async fn subscribe(&self, state: &mut State, addr: &str, job: &JobId) -> Result<(), String> {
+    async fn subscribe(&self, state: &mut State, addr: &str, sub: &Sub) -> Result<(), String> {
         let mut conn = self.node(state, addr).await?;
-        match self.both(&mut conn, job, ["SUBSCRIBE", "SSUBSCRIBE"]).await {
+        match self.send_all(&mut conn, sub, false).await {
             Ok(Ok(())) => {
                 metrics::counter!("jobcast_redis_subscriptions_total").increment(1);
                 Ok(())
@@ -302,31 +386,31 @@ impl ClusterListener {
     }
 
     /// Best effort: a node that is gone has dropped the subscriptions itself.
-    async fn unsubscribe(&self, state: &mut State, addr: &str, job: &JobId) {
+    async fn unsubscribe(&self, state: &mut State, addr: &str, sub: &Sub) {
         if let Some(node) = state.nodes.get(addr) {
             let mut conn = node.conn.clone();
-            let _ = self
-                .both(&mut conn, job, ["UNSUBSCRIBE", "SUNSUBSCRIBE"])
-                .await;
+            let _ = self.send_all(&mut conn, sub, true).await;
         }
     }
 
-    /// `commands[0]` on the job's keyspace channel, then `commands[1]` on its
-    /// shard channel, bounded together.
-    async fn both(
+    /// (Un)subscribes every channel of `sub`, in order, bounded together.
+    async fn send_all(
         &self,
         conn: &mut MultiplexedConnection,
-        job: &JobId,
-        commands: [&str; 2],
+        sub: &Sub,
+        unsubscribe: bool,
     ) -> Result<redis::RedisResult<()>, tokio::time::error::Elapsed> {
-        let keyspace = format!("{}{}", self.keyspace_prefix, job.as_str());
-        let key = self.key(job);
+        let channels = self.channels(sub);
         tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
-            redis::cmd(commands[0])
-                .arg(&keyspace)
-                .exec_async(conn)
-                .await?;
-            redis::cmd(commands[1]).arg(&key).exec_async(conn).await
+            for (command, channel) in &channels {
+                let command = match (*command, unsubscribe) {
+                    (c, false) => c,
+                    ("SSUBSCRIBE", true) => "SUNSUBSCRIBE",
+                    (_, true) => "UNSUBSCRIBE",
+                };
+                redis::cmd(command).arg(channel).exec_async(conn).await?;
+            }
+            Ok(())
         })
         .await
     }
@@ -381,7 +465,7 @@ impl ClusterListener {
             {
                 warn!(node = %addr, "lost a redis cluster primary's pub/sub connection; streams stay open, following the cluster");
                 state.nodes.remove(&addr);
-                for w in state.jobs.values_mut() {
+                for w in state.subs.values_mut() {
                     if w.node.as_deref() == Some(addr.as_str()) {
                         w.node = None;
                     }
@@ -397,8 +481,9 @@ impl ClusterListener {
                 };
                 let job = channel
                     .strip_prefix(self.prefix.as_bytes())
-                    .and_then(|j| std::str::from_utf8(j).ok());
-                if let Some(w) = job.and_then(|j| state.jobs.get(j))
+                    .and_then(|j| std::str::from_utf8(j).ok())
+                    .and_then(|j| JobId::parse(j).ok());
+                if let Some(w) = job.and_then(|j| state.subs.get(&Sub::Job(j)))
                     && w.node.as_deref() == Some(addr.as_str())
                 {
                     debug!(node = %addr, "a shard subscription was dropped by the node (slot moved)");
@@ -413,7 +498,10 @@ impl ClusterListener {
         let Ok(channel) = std::str::from_utf8(channel) else {
             return;
         };
-        if let Some(job) = channel.strip_prefix(&self.keyspace_prefix) {
+        // Groups first: a group prefix may extend the job prefix.
+        if let Some(group) = channel.strip_prefix(&self.group_keyspace_prefix) {
+            self.groups.heard_set_event(group);
+        } else if let Some(job) = channel.strip_prefix(&self.keyspace_prefix) {
             metrics::counter!("jobcast_redis_events_total", "source" => "keyspace").increment(1);
             if crate::upstream::redis_listener::changes_value(payload)
                 && let Some(feed) = self.loader.feed(job)

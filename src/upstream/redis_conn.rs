@@ -89,6 +89,9 @@ enum Kind {
         /// Boxed: far larger than the other kinds' fields.
         client: Box<ClusterClient>,
         seeds: Vec<ConnectionInfo>,
+        /// Every node the last topology named: asked before the seeds, which
+        /// may have left the cluster since.
+        known: std::sync::Mutex<Vec<String>>,
         /// Made on first use: jobcast starts while the cluster is down.
         conn: tokio::sync::Mutex<Option<ClusterConnection>>,
     },
@@ -118,6 +121,7 @@ impl Commands {
                         .build()?,
                 ),
                 seeds: seeds.clone(),
+                known: std::sync::Mutex::new(Vec::new()),
                 conn: tokio::sync::Mutex::new(None),
             },
             (RedisTarget::Sentinel(_), Some(primary)) => Kind::Sentinel {
@@ -257,21 +261,29 @@ impl Commands {
         }
     }
 
-    /// The cluster's topology, asked of the seeds (an error outside a cluster).
+    /// The cluster's topology, asked of the nodes it named last time, then
+    /// of the seeds (an error outside a cluster).
     pub async fn topology(&self) -> Result<Topology, ConnError> {
-        let Kind::Cluster { seeds, .. } = &*self.kind else {
+        let Kind::Cluster { seeds, known, .. } = &*self.kind else {
             return Err(ConnError::Redis(redis::RedisError::from((
                 redis::ErrorKind::ClientError,
                 "not a cluster",
             ))));
         };
-        cluster_topology::fetch(seeds).await.map_err(|e| {
+        let mut candidates: Vec<ConnectionInfo> = crate::sync::lock(known)
+            .iter()
+            .filter_map(|addr| cluster_topology::node_info(addr, &seeds[0].redis))
+            .collect();
+        candidates.extend(seeds.iter().cloned());
+        let topology = cluster_topology::fetch(&candidates).await.map_err(|e| {
             ConnError::Redis(redis::RedisError::from((
                 redis::ErrorKind::IoError,
                 "no cluster node told the topology",
                 e,
             )))
-        })
+        })?;
+        *crate::sync::lock(known) = topology.nodes().map(str::to_owned).collect();
+        Ok(topology)
     }
 
     /// A client for one-off plain connections (the start-up self-test): the

@@ -135,18 +135,12 @@ impl RedisListener {
         format!("{}{}", self.group_keyspace_prefix, group.as_str())
     }
 
-    /// Reads a group's members again, off the listener's path.
-    fn load_group(&self, group: GroupName) {
-        let groups = self.groups.clone();
-        tokio::spawn(async move { groups.load(&group).await });
-    }
-
     /// Subscribes a group's set channel and then reads its members; only a
     /// lost connection is an `Err` (a refused one is still read, and its
     /// keyspace events missed until the next reconnect: logged).
     async fn subscribe_group(&self, sink: &mut PubSubSink, group: GroupName) -> Result<(), Ended> {
         let result = bounded(sink.subscribe(self.group_channel(&group))).await;
-        self.load_group(group.clone());
+        self.groups.reload(group.clone());
         match result {
             Ok(()) => Ok(()),
             Err(SubscribeError::Lost(e)) => Err(Ended::Lost(e)),
@@ -254,7 +248,7 @@ impl RedisListener {
                     },
                     Some(cmd) = group_cmds.recv() => {
                         if let GroupCmd::Subscribe(group) = cmd {
-                            self.load_group(group);
+                            self.groups.reload(group);
                         }
                     }
                 }
@@ -456,12 +450,7 @@ impl RedisListener {
         let channel = msg.get_channel_name();
         // Groups first: a group prefix may extend the job prefix.
         if let Some(group) = channel.strip_prefix(&self.group_keyspace_prefix) {
-            metrics::counter!("jobcast_redis_events_total", "source" => "group").increment(1);
-            if self.groups.is_watched(group)
-                && let Ok(group) = GroupName::parse(group)
-            {
-                self.load_group(group);
-            }
+            self.groups.heard_set_event(group);
         } else if let Some(job) = channel.strip_prefix(&self.keyspace_prefix) {
             metrics::counter!("jobcast_redis_events_total", "source" => "keyspace").increment(1);
             if !changes_value(msg.get_payload_bytes()) {

@@ -5,7 +5,9 @@
 //! and the gateway holds one subscription per watched job where the job lives.
 //! On the cluster, with Postgres, the recorder writes behind the jobs nobody
 //! watches, on every primary, through a primary's death, and behind
-//! Sentinel follows the failover.
+//! Sentinel follows the failover. Group streams on the cluster learn members
+//! that join later from the group set's keyspace events on the set's primary,
+//! through a primary's death too.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,12 +20,13 @@ use jobcast_publish::{JobId, Publisher};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::{SECRET, claims, sign};
-use crate::clients::Sse;
+use crate::clients::{Sse, SseEvent};
 use crate::recorder::{assert_final_state_from_postgres, wait_row};
 use crate::support::redis_sentinel::MASTER_NAME;
 use crate::support::{RedisCluster, SentinelSetup, TestDb, wait_until};
 
 const PREFIX: &str = "progress:job:";
+const GROUP_PREFIX: &str = "progress:group:";
 /// Bound on any one event of a watcher (heartbeats come every second).
 const EVENT_BOUND: Duration = Duration::from_secs(15);
 /// Bound on every watcher reaching a given state.
@@ -522,17 +525,25 @@ async fn sentinel_failover_mid_stream_every_watcher_reaches_done() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_recorder_writes_unwatched_jobs_on_every_primary_through_a_primary_kill() {
     // Arrange: jobs nobody watches, spread over every primary; notifications
-    // off on every node (jobcast turns them on).
+    // off on every node (jobcast turns them on). The gateway's only seed is
+    // the primary that will die: from then on it must ask the nodes the
+    // cluster named.
     let mut cluster = RedisCluster::start("").await;
     let db = TestDb::create().await;
     let pool = db.pool().await;
-    let (url, db_url) = (cluster.url(), db.url().to_owned());
+    let jobs: Vec<String> = (0..30).map(|i| format!("recorded-{i}")).collect();
+    let victim = cluster
+        .primary_of_slot(key_slot(format!("{PREFIX}{}", jobs[0]).as_bytes()))
+        .await;
+    let (url, db_url) = (
+        format!("redis+cluster://127.0.0.1:{victim}"),
+        db.url().to_owned(),
+    );
     let gateway = Gateway::start(|s| {
         s.redis_url = url;
         s.database_url = Some(jobcast::config::Secret::new(db_url));
     })
     .await;
-    let jobs: Vec<String> = (0..30).map(|i| format!("recorded-{i}")).collect();
     let shards = cluster.shards().await;
     for shard in &shards {
         assert!(
@@ -552,11 +563,9 @@ async fn cluster_recorder_writes_unwatched_jobs_on_every_primary_through_a_prima
         wait_row(&pool, job, 1, false).await;
     }
 
-    // Act: the primary of job 0's slot dies; the next states are written
-    // while its replica takes over (each write retried until it lands).
-    let victim = cluster
-        .primary_of_slot(key_slot(format!("{PREFIX}{}", jobs[0]).as_bytes()))
-        .await;
+    // Act: the primary of job 0's slot, the gateway's seed, dies; the next
+    // states are written while its replica takes over (each write retried
+    // until it lands).
     cluster.kill(victim);
     write_cluster_round(&setter, &publisher, &jobs, 2, false).await;
     write_cluster_round(&setter, &publisher, &jobs, 3, true).await;
@@ -613,4 +622,331 @@ async fn sentinel_recorder_follows_the_failover_to_the_new_primary() {
 
     // Assert: the recorder heard it there (or read it on moving there).
     wait_row(&pool, job, 2, true).await;
+}
+
+/// A state of a job in `group` (the document names its group).
+fn doc_in(seq: u64, terminal: bool, group: &str) -> String {
+    let status = if terminal { "completed" } else { "running" };
+    format!(
+        r#"{{"seq":{seq},"status":"{status}","owner_id":"alice","overall_progress":{seq},"group_id":"{group}"}}"#
+    )
+}
+
+/// Reads `sse` until an event `wanted` accepts, within [`STATE_BOUND`].
+async fn until_event(sse: &mut Sse, what: &str, wanted: impl Fn(&SseEvent) -> bool) -> SseEvent {
+    let deadline = tokio::time::Instant::now() + STATE_BOUND;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        // The outer bound names what was awaited; the inner one never fires.
+        match tokio::time::timeout(left, sse.next_within(left + STATE_BOUND)).await {
+            Ok(Some(ev)) if wanted(&ev) => return ev,
+            Ok(Some(_)) => {}
+            Ok(None) => panic!("the stream ended before {what}"),
+            Err(_) => panic!("no {what} within {STATE_BOUND:?}"),
+        }
+    }
+}
+
+/// Reads a group stream until `job` has joined and its state `seq` came.
+async fn until_joined(sse: &mut Sse, group: &str, job: &str, seq: u64) {
+    until_event(sse, &format!("{job} joining {group}"), |ev| {
+        ev.event == "joined" && ev.json()["job_id"] == job
+    })
+    .await;
+    until_event(sse, &format!("{job}'s seq {seq} on {group}"), |ev| {
+        ev.event == "progress"
+            && ev.json()["job_id"] == job
+            && ev.json()["id"] == seq.to_string().as_str()
+    })
+    .await;
+}
+
+/// Asserts that of all the cluster's primaries exactly one, the primary of
+/// the set's slot, has the gateway subscribed to the keyspace channel of
+/// each group's set, once.
+async fn assert_one_subscription_per_group(cluster: &mut RedisCluster, groups: &[String]) {
+    for group in groups {
+        let key = format!("{GROUP_PREFIX}{group}");
+        let owner = cluster.primary_of_slot(key_slot(key.as_bytes())).await;
+        let channel = vec![format!("__keyspace@0__:{key}")];
+        for shard in cluster.shards().await {
+            let mut node = cluster.node(shard.primary).await;
+            let count = subscribers(&mut node, "NUMSUB", &channel).await[0];
+            let expected = i64::from(shard.primary == owner);
+            assert_eq!(
+                count, expected,
+                "subscribers of {key}'s set events on {} (owner {owner})",
+                shard.primary
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_group_streams_see_jobs_join_on_every_primary_through_a_primary_kill() {
+    // Arrange: one group whose set lives on each primary, each with one job
+    // before its stream opens; notifications off (jobcast turns them on).
+    let mut cluster = RedisCluster::start("").await;
+    let url = cluster.url();
+    let gateway = Gateway::start(|s| s.redis_url = url.clone()).await;
+    let shards = cluster.shards().await;
+    let mut groups: Vec<String> = vec![String::new(); shards.len()];
+    for i in 0.. {
+        if groups.iter().all(|g| !g.is_empty()) {
+            break;
+        }
+        let group = format!("grp-{i}");
+        let slot = key_slot(format!("{GROUP_PREFIX}{group}").as_bytes());
+        let at = shards
+            .iter()
+            .position(|s| s.ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .expect("every slot is served");
+        if groups[at].is_empty() {
+            groups[at] = group;
+        }
+    }
+    let publisher = Publisher::connect(&url).expect("publisher for the cluster");
+    let write = |job: String, seq: u64, terminal: bool, group: String| {
+        let publisher = publisher.clone();
+        async move {
+            let (id, set) = (
+                JobId::parse(&job).expect("job id"),
+                JobId::parse(&group).expect("group name"),
+            );
+            until_written(&format!("{job} seq {seq}"), || {
+                let (publisher, id, set) = (publisher.clone(), id.clone(), set.clone());
+                let body = doc_in(seq, terminal, &group);
+                async move {
+                    publisher
+                        .write_in_group(&id, body.as_bytes(), Some(&set))
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| e.to_string())
+                }
+            })
+            .await;
+        }
+    };
+    for group in &groups {
+        write(format!("{group}-a"), 1, false, group.clone()).await;
+    }
+    let mut viewer = claims("viewer");
+    viewer.groups = groups.clone();
+    let auth = format!("Bearer {}", sign(&viewer));
+    let mut streams = Vec::new();
+    for group in &groups {
+        let mut sse = Sse::connect(
+            &gateway.url(&format!("/groups/{group}/events")),
+            &[("authorization", &auth)],
+        )
+        .await;
+        assert_eq!(sse.status, 200, "group stream of {group}");
+        let connected = until_event(&mut sse, "connected", |ev| ev.event == "connected").await;
+        assert_eq!(
+            connected.json()["jobs"],
+            serde_json::json!([format!("{group}-a")])
+        );
+        streams.push(sse);
+    }
+
+    // Act 1: a job joins each group through the publisher (state, then SADD
+    // on the set's own primary).
+    for (group, sse) in groups.iter().zip(&mut streams) {
+        write(format!("{group}-b"), 1, false, group.clone()).await;
+        until_joined(sse, group, &format!("{group}-b"), 1).await;
+    }
+    assert_one_subscription_per_group(&mut cluster, &groups).await;
+
+    // Act 2: the primary holding the first group's set dies; jobs join
+    // every group while, and after, its replica takes over.
+    let victim = cluster
+        .primary_of_slot(key_slot(format!("{GROUP_PREFIX}{}", groups[0]).as_bytes()))
+        .await;
+    let successor = cluster.kill_primary_and_wait_failover(victim).await;
+    for group in &groups {
+        write(format!("{group}-c"), 1, false, group.clone()).await;
+    }
+    for (group, sse) in groups.iter().zip(&mut streams) {
+        until_joined(sse, group, &format!("{group}-c"), 1).await;
+    }
+    // One more joins the first group through the gateway's own POST, which
+    // adds the job to the set named by the document's `group_id`.
+    let joiner = format!("{}-d", groups[0]);
+    let mut publisher_claims = claims("service");
+    publisher_claims.roles = vec!["publisher".into()];
+    publisher_claims.jobs = vec![joiner.clone()];
+    let posted = reqwest::Client::new()
+        .post(gateway.url(&format!("/jobs/{joiner}")))
+        .bearer_auth(sign(&publisher_claims))
+        .body(doc_in(1, false, &groups[0]))
+        .send()
+        .await
+        .expect("POST /jobs/{id}");
+    assert_eq!(posted.status(), 201, "POST with a group_id in a cluster");
+    until_joined(&mut streams[0], &groups[0], &joiner, 1).await;
+
+    // Assert: the first group's set events are now heard on the promoted
+    // replica, once; and every member's terminal state reaches its group's
+    // stream.
+    assert_eq!(
+        cluster
+            .primary_of_slot(key_slot(format!("{GROUP_PREFIX}{}", groups[0]).as_bytes()))
+            .await,
+        successor
+    );
+    assert_one_subscription_per_group(&mut cluster, &groups).await;
+    for (group, sse) in groups.iter().zip(&mut streams) {
+        let mut members: Vec<String> = ["a", "b", "c"]
+            .iter()
+            .map(|m| format!("{group}-{m}"))
+            .collect();
+        if group == &groups[0] {
+            members.push(joiner.clone());
+        }
+        for job in &members {
+            write(job.clone(), 2, true, group.clone()).await;
+        }
+        let mut done = std::collections::BTreeSet::new();
+        while done.len() < members.len() {
+            let ev = until_event(
+                sse,
+                &format!("every member's done on {group} (had {done:?})"),
+                |ev| ev.event == "done",
+            )
+            .await;
+            done.insert(ev.json()["job_id"].as_str().expect("job_id").to_owned());
+        }
+        assert_eq!(done, members.iter().cloned().collect(), "{group}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_python_tracker_spublishes_and_joins_its_group_on_another_slot() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+
+    use crate::python_client::{next_line, python, script};
+
+    // Arrange: a group stream open before the job exists, and our own shard
+    // subscription to the job's channel on the primary of its slot.
+    let mut cluster = RedisCluster::start("").await;
+    let url = cluster.url();
+    let gateway = Gateway::start(|s| s.redis_url = url.clone()).await;
+    let job = "py-cluster-1";
+    let key = format!("{PREFIX}{job}");
+    let owner = cluster.primary_of_slot(key_slot(key.as_bytes())).await;
+    // A group whose set lives on another primary than the job's key.
+    let mut group = String::new();
+    for i in 0.. {
+        group = format!("py-batch-{i}");
+        let set_slot = key_slot(format!("{GROUP_PREFIX}{group}").as_bytes());
+        if cluster.primary_of_slot(set_slot).await != owner {
+            break;
+        }
+    }
+    let (group, set) = (group.as_str(), format!("{GROUP_PREFIX}{group}"));
+    let mut viewer = claims("viewer");
+    viewer.groups = vec![group.into()];
+    let mut sse = Sse::connect(
+        &gateway.url(&format!("/groups/{group}/events")),
+        &[("authorization", &format!("Bearer {}", sign(&viewer)))],
+    )
+    .await;
+    assert_eq!(sse.status, 200);
+    until_event(&mut sse, "connected", |ev| ev.event == "connected").await;
+    let (push_tx, mut pushes) = tokio::sync::mpsc::unbounded_channel();
+    let mut shard_listener =
+        redis::Client::open(format!("redis://127.0.0.1:{owner}/?protocol=resp3"))
+            .expect("node URL")
+            .get_multiplexed_async_connection_with_config(
+                &redis::AsyncConnectionConfig::new().set_push_sender(push_tx),
+            )
+            .await
+            .expect("RESP3 connection to the job's primary");
+    redis::cmd("SSUBSCRIBE")
+        .arg(&key)
+        .exec_async(&mut shard_listener)
+        .await
+        .expect("SSUBSCRIBE");
+
+    // Act: the Python tracker, given a cluster client, starts the job in
+    // the group, then completes it.
+    let mut child = tokio::process::Command::new(python())
+        .args([
+            &script("tracker_driver.py"),
+            &url,
+            job,
+            "alice",
+            r#"[["only", 100]]"#,
+            group,
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn python");
+    let mut stdin = child.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+    for (at, op) in [
+        (1_763_910_000_000_u64, "start_stage"),
+        (1_763_910_001_000, "complete"),
+    ] {
+        let args = if op == "start_stage" {
+            r#"["only"]"#
+        } else {
+            "[]"
+        };
+        let step = format!("{{\"at_ms\": {at}, \"op\": \"{op}\", \"args\": {args}}}\n");
+        stdin
+            .write_all(step.as_bytes())
+            .await
+            .expect("step to python");
+        assert_eq!(
+            next_line(&mut lines, op).await,
+            "ok",
+            "python {op} on a cluster"
+        );
+        if op == "start_stage" {
+            until_event(&mut sse, "the python job joining", |ev| {
+                ev.event == "joined" && ev.json()["job_id"] == job
+            })
+            .await;
+        }
+    }
+
+    // Assert: both states went out on the shard channel, the set holds the
+    // job with the key's TTL, and the group stream saw the job end.
+    let mut published = Vec::new();
+    while published.len() < 2 {
+        let push = tokio::time::timeout(STATE_BOUND, pushes.recv())
+            .await
+            .expect("SPUBLISHed states within the bound")
+            .expect("push channel open");
+        if push.kind == redis::PushKind::SMessage
+            && let Some(redis::Value::BulkString(body)) = push.data.get(1)
+        {
+            let doc: serde_json::Value = serde_json::from_slice(body).expect("JSON state");
+            published.push(doc["status"].as_str().unwrap_or_default().to_owned());
+        }
+    }
+    assert_eq!(published, ["running", "completed"]);
+    let mut conn = cluster.connection().await;
+    let members: Vec<String> = redis::cmd("SMEMBERS")
+        .arg(&set)
+        .query_async(&mut conn)
+        .await
+        .expect("SMEMBERS");
+    assert_eq!(members, [job]);
+    let ttl: i64 = redis::cmd("TTL")
+        .arg(&set)
+        .query_async(&mut conn)
+        .await
+        .expect("TTL");
+    assert!(
+        (7000..=7200).contains(&ttl),
+        "the set's TTL is the key's: {ttl}"
+    );
+    until_event(&mut sse, "the python job's done", |ev| {
+        ev.event == "done" && ev.json()["job_id"] == job
+    })
+    .await;
 }

@@ -31,7 +31,7 @@ const LINE_TIMEOUT: Duration = Duration::from_secs(15);
 /// The interpreter with the `jobcast` package installed: `JOBCAST_PYTHON`
 /// (scripts/test.sh exports it), else the venv test.sh makes. Fails loudly when
 /// the package cannot be imported: these tests must not pass by not running.
-fn python() -> String {
+pub(crate) fn python() -> String {
     let py = std::env::var("JOBCAST_PYTHON").unwrap_or_else(|_| {
         let venv = format!("{REPO}/.jobcast/venv/bin/python");
         if std::path::Path::new(&venv).exists() {
@@ -52,11 +52,11 @@ fn python() -> String {
     py
 }
 
-fn script(name: &str) -> String {
+pub(crate) fn script(name: &str) -> String {
     format!("{REPO}/tests/api/python/{name}")
 }
 
-async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>, what: &str) -> String {
+pub(crate) async fn next_line(lines: &mut Lines<BufReader<ChildStdout>>, what: &str) -> String {
     tokio::time::timeout(LINE_TIMEOUT, lines.next_line())
         .await
         .unwrap_or_else(|_| panic!("no line from the script within {LINE_TIMEOUT:?} ({what})"))

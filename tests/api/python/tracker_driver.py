@@ -3,6 +3,8 @@ cross-language test (tests/api/python_client.rs). Each line is JSON:
 {"at_ms": <clock in ms>, "op": "<method>", "args": [...]}; after each write
 the script prints "ok" (or "error <text>") and flushes. argv: REDIS_URL JOB OWNER
 STAGES_JSON [GROUP]. The first line's at_ms is also the tracker's start time.
+A `redis+cluster://host:port,...` URL gives the tracker a Redis Cluster client
+(seeded with the first node).
 """
 
 import json
@@ -16,6 +18,15 @@ import jobcast
 EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
+def client(url):
+    if url.startswith("redis+cluster://"):
+        from redis.cluster import RedisCluster
+
+        host, port = url[len("redis+cluster://") :].split(",")[0].rsplit(":", 1)
+        return RedisCluster(host=host, port=int(port))
+    return redis.Redis.from_url(url)
+
+
 def main():
     url, job, owner, stages = sys.argv[1:5]
     group = sys.argv[5] if len(sys.argv) > 5 else None
@@ -24,7 +35,7 @@ def main():
     now["ms"] = first["at_ms"]
     clock = lambda: EPOCH + timedelta(milliseconds=now["ms"])
     tracker = jobcast.ProgressTracker(
-        redis.Redis.from_url(url), job, owner, json.loads(stages), group=group, clock=clock
+        client(url), job, owner, json.loads(stages), group=group, clock=clock
     )
     step = first
     while step is not None:

@@ -7,6 +7,12 @@ MULTI/EXEC that SETs the state key with its TTL and PUBLISHes the same bytes on
 the job channel (and, for a job in a group, adds it to the group's set with the
 same TTL). ``ProgressTracker`` uses ``redis.Redis``; ``AsyncProgressTracker``
 uses ``redis.asyncio.Redis``. Both share the pure core in ``progress.py``.
+
+Given a Redis Cluster client (``redis.cluster.RedisCluster``, or
+``redis.asyncio.cluster.RedisCluster``) the state is written by one script on
+the slot's primary that SETs the key and SPUBLISHes on the job channel (a
+shard channel there), and the group's set, which lives in another slot, gets
+its SADD and EXPIRE right after.
 """
 
 import asyncio
@@ -22,6 +28,35 @@ DEFAULT_TTL_SECS = 7200
 # The gateway's default JOBCAST_MAX_DOCUMENT_BYTES: a larger document would
 # be dropped by the gateway, so the tracker refuses to write it.
 DEFAULT_MAX_DOCUMENT_BYTES = 65536
+
+# SET (with the TTL in seconds, 0: none) and SPUBLISH of the same bytes, as one
+# step on the key's slot: the key and the channel share a name, hence a slot.
+_CLUSTER_WRITE = """
+if tonumber(ARGV[2]) > 0 then
+    redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+else
+    redis.call('SET', KEYS[1], ARGV[1])
+end
+return redis.call('SPUBLISH', KEYS[1], ARGV[1])
+"""
+
+
+def _is_cluster(client):
+    """Whether ``client`` is redis-py's Redis Cluster client (sync or asyncio)."""
+    kinds = []
+    try:
+        from redis.cluster import RedisCluster
+
+        kinds.append(RedisCluster)
+    except ImportError:
+        pass
+    try:
+        from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+        kinds.append(AsyncRedisCluster)
+    except ImportError:
+        pass
+    return bool(kinds) and isinstance(client, tuple(kinds))
 
 
 class DocumentTooLarge(ProgressError):
@@ -45,6 +80,7 @@ class _Base:
     ):
         check_job_id(job_id)
         self.redis = redis
+        self.cluster = _is_cluster(redis)
         self.clock = clock
         self.key = key_prefix + job_id
         self.group_key = None if group is None else group_prefix + group
@@ -116,6 +152,13 @@ class ProgressTracker(_Base):
     """
 
     def _write(self, payload):
+        if self.cluster:
+            self.redis.eval(_CLUSTER_WRITE, 1, self.key, payload, self.ttl)
+            if self.group_key is not None:
+                self.redis.sadd(self.group_key, self.job_id)
+                if self.ttl > 0:
+                    self.redis.expire(self.group_key, self.ttl)
+            return
         with self.redis.pipeline(transaction=True) as tx:
             self._queue(tx, payload)
             tx.execute()
@@ -172,6 +215,13 @@ class AsyncProgressTracker(_Base):
     same methods, awaited, and ``async with`` for the same failure rule."""
 
     async def _write(self, payload):
+        if self.cluster:
+            await self.redis.eval(_CLUSTER_WRITE, 1, self.key, payload, self.ttl)
+            if self.group_key is not None:
+                await self.redis.sadd(self.group_key, self.job_id)
+                if self.ttl > 0:
+                    await self.redis.expire(self.group_key, self.ttl)
+            return
         async with self.redis.pipeline(transaction=True) as tx:
             self._queue(tx, payload)
             await tx.execute()
