@@ -22,7 +22,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::{SECRET, claims, sign};
 use crate::clients::{Sse, SseEvent};
 use crate::recorder::{assert_final_state_from_postgres, wait_row};
-use crate::support::redis_sentinel::MASTER_NAME;
+use crate::support::redis_sentinel::{MASTER_NAME, primary_connection};
 use crate::support::{RedisCluster, SentinelSetup, TestDb, wait_until};
 
 const PREFIX: &str = "progress:job:";
@@ -589,7 +589,7 @@ async fn cluster_recorder_writes_unwatched_jobs_on_every_primary_through_a_prima
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sentinel_recorder_follows_the_failover_to_the_new_primary() {
     // Arrange: an unwatched job recorded from the first primary.
-    let setup = SentinelSetup::start("").await;
+    let mut setup = SentinelSetup::start("").await;
     let db = TestDb::create().await;
     let pool = db.pool().await;
     let (sentinels, db_url) = (setup.sentinels_setting(), db.url().to_owned());
@@ -601,10 +601,12 @@ async fn sentinel_recorder_follows_the_failover_to_the_new_primary() {
     .await;
     let job = "sentinel-recorded";
     let key = format!("{PREFIX}{job}");
+    // Each write asks the sentinels where the primary is now.
+    let sentinel_port = setup.sentinel_ports()[0];
     let write = |seq: u64, terminal: bool| {
-        let (setup, key) = (&setup, key.clone());
+        let key = key.clone();
         async move {
-            let mut primary = setup.primary().await;
+            let mut primary = primary_connection(sentinel_port).await?;
             redis::cmd("SET")
                 .arg(&key)
                 .arg(doc(seq, terminal))
@@ -616,8 +618,13 @@ async fn sentinel_recorder_follows_the_failover_to_the_new_primary() {
     until_written("seq 1", || write(1, false)).await;
     wait_row(&pool, job, 1, false).await;
 
-    // Act: the sentinels fail over; the job ends on the new primary.
+    // Act: the sentinels fail over and the former primary dies (a demoted
+    // primary alive as a replica would still replay the writes, and their
+    // keyspace events, to a recorder left behind); the job ends on the new
+    // primary.
+    let former = setup.primary_port().await;
     setup.failover().await;
+    setup.kill(former);
     until_written("the terminal state", || write(2, true)).await;
 
     // Assert: the recorder heard it there (or read it on moving there).

@@ -39,7 +39,7 @@ impl Drop for Sentinel {
 pub struct SentinelSetup {
     /// The primary and replica at start (roles swap in a failover: ask
     /// [`SentinelSetup::primary_port`]); held so that dropping kills them.
-    _servers: Vec<RedisServer>,
+    servers: Vec<RedisServer>,
     sentinels: Vec<Sentinel>,
 }
 
@@ -70,7 +70,7 @@ impl SentinelSetup {
             sentinels.push(spawn_sentinel(primary.port()));
         }
         let setup = SentinelSetup {
-            _servers: vec![primary, replica],
+            servers: vec![primary, replica],
             sentinels,
         };
         for port in setup.sentinel_ports() {
@@ -128,6 +128,16 @@ impl SentinelSetup {
         connect(port)
             .await
             .unwrap_or_else(|| panic!("connect to the primary on {port}"))
+    }
+
+    /// SIGKILLs the Redis server (primary or replica) on `port`.
+    pub fn kill(&mut self, port: u16) {
+        let server = self
+            .servers
+            .iter_mut()
+            .find(|s| s.port() == port)
+            .unwrap_or_else(|| panic!("no redis server of this setup on {port}"));
+        server.kill();
     }
 
     /// `SENTINEL FAILOVER` on the first sentinel, then waits until every
@@ -219,6 +229,18 @@ fn spawn_sentinel(primary_port: u16) -> Sentinel {
         dir,
         child: Some(child),
     }
+}
+
+/// A fresh connection to the primary the sentinel on `sentinel_port` names now.
+pub async fn primary_connection(
+    sentinel_port: u16,
+) -> Result<redis::aio::MultiplexedConnection, String> {
+    let port = primary_named_by(sentinel_port)
+        .await
+        .ok_or_else(|| format!("sentinel {sentinel_port} names no primary"))?;
+    connect(port)
+        .await
+        .ok_or_else(|| format!("cannot connect to the primary on {port}"))
 }
 
 async fn connect(port: u16) -> Option<redis::aio::MultiplexedConnection> {
