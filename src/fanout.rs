@@ -116,6 +116,9 @@ pub struct Feed {
     /// Read coalescing: events that arrive while a read is in flight cost one more
     /// read in total, not one each.
     read: AtomicU8,
+    /// The newest state of the job's earlier feed and since when it was
+    /// silent (see [`Feed::silent_since`]).
+    resumed_silence: std::sync::OnceLock<(Box<str>, std::time::Instant)>,
 }
 
 impl Feed {
@@ -128,7 +131,24 @@ impl Feed {
             sinks: Mutex::new(Sinks::default()),
             me: me.clone(),
             read: AtomicU8::new(READ_IDLE),
+            resumed_silence: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The job's earlier feed held the state with event id `id`, silent since
+    /// `since`: if this feed's newest state is that one, its silence goes on
+    /// from then.
+    pub fn resume_silence(&self, id: &str, since: std::time::Instant) {
+        let _ = self.resumed_silence.set((id.into(), since));
+    }
+
+    /// Since when `update` has been the job's newest state: when this
+    /// gateway first received it, by this feed or an earlier one of the job.
+    pub fn silent_since(&self, update: &Update) -> std::time::Instant {
+        match self.resumed_silence.get() {
+            Some((id, since)) if *id == update.id => *since,
+            _ => update.received,
+        }
     }
 
     pub fn subscribe(&self) -> watch::Receiver<FeedState> {
@@ -272,7 +292,7 @@ impl Feed {
                 return false;
             }
             // tokio's clock: the one the timer slept on.
-            let silent = tokio::time::Instant::from_std(update.received)
+            let silent = tokio::time::Instant::from_std(self.silent_since(update))
                 .elapsed()
                 .as_secs();
             s.stalled = Some(Arc::new(Stalled::encode(&self.job, silent)));

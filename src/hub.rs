@@ -23,34 +23,56 @@ struct Entry {
     watchers: usize,
 }
 
-/// Owners of jobs whose feeds are gone, remembered so that a feed rebuilt for
-/// the same job (the next watcher) keeps the owner the first one fixed, even
-/// where Redis meanwhile holds a document naming another. Bounded: the oldest
-/// are forgotten first (Postgres rows, where there are any, outrank this).
-const REMEMBERED_OWNERS: usize = 65_536;
+/// Jobs whose feeds are gone, remembered per job: bounded, the oldest are
+/// forgotten first.
+const REMEMBERED_JOBS: usize = 65_536;
 
-#[derive(Default)]
-struct OwnerMemory {
-    owners: HashMap<JobId, Arc<str>>,
+struct Memory<V> {
+    entries: HashMap<JobId, V>,
     order: std::collections::VecDeque<JobId>,
 }
 
-impl OwnerMemory {
-    fn remember(&mut self, job: JobId, owner: Arc<str>) {
-        if self.owners.insert(job.clone(), owner).is_none() {
-            self.order.push_back(job);
-        }
-        while self.order.len() > REMEMBERED_OWNERS {
-            if let Some(old) = self.order.pop_front() {
-                self.owners.remove(&old);
-            }
+impl<V> Default for Memory<V> {
+    fn default() -> Self {
+        Memory {
+            entries: HashMap::new(),
+            order: std::collections::VecDeque::new(),
         }
     }
 }
 
+impl<V> Memory<V> {
+    fn remember(&mut self, job: JobId, value: V) {
+        if self.entries.insert(job.clone(), value).is_none() {
+            self.order.push_back(job);
+        }
+        while self.order.len() > REMEMBERED_JOBS {
+            if let Some(old) = self.order.pop_front() {
+                self.entries.remove(&old);
+            }
+        }
+    }
+
+    fn get(&self, job: &str) -> Option<&V> {
+        self.entries.get(job)
+    }
+}
+
+/// What a job's last feed knew that its next one must not forget: the owner
+/// the first one fixed (kept even where Redis meanwhile holds a document
+/// naming another; Postgres rows, where there are any, outrank this), and
+/// since when its newest running state has been silent (so a long-poll
+/// client, whose every request builds the feed again, still sees the job
+/// stall, and a stream that reconnects does not restart the stall clock).
+#[derive(Default)]
+struct Remembered {
+    owners: Memory<Arc<str>>,
+    silences: Memory<(Box<str>, std::time::Instant)>,
+}
+
 pub struct Hub {
     feeds: Mutex<HashMap<JobId, Entry>>,
-    remembered: Mutex<OwnerMemory>,
+    remembered: Mutex<Remembered>,
     /// Unbounded because the hub cannot wait in `Drop`; its rate is bounded by
     /// connection churn and the listener drains it continuously.
     upstream: mpsc::UnboundedSender<UpstreamCmd>,
@@ -87,7 +109,7 @@ impl Hub {
         let (tx, rx) = mpsc::unbounded_channel();
         let hub = Hub {
             feeds: Mutex::new(HashMap::new()),
-            remembered: Mutex::new(OwnerMemory::default()),
+            remembered: Mutex::new(Remembered::default()),
             upstream: tx,
             recorded,
             stall_after,
@@ -100,8 +122,13 @@ impl Hub {
         crate::sync::lock(&self.feeds)
     }
 
-    fn memory(&self) -> std::sync::MutexGuard<'_, OwnerMemory> {
+    fn memory(&self) -> std::sync::MutexGuard<'_, Remembered> {
         crate::sync::lock(&self.remembered)
+    }
+
+    /// `JOBCAST_STALL_SECS` (`None`: off unless a document asks).
+    pub fn stall_after(&self) -> Option<std::time::Duration> {
+        self.stall_after
     }
 
     /// Joins `job`'s feed, creating it (and its upstream subscription) if this is
@@ -110,9 +137,14 @@ impl Hub {
         let mut feeds = self.lock();
         let entry = feeds.entry(job.clone()).or_insert_with(|| {
             let feed = Feed::new(job.clone());
-            if let Some(owner) = self.memory().owners.get(job.as_str()) {
+            let memory = self.memory();
+            if let Some(owner) = memory.owners.get(job.as_str()) {
                 feed.set_stored_owner(owner);
             }
+            if let Some((id, since)) = memory.silences.get(job.as_str()) {
+                feed.resume_silence(id, *since);
+            }
+            drop(memory);
             crate::stall::start(&feed, self.stall_after);
             let _ = self.upstream.send(UpstreamCmd::Subscribe(feed.clone()));
             metrics::gauge!("jobcast_active_jobs").increment(1.0);
@@ -135,9 +167,18 @@ impl Hub {
         };
         entry.watchers -= 1;
         if entry.watchers == 0 {
-            if let Some(owner) = entry.feed.snapshot().owner {
-                self.memory().remember(job.clone(), owner);
+            let state = entry.feed.snapshot();
+            let mut memory = self.memory();
+            if let Some(owner) = state.owner {
+                memory.owners.remember(job.clone(), owner);
             }
+            if let Some(latest) = state.latest.filter(|u| !u.doc.terminal) {
+                let since = entry.feed.silent_since(&latest);
+                memory
+                    .silences
+                    .remember(job.clone(), (latest.id.clone(), since));
+            }
+            drop(memory);
             feeds.remove(job);
             let _ = self.upstream.send(UpstreamCmd::Unsubscribe(job.clone()));
             metrics::gauge!("jobcast_active_jobs").decrement(1.0);

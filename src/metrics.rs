@@ -97,7 +97,12 @@ fn zero_counters() {
     ] {
         counter!(name).increment(0);
     }
-    for name in ["jobcast_stalled_jobs", "jobcast_active_groups"] {
+    // Exposed from the start: Redis is not up until the listener says so.
+    for name in [
+        "jobcast_stalled_jobs",
+        "jobcast_active_groups",
+        "jobcast_redis_up",
+    ] {
         metrics::gauge!(name).increment(0.0);
     }
 }

@@ -1,5 +1,6 @@
 //! The stall timer of a job: one per feed (per job watched here), never per
-//! watcher. It sleeps until the newest state's stall deadline — arrival plus
+//! watcher. It sleeps until the newest state's stall deadline — arrival (at
+//! this feed, or at the job's earlier feed, see `Feed::silent_since`) plus
 //! the document's `stall_after_s`, else `JOBCAST_STALL_SECS` — and then marks
 //! the feed stalled, which every watcher of the job sees through the feed's
 //! `watch` channel like any other change. Each new state moves the deadline;
@@ -15,6 +16,17 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::fanout::Feed;
+use crate::job::ProgressDoc;
+
+/// How long `doc` (a running state) may stay the newest before its job is
+/// stalled: its `stall_after_s` (`0`: never), else `default_after`.
+pub fn period(doc: &ProgressDoc, default_after: Option<Duration>) -> Option<Duration> {
+    match doc.stall_after_s {
+        Some(0) => None,
+        Some(s) => Some(Duration::from_secs(s)),
+        None => default_after,
+    }
+}
 
 /// Starts `feed`'s stall timer; `default_after` is `JOBCAST_STALL_SECS`
 /// (`None`: off unless a document asks for it).
@@ -27,12 +39,12 @@ pub fn start(feed: &Arc<Feed>, default_after: Option<Duration>) {
                 let state = rx.borrow_and_update();
                 match &state.latest {
                     Some(u) if !u.doc.terminal && state.stalled.is_none() => {
-                        let after = match u.doc.stall_after_s {
-                            Some(0) => None,
-                            Some(s) => Some(Duration::from_secs(s)),
-                            None => default_after,
+                        let after = period(&u.doc, default_after);
+                        let since = match weak.upgrade() {
+                            Some(feed) => feed.silent_since(u),
+                            None => return,
                         };
-                        after.map(|a| (Instant::from_std(u.received) + a, u.clone()))
+                        after.map(|a| (Instant::from_std(since) + a, u.clone()))
                     }
                     _ => None,
                 }

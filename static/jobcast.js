@@ -378,7 +378,11 @@ function openPoll(w, cb) {
             w.pollAnswer(res, body, cb);
             if (stopped) return; // the answer ended the watch
           }
-        } else if (!wasFirst && Date.now() - started < 500) {
+        } else if (w.pollNoNews) {
+          // Nothing new; the job may have gone silent (X-Jobcast-Stalled).
+          w.pollNoNews(res, cb);
+        }
+        if (res.status === 204 && !wasFirst && Date.now() - started < 500) {
           // A 204 that came back at once means something between us and the
           // server does not hold the request: do not spin.
           await new Promise((r) => setTimeout(r, 1000));
@@ -827,6 +831,13 @@ class Watcher extends Connection {
 
   pollAnswer(res, doc, cb) {
     cb.progress(res.headers.get('X-Jobcast-Event-Id'), doc);
+    if (!this.ended) this.pollNoNews(res, cb);
+  }
+
+  pollNoNews(res, cb) {
+    // A running job silent past its stall period: seconds since its last state.
+    const stalled = res.headers.get('X-Jobcast-Stalled');
+    if (stalled !== null) cb.stalled(stalled);
   }
 
   probeUrl() {

@@ -29,7 +29,9 @@ fn add_headers(res: &mut Response, origin: &str) {
         );
         h.insert(
             header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static("x-jobcast-source, x-jobcast-event-id, x-jobcast-done"),
+            HeaderValue::from_static(
+                "x-jobcast-source, x-jobcast-event-id, x-jobcast-done, x-jobcast-stalled",
+            ),
         );
         h.append(header::VARY, HeaderValue::from_static("Origin"));
     }

@@ -85,7 +85,7 @@ async fn wait(app: &SharedState, mut opened: OpenedMany, timeout: std::time::Dur
     }
     if items.is_empty() {
         closed(Transport::Poll, CloseReason::Timeout);
-        return no_content();
+        return no_content(None);
     }
     let mut parts = Vec::with_capacity(items.len());
     for item in &items {

@@ -61,28 +61,34 @@ impl FeedCursor {
     }
 
     /// Waits for a state newer than the last one handed out, or a stall mark
-    /// not handed out yet; `None` once the feed is gone. Cancel-safe (for
-    /// `select!`): nothing is consumed until it is returned.
+    /// not handed out yet (one the job already had when the cursor started
+    /// included); `None` once the feed is gone. Cancel-safe (for `select!`):
+    /// nothing is consumed until it is returned.
     pub async fn next(&mut self) -> Option<FeedChange> {
         loop {
+            if let Some(change) = self.unseen() {
+                return Some(change);
+            }
             self.rx.changed().await.ok()?;
-            let (latest, stalled) = {
-                let state = self.rx.borrow_and_update();
-                (state.latest.clone(), state.stalled.clone())
-            };
-            if let Some(update) =
-                latest.filter(|u| !self.last.as_ref().is_some_and(|l| Arc::ptr_eq(l, u)))
-            {
-                self.last = Some(update.clone());
-                return Some(FeedChange::State(update));
-            }
-            if let Some(stalled) =
-                stalled.filter(|s| !self.stalled.as_ref().is_some_and(|l| Arc::ptr_eq(l, s)))
-            {
-                self.stalled = Some(stalled.clone());
-                return Some(FeedChange::Stalled(stalled));
-            }
         }
+    }
+
+    /// What the feed holds now that was not handed out yet.
+    fn unseen(&mut self) -> Option<FeedChange> {
+        let (latest, stalled) = {
+            let state = self.rx.borrow_and_update();
+            (state.latest.clone(), state.stalled.clone())
+        };
+        if let Some(update) =
+            latest.filter(|u| !self.last.as_ref().is_some_and(|l| Arc::ptr_eq(l, u)))
+        {
+            self.last = Some(update.clone());
+            return Some(FeedChange::State(update));
+        }
+        let stalled =
+            stalled.filter(|s| !self.stalled.as_ref().is_some_and(|l| Arc::ptr_eq(l, s)))?;
+        self.stalled = Some(stalled.clone());
+        Some(FeedChange::Stalled(stalled))
     }
 }
 

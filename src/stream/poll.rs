@@ -2,6 +2,11 @@
 //! `after`, else waits (up to `timeout`, default 25 s, at most 55 s) for the next
 //! state and answers `204` when none came. The event id travels in
 //! `X-Jobcast-Event-Id`; `X-Jobcast-Done: true` marks a terminal document.
+//!
+//! A running job that has gone silent for its stall period carries
+//! `X-Jobcast-Stalled: <seconds since its newest state>` on every answer
+//! while it stays silent (a document, or the `204` at the end of the wait),
+//! and a wait during which it goes silent ends at once with that `204`.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -53,8 +58,12 @@ async fn poll(
     let mut watch = JobWatch::start(&opened, after.as_deref());
     if watch.end_seen() {
         closed(Transport::Poll, CloseReason::Done);
-        return Ok(no_content());
+        return Ok(no_content(None));
     }
+    // A job already silent answers with the header at the end of the wait
+    // (or with a new state), not at once: a client must not spin on it.
+    let stall_after = app.hub.stall_after();
+    let stalled_before = watch.stalled_seconds(None, stall_after).is_some();
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     loop {
@@ -65,26 +74,32 @@ async fn poll(
                 None => break,
                 Some(JobStep::Progress(update)) if is_news(&update, after.as_deref()) => {
                     closed(Transport::Poll, CloseReason::Answered);
-                    return Ok(answer(&update).await);
+                    let stalled = watch.stalled_seconds(Some(&update), stall_after);
+                    return Ok(answer(&update, stalled).await);
+                }
+                Some(JobStep::Stalled(mark)) if !stalled_before => {
+                    closed(Transport::Poll, CloseReason::Answered);
+                    let seconds = watch.stalled_seconds(None, stall_after);
+                    return Ok(no_content(seconds.or(Some(mark.seconds_since_update))));
                 }
                 Some(_) => {}
             },
         }
     }
     closed(Transport::Poll, CloseReason::Timeout);
-    Ok(no_content())
+    Ok(no_content(watch.stalled_seconds(None, stall_after)))
 }
 
 /// A terminal document is answered once it is durable (bounded), as `done` on a
 /// stream is: a client that stops polling at `X-Jobcast-Done` finds the row final.
-async fn answer(update: &Update) -> Response {
+async fn answer(update: &Update, stalled: Option<u64>) -> Response {
     if update.is_done() {
         update.durable.wait(crate::event::DURABLE_WAIT).await;
     }
-    document(update)
+    document(update, stalled)
 }
 
-fn document(update: &Update) -> Response {
+fn document(update: &Update, stalled: Option<u64>) -> Response {
     delivered(update, Transport::Poll);
     let mut res = json_document(update.doc.json.clone());
     let h = res.headers_mut();
@@ -94,11 +109,23 @@ fn document(update: &Update) -> Response {
     if update.is_done() {
         h.insert("x-jobcast-done", HeaderValue::from_static("true"));
     }
+    mark_stalled(h, stalled);
     res
 }
 
-pub fn no_content() -> Response {
-    no_store(warp::reply::with_status(warp::reply::reply(), StatusCode::NO_CONTENT).into_response())
+/// `204`, with `X-Jobcast-Stalled` when the job is silent past its period.
+pub fn no_content(stalled: Option<u64>) -> Response {
+    let mut res = no_store(
+        warp::reply::with_status(warp::reply::reply(), StatusCode::NO_CONTENT).into_response(),
+    );
+    mark_stalled(res.headers_mut(), stalled);
+    res
+}
+
+fn mark_stalled(h: &mut warp::http::HeaderMap, stalled: Option<u64>) {
+    if let Some(seconds) = stalled {
+        h.insert("x-jobcast-stalled", HeaderValue::from(seconds));
+    }
 }
 
 #[cfg(test)]

@@ -117,6 +117,24 @@ impl JobWatch {
         self.first.is_none() && self.owed_done.is_some()
     }
 
+    /// Seconds since the job's newest state came, if it is running and has
+    /// been silent for its stall period (`default_after`: the gateway's) and
+    /// `update` (when given) is that newest state. Read off the clock, not
+    /// off the feed's stall mark, which its timer sets a moment later.
+    pub fn stalled_seconds(
+        &self,
+        update: Option<&Arc<Update>>,
+        default_after: Option<std::time::Duration>,
+    ) -> Option<u64> {
+        let latest = self.feed.snapshot().latest?;
+        if update.is_some_and(|u| !Arc::ptr_eq(u, &latest)) || latest.doc.terminal {
+            return None;
+        }
+        let period = crate::stall::period(&latest.doc, default_after)?;
+        let silent = self.feed.silent_since(&latest).elapsed();
+        (silent >= period).then_some(silent.as_secs())
+    }
+
     /// Attaches `sink` to the feed if the client has the newest state and
     /// nothing is due: the feed then writes new states to it itself.
     fn attach(&mut self, sink: &Arc<DirectSink>) -> bool {

@@ -305,3 +305,59 @@ async fn client_renews_an_expired_token_through_get_token_and_resumes() {
         );
     }
 }
+
+/// A running job that goes silent: the browser client calls `onStalled` with
+/// the seconds of silence, and with `null` when the next state comes, on
+/// every transport (long-poll reads `X-Jobcast-Stalled`).
+#[tokio::test]
+async fn client_reports_a_silent_job_stalled_until_its_next_state_on_every_transport() {
+    let browser = Chromium::launch().await;
+    for transport in ["sse", "ws", "poll"] {
+        let app = spawn_app().await;
+        let job = format!("silent-{transport}");
+        app.set(
+            &job,
+            r#"{"seq":1,"owner_id":"alice","status":"running","stall_after_s":1}"#,
+        )
+        .await;
+        let token = app.token("alice");
+        let page = browser.new_page().await;
+        page.open(&app.url("/healthz"), PAGE_TIMEOUT).await;
+        let script = format!(
+            r#"(async () => {{
+                const m = await import('/static/jobcast.js');
+                window.__seen = []; window.__stalled = []; window.__errors = [];
+                window.__h = m.watch({job:?}, {{
+                    token: {token:?},
+                    transports: [{transport:?}],
+                    resume: false,
+                    onProgress: (doc) => window.__seen.push(doc.seq),
+                    onStalled: (s) => window.__stalled.push(s),
+                    onError: (e) => window.__errors.push(String(e && e.code)),
+                }});
+                return true;
+            }})()"#
+        );
+        page.eval(&script).await.expect("watch() starts");
+        page.wait_js(
+            "window.__stalled.some((s) => typeof s === 'number' && s >= 1)",
+            &format!("{transport}: onStalled with the seconds of silence"),
+            PAGE_TIMEOUT,
+        )
+        .await;
+        app.set(
+            &job,
+            r#"{"seq":2,"owner_id":"alice","status":"running","stall_after_s":60}"#,
+        )
+        .await;
+        page.wait_js(
+            "window.__seen.includes(2) && window.__stalled[window.__stalled.length - 1] === null",
+            &format!("{transport}: the next state clears it"),
+            PAGE_TIMEOUT,
+        )
+        .await;
+        let errors = page.eval("window.__errors").await.expect("errors");
+        assert_eq!(errors, serde_json::json!([]), "{transport}");
+        page.eval("window.__h.close(); true").await.expect("close");
+    }
+}

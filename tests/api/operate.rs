@@ -22,6 +22,11 @@ async fn metrics_move_as_a_scripted_scenario_plays() {
         before.contains("jobcast_redis_up"),
         "metrics are exposed before any traffic"
     );
+    // The process listens before its pub/sub connection is up.
+    wait_until(Duration::from_secs(10), "jobcast_redis_up is 1", || async {
+        app.metric("jobcast_redis_up", "").await == 1.0
+    })
+    .await;
 
     let mut sse = app.sse("/jobs/m/events", &auth).await;
     sse.expect("connected").await;
