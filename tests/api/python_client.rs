@@ -522,6 +522,36 @@ async fn python_watch_raises_on_a_job_it_may_not_see() {
     );
 }
 
+#[tokio::test]
+async fn python_watch_hears_a_silent_job_stalled_until_its_next_state() {
+    // Arrange: a running job that asks to be called stalled after 1 s.
+    let app = spawn_app().await;
+    app.set(
+        "quiet-1",
+        r#"{"seq":1,"owner_id":"alice","status":"running","stall_after_s":1}"#,
+    )
+    .await;
+    let (mut child, mut lines) = spawn_watch(&app.url(""), "quiet-1", &app.token("alice"));
+    expect_seq(&mut lines, 1).await;
+
+    // Act + Assert: silence, then a state, then the end.
+    let stalled = next_line(&mut lines, "STALLED").await;
+    let seconds: u64 = stalled
+        .strip_prefix("STALLED ")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("on_stalled(seconds): {stalled}"));
+    assert!(seconds >= 1, "{stalled}");
+    app.set(
+        "quiet-1",
+        r#"{"seq":2,"owner_id":"alice","status":"completed"}"#,
+    )
+    .await;
+    assert_eq!(next_line(&mut lines, "STALLED None").await, "STALLED None");
+    expect_seq(&mut lines, 2).await;
+    assert_eq!(next_line(&mut lines, "END after done").await, "END");
+    exits_cleanly(&mut child, "watch() returned at done").await;
+}
+
 // ---------------------------------------------------------------- examples
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 line, then "END" after done (tests/api/python_client.rs).
 argv: URL JOB TOKEN, or URL JOB --mint SECRET SUB TTL to pass watch() a callable
 that mints a fresh TTL-second token each time it is called (printing
-"TOKEN <n>" when it does)."""
+"TOKEN <n>" when it does). A stalled job prints "STALLED <seconds>", and
+"STALLED None" when its next state clears it."""
 
 import json
 import sys
@@ -22,6 +23,9 @@ if sys.argv[3] == "--mint":
 else:
     token = sys.argv[3]
 
-for doc in jobcast.watch(url, job, token, give_up_after=30.0, max_backoff=1.0):
+on_stalled = lambda seconds: print("STALLED %s" % seconds, flush=True)
+for doc in jobcast.watch(
+    url, job, token, give_up_after=30.0, max_backoff=1.0, on_stalled=on_stalled
+):
     print(json.dumps(doc), flush=True)
 print("END", flush=True)

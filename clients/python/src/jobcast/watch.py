@@ -45,6 +45,7 @@ def watch(
     give_up_after=60.0,
     min_backoff=0.25,
     max_backoff=10.0,
+    on_stalled=None,
 ):
     """Yields each new progress document (a dict) of ``job``, in order, and
     returns after the job's ``done``.
@@ -54,12 +55,16 @@ def watch(
     says the token expired). ``last_event_id`` resumes after an id seen
     earlier. A document whose ``seq`` is not above the last one is never
     yielded twice. ``read_timeout`` must exceed the gateway's heartbeat (15 s).
+    ``on_stalled`` is called with the seconds of silence when the gateway says
+    the running job has had no new state for its stall period, and with
+    ``None`` just before the next document is yielded.
     Raises ``WatchError`` when the watch cannot go on.
     """
     state = _State(url, job, token, last_event_id)
     backoff = min_backoff
     failing_since = None
     refreshes = 0
+    stalled = False
     while True:
         try:
             for kind, payload in state.connect(read_timeout):
@@ -67,7 +72,15 @@ def watch(
                     failing_since = None
                     backoff = min_backoff
                     refreshes = 0
+                elif kind == "stalled":
+                    stalled = True
+                    if on_stalled is not None:
+                        on_stalled(payload)
                 elif kind == "progress":
+                    if stalled:
+                        stalled = False
+                        if on_stalled is not None:
+                            on_stalled(None)
                     yield payload
                 elif kind == "done":
                     return
@@ -196,6 +209,12 @@ class _State:
             if event_id is not None:
                 self.last_id = event_id
             return ("progress", doc)
+        if event == "stalled":
+            try:
+                seconds = json.loads(data).get("seconds_since_update")
+            except (ValueError, AttributeError):
+                seconds = None
+            return ("stalled", seconds if isinstance(seconds, int) else 0)
         if event == "done":
             try:
                 return ("done", json.loads(data))
