@@ -698,7 +698,8 @@ async fn cluster_group_streams_see_jobs_join_on_every_primary_through_a_primary_
     let gateway = Gateway::start(|s| s.redis_url = url.clone()).await;
     let shards = cluster.shards().await;
     let mut groups: Vec<String> = vec![String::new(); shards.len()];
-    for i in 0.. {
+    // A thousand names hash to every third of the slots many times over.
+    for i in 0..1000 {
         if groups.iter().all(|g| !g.is_empty()) {
             break;
         }
@@ -712,6 +713,10 @@ async fn cluster_group_streams_see_jobs_join_on_every_primary_through_a_primary_
             groups[at] = group;
         }
     }
+    assert!(
+        groups.iter().all(|g| !g.is_empty()),
+        "a group set on every primary"
+    );
     let publisher = Publisher::connect(&url).expect("publisher for the cluster");
     let write = |job: String, seq: u64, terminal: bool, group: String| {
         let publisher = publisher.clone();
@@ -842,14 +847,16 @@ async fn cluster_python_tracker_spublishes_and_joins_its_group_on_another_slot()
     let key = format!("{PREFIX}{job}");
     let owner = cluster.primary_of_slot(key_slot(key.as_bytes())).await;
     // A group whose set lives on another primary than the job's key.
-    let mut group = String::new();
-    for i in 0.. {
-        group = format!("py-batch-{i}");
-        let set_slot = key_slot(format!("{GROUP_PREFIX}{group}").as_bytes());
-        if cluster.primary_of_slot(set_slot).await != owner {
-            break;
-        }
-    }
+    let shards = cluster.shards().await;
+    let group = (0..1000)
+        .map(|i| format!("py-batch-{i}"))
+        .find(|g| {
+            let slot = key_slot(format!("{GROUP_PREFIX}{g}").as_bytes());
+            shards.iter().any(|s| {
+                s.primary != owner && s.ranges.iter().any(|(a, b)| (*a..=*b).contains(&slot))
+            })
+        })
+        .expect("a group name whose set is on another primary");
     let (group, set) = (group.as_str(), format!("{GROUP_PREFIX}{group}"));
     let mut viewer = claims("viewer");
     viewer.groups = vec![group.into()];
