@@ -129,19 +129,18 @@ impl ClusterListener {
         }
     }
 
-    /// `(command, channel)` pairs that subscribe `sub`: the keyspace channel
-    /// (`SUBSCRIBE`), and for a job its shard channel (`SSUBSCRIBE`).
-    fn channels(&self, sub: &Sub) -> Vec<(&'static str, String)> {
+    /// The channels of `sub`, each with its `(un)subscribe` commands: the
+    /// keyspace channel (plain pub/sub), and for a job its shard channel.
+    fn channels(&self, sub: &Sub) -> Vec<([&'static str; 2], String)> {
+        const PLAIN: [&str; 2] = ["SUBSCRIBE", "UNSUBSCRIBE"];
+        const SHARD: [&str; 2] = ["SSUBSCRIBE", "SUNSUBSCRIBE"];
         match sub {
             Sub::Job(job) => vec![
-                (
-                    "SUBSCRIBE",
-                    format!("{}{}", self.keyspace_prefix, job.as_str()),
-                ),
-                ("SSUBSCRIBE", self.key(sub)),
+                (PLAIN, format!("{}{}", self.keyspace_prefix, job.as_str())),
+                (SHARD, self.key(sub)),
             ],
             Sub::Group(group) => vec![(
-                "SUBSCRIBE",
+                PLAIN,
                 format!("{}{}", self.group_keyspace_prefix, group.as_str()),
             )],
         }
@@ -261,15 +260,8 @@ impl ClusterListener {
 
     /// Re-reads the topology and moves every job whose slot changed owner.
     async fn refresh(&self, state: &mut State) {
-        // Ask the known nodes first (the seeds may be gone), then the seeds.
-        let mut candidates: Vec<ConnectionInfo> = state
-            .topology
-            .iter()
-            .flat_map(|t| t.nodes().map(str::to_owned).collect::<Vec<_>>())
-            .filter_map(|a| cluster_topology::node_info(&a, &self.seeds[0].redis))
-            .collect();
-        candidates.extend(self.seeds.iter().cloned());
-        let topology = match cluster_topology::fetch(&candidates).await {
+        let known = state.topology.iter().flat_map(Topology::nodes);
+        let topology = match cluster_topology::fetch_known_then_seeds(known, &self.seeds).await {
             Ok(t) => t,
             Err(e) => {
                 if !state.dirty || state.topology.is_none() {
@@ -402,13 +394,11 @@ impl ClusterListener {
     ) -> Result<redis::RedisResult<()>, tokio::time::error::Elapsed> {
         let channels = self.channels(sub);
         tokio::time::timeout(SUBSCRIBE_TIMEOUT, async {
-            for (command, channel) in &channels {
-                let command = match (*command, unsubscribe) {
-                    (c, false) => c,
-                    ("SSUBSCRIBE", true) => "SUNSUBSCRIBE",
-                    (_, true) => "UNSUBSCRIBE",
-                };
-                redis::cmd(command).arg(channel).exec_async(conn).await?;
+            for (commands, channel) in &channels {
+                redis::cmd(commands[usize::from(unsubscribe)])
+                    .arg(channel)
+                    .exec_async(conn)
+                    .await?;
             }
             Ok(())
         })

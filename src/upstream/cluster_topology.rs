@@ -141,6 +141,22 @@ pub fn node_info(addr: &str, redis: &RedisConnectionInfo) -> Option<ConnectionIn
 }
 
 /// Asks `candidates` in turn for `CLUSTER SLOTS`; the first full answer wins.
+/// [`fetch`] from the nodes `known` names (`host:port`) first, which a
+/// running gateway learnt from the cluster, then from the `seeds`, which may
+/// have left it since.
+pub async fn fetch_known_then_seeds<'a>(
+    known: impl IntoIterator<Item = &'a str>,
+    seeds: &[ConnectionInfo],
+) -> Result<Topology, String> {
+    let auth = &seeds.first().ok_or("no cluster seed")?.redis;
+    let mut candidates: Vec<ConnectionInfo> = known
+        .into_iter()
+        .filter_map(|addr| node_info(addr, auth))
+        .collect();
+    candidates.extend(seeds.iter().cloned());
+    fetch(&candidates).await
+}
+
 pub async fn fetch(candidates: &[ConnectionInfo]) -> Result<Topology, String> {
     let mut last_error = String::from("no cluster node to ask");
     for info in candidates {

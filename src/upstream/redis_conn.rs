@@ -270,18 +270,17 @@ impl Commands {
                 "not a cluster",
             ))));
         };
-        let mut candidates: Vec<ConnectionInfo> = crate::sync::lock(known)
-            .iter()
-            .filter_map(|addr| cluster_topology::node_info(addr, &seeds[0].redis))
-            .collect();
-        candidates.extend(seeds.iter().cloned());
-        let topology = cluster_topology::fetch(&candidates).await.map_err(|e| {
-            ConnError::Redis(redis::RedisError::from((
-                redis::ErrorKind::IoError,
-                "no cluster node told the topology",
-                e,
-            )))
-        })?;
+        let nodes = crate::sync::lock(known).clone();
+        let topology =
+            cluster_topology::fetch_known_then_seeds(nodes.iter().map(String::as_str), seeds)
+                .await
+                .map_err(|e| {
+                    ConnError::Redis(redis::RedisError::from((
+                        redis::ErrorKind::IoError,
+                        "no cluster node told the topology",
+                        e,
+                    )))
+                })?;
         *crate::sync::lock(known) = topology.nodes().map(str::to_owned).collect();
         Ok(topology)
     }
