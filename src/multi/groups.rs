@@ -22,6 +22,7 @@ use crate::job::JobId;
 use crate::multi::jobset::Members;
 use crate::multi::list::GroupName;
 use crate::store::Store;
+use crate::upstream::redis_listener::changes_value;
 use crate::upstream::redis_reader::RedisReader;
 
 /// Members kept per group: a stream carries at most
@@ -179,14 +180,20 @@ impl Groups {
         tokio::spawn(async move { groups.load(&group).await });
     }
 
-    /// A keyspace event of the set of `group` (the channel's end): reads the
-    /// members again if the group is still watched.
-    pub fn heard_set_event(self: &Arc<Self>, group: &str) {
+    /// A keyspace event `event` of the set of `group` (the channel's end):
+    /// reads the set again if the group is still watched and the event may
+    /// have added a member. Membership only grows, so removals and TTL
+    /// changes are skipped: a writer's `EXPIRE` after each state costs
+    /// nothing, and neither does the `SADD` of a member already there (Redis
+    /// sends no event for it). Rows come through their NOTIFYs, not this.
+    pub fn heard_set_event(self: &Arc<Self>, group: &str, event: &[u8]) {
         metrics::counter!("jobcast_redis_events_total", "source" => "group").increment(1);
-        if self.is_watched(group)
+        if may_add_members(event)
+            && self.is_watched(group)
             && let Ok(group) = GroupName::parse(group)
         {
-            self.reload(group);
+            let groups = self.clone();
+            tokio::spawn(async move { groups.load_set(&group).await });
         }
     }
 
@@ -194,6 +201,23 @@ impl Groups {
     /// adds what it finds. Failures leave the members as they are (the next
     /// keyspace event or NOTIFY brings them).
     pub async fn load(&self, group: &GroupName) {
+        self.load_set(group).await;
+        if let Some(store) = &self.store {
+            match tokio::time::timeout(
+                LOAD_TIMEOUT,
+                store.group_jobs(group.as_str(), MAX_GROUP_MEMBERS),
+            )
+            .await
+            {
+                Ok(Ok(ids)) => self.add_members(group.as_str(), parse_ids(ids)),
+                Ok(Err(e)) => debug!(group = %group, error = %e, "could not read the group's rows"),
+                Err(_) => debug!(group = %group, "the group's rows did not come in time"),
+            }
+        }
+    }
+
+    /// Reads the group's set and adds its members.
+    async fn load_set(&self, group: &GroupName) {
         let key = self.key(group);
         let from_set = tokio::time::timeout(LOAD_TIMEOUT, async {
             let mut conn = self.reader.commands().get().await.ok()?;
@@ -210,22 +234,46 @@ impl Groups {
             Some(ids) => self.add_members(group.as_str(), parse_ids(ids)),
             None => debug!(group = %group, "could not read the group's set"),
         }
-        if let Some(store) = &self.store {
-            match tokio::time::timeout(
-                LOAD_TIMEOUT,
-                store.group_jobs(group.as_str(), MAX_GROUP_MEMBERS),
-            )
-            .await
-            {
-                Ok(Ok(ids)) => self.add_members(group.as_str(), parse_ids(ids)),
-                Ok(Err(e)) => debug!(group = %group, error = %e, "could not read the group's rows"),
-                Err(_) => debug!(group = %group, "the group's rows did not come in time"),
-            }
-        }
     }
+}
+
+/// Whether a keyspace event of a set may have added a member.
+fn may_add_members(event: &[u8]) -> bool {
+    changes_value(event) && !matches!(event, b"srem" | b"spop")
 }
 
 /// Valid job ids only: a member that is not one can never be streamed.
 fn parse_ids(ids: Vec<String>) -> impl Iterator<Item = JobId> {
     ids.into_iter().filter_map(|id| JobId::parse(&id).ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_events_that_may_add_a_member_read_the_set_again() {
+        for event in [
+            "sadd",
+            "sunionstore",
+            "sinterstore",
+            "sdiffstore",
+            "rename_to",
+            "restore",
+        ] {
+            assert!(may_add_members(event.as_bytes()), "{event}");
+        }
+        for event in [
+            "expire",
+            "persist",
+            "srem",
+            "spop",
+            "del",
+            "expired",
+            "evicted",
+            "rename_from",
+        ] {
+            assert!(!may_add_members(event.as_bytes()), "{event}");
+        }
+    }
 }

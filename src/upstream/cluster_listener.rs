@@ -490,7 +490,7 @@ impl ClusterListener {
         };
         // Groups first: a group prefix may extend the job prefix.
         if let Some(group) = channel.strip_prefix(&self.group_keyspace_prefix) {
-            self.groups.heard_set_event(group);
+            self.groups.heard_set_event(group, payload);
         } else if let Some(job) = channel.strip_prefix(&self.keyspace_prefix) {
             metrics::counter!("jobcast_redis_events_total", "source" => "keyspace").increment(1);
             if crate::upstream::redis_listener::changes_value(payload)

@@ -140,7 +140,6 @@ pub fn node_info(addr: &str, redis: &RedisConnectionInfo) -> Option<ConnectionIn
     })
 }
 
-/// Asks `candidates` in turn for `CLUSTER SLOTS`; the first full answer wins.
 /// [`fetch`] from the nodes `known` names (`host:port`) first, which a
 /// running gateway learnt from the cluster, then from the `seeds`, which may
 /// have left it since.
@@ -157,6 +156,7 @@ pub async fn fetch_known_then_seeds<'a>(
     fetch(&candidates).await
 }
 
+/// Asks `candidates` in turn for `CLUSTER SLOTS`; the first full answer wins.
 pub async fn fetch(candidates: &[ConnectionInfo]) -> Result<Topology, String> {
     let mut last_error = String::from("no cluster node to ask");
     for info in candidates {

@@ -450,7 +450,7 @@ impl RedisListener {
         let channel = msg.get_channel_name();
         // Groups first: a group prefix may extend the job prefix.
         if let Some(group) = channel.strip_prefix(&self.group_keyspace_prefix) {
-            self.groups.heard_set_event(group);
+            self.groups.heard_set_event(group, msg.get_payload_bytes());
         } else if let Some(job) = channel.strip_prefix(&self.keyspace_prefix) {
             metrics::counter!("jobcast_redis_events_total", "source" => "keyspace").increment(1);
             if !changes_value(msg.get_payload_bytes()) {
